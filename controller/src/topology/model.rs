@@ -71,6 +71,8 @@ pub struct Dur {
     /// Go/Prometheus/HAProxy style, e.g. `500ms`, `5s`, `2h`, `15d`.
     pub text: String,
     pub ms: u64,
+    /// Whole seconds (rounded down).
+    pub secs: u64,
     /// Protobuf JSON style for Envoy, e.g. `0.500s`.
     pub pb: String,
 }
@@ -95,11 +97,12 @@ impl Dur {
         } else {
             format!("{}.{:03}s", ms / 1000, ms % 1000)
         };
-        Dur { text, ms, pb }
-    }
-
-    pub fn secs(&self) -> u64 {
-        self.ms / 1000
+        Dur {
+            text,
+            ms,
+            secs: ms / 1000,
+            pb,
+        }
     }
 }
 

@@ -26,13 +26,22 @@ pub struct ValidateOptions {
 
 /// Every secret bssctl knows, with what it is for.
 pub const KNOWN_SECRETS: &[(&str, &str)] = &[
-    ("postgres-superuser-password", "PostgreSQL superuser used by bssctl"),
-    ("postgres-replication-password", "PostgreSQL replication role"),
+    (
+        "postgres-superuser-password",
+        "PostgreSQL superuser used by bssctl",
+    ),
+    (
+        "postgres-replication-password",
+        "PostgreSQL replication role",
+    ),
     ("postgres-app-password", "PostgreSQL application role"),
     ("haproxy-stats-password", "HAProxy stats page"),
     ("redis-password", "Redis requirepass"),
     ("backend-api-key", "API key of the backend"),
-    ("slack-webhook-url", "Slack incoming webhook of Alertmanager receivers"),
+    (
+        "slack-webhook-url",
+        "Slack incoming webhook of Alertmanager receivers",
+    ),
     ("smtp-password", "SMTP authentication of Alertmanager"),
 ];
 
@@ -51,25 +60,60 @@ pub const IMAGE_COMPONENTS: &[&str] = &[
     "backend",
 ];
 
-pub const SEED_ALERT_GROUPS: &[&str] = &["system", "postgresql", "redis", "kafka", "business", "capacity"];
+pub const SEED_ALERT_GROUPS: &[&str] = &[
+    "system",
+    "postgresql",
+    "redis",
+    "kafka",
+    "business",
+    "capacity",
+];
 pub const TEAMS: &[&str] = &["database", "cache", "streaming", "sre", "business"];
-pub const ENTITIES: &[&str] = &["customer", "product", "order", "subscription", "invoice", "payment"];
+pub const ENTITIES: &[&str] = &[
+    "customer",
+    "product",
+    "order",
+    "subscription",
+    "invoice",
+    "payment",
+];
 
 /// Parameters bssctl sets per member or relies on; overriding them would break replication or
 /// failover, so they are refused with a pointer to the field that controls them.
 const MANAGED_PARAMETERS: &[(&str, &str)] = &[
-    ("port", "set spec.postgres.port or spec.postgres.members[].port"),
+    (
+        "port",
+        "set spec.postgres.port or spec.postgres.members[].port",
+    ),
     ("listen_addresses", "bssctl binds to the runtime's address"),
-    ("unix_socket_directories", "bssctl places sockets in the state directory"),
-    ("primary_conninfo", "bssctl points replicas at the current primary"),
+    (
+        "unix_socket_directories",
+        "bssctl places sockets in the state directory",
+    ),
+    (
+        "primary_conninfo",
+        "bssctl points replicas at the current primary",
+    ),
     ("primary_slot_name", "set spec.postgres.replication.slots"),
-    ("synchronous_standby_names", "set spec.postgres.replication.mode and syncCount"),
-    ("hot_standby_feedback", "set spec.postgres.replication.hotStandbyFeedback"),
-    ("max_slot_wal_keep_size", "set spec.postgres.replication.maxSlotWalKeepSize"),
+    (
+        "synchronous_standby_names",
+        "set spec.postgres.replication.mode and syncCount",
+    ),
+    (
+        "hot_standby_feedback",
+        "set spec.postgres.replication.hotStandbyFeedback",
+    ),
+    (
+        "max_slot_wal_keep_size",
+        "set spec.postgres.replication.maxSlotWalKeepSize",
+    ),
     ("cluster_name", "bssctl names each member"),
     ("data_directory", "bssctl owns the data directory"),
     ("hba_file", "bssctl renders pg_hba.conf"),
-    ("wal_level", "streaming replication needs `replica` or higher; bssctl sets it"),
+    (
+        "wal_level",
+        "streaming replication needs `replica` or higher; bssctl sets it",
+    ),
 ];
 
 struct Ctx<'a> {
@@ -80,7 +124,8 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn err(&mut self, path: &str, msg: impl Into<String>, hint: impl Into<String>) {
         let loc = self.src.locate(path);
-        self.diags.push(Diagnostic::error(path, msg).with_hint(hint).at(loc));
+        self.diags
+            .push(Diagnostic::error(path, msg).with_hint(hint).at(loc));
     }
 
     fn dur(&mut self, path: &str, v: Option<&String>, default: &str) -> Dur {
@@ -101,7 +146,11 @@ impl Ctx<'_> {
     fn ratio(&mut self, path: &str, v: Option<f64>, default: f64) -> f64 {
         let x = v.unwrap_or(default);
         if !(0.0..=1.0).contains(&x) || x.is_nan() {
-            self.err(path, format!("{x} is not a ratio"), "use a number between 0 and 1, e.g. 0.85");
+            self.err(
+                path,
+                format!("{x} is not a ratio"),
+                "use a number between 0 and 1, e.g. 0.85",
+            );
         }
         x
     }
@@ -166,7 +215,8 @@ pub fn parse_bytes(s: &str) -> Option<u64> {
 pub fn is_dns_label(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
-        && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -197,7 +247,10 @@ pub fn validate_with_warnings(
     src: &SourceMap,
     opts: &ValidateOptions,
 ) -> Result<(ValidatedTopology, Vec<Diagnostic>), Vec<Diagnostic>> {
-    let mut cx = Ctx { diags: Vec::new(), src };
+    let mut cx = Ctx {
+        diags: Vec::new(),
+        src,
+    };
     let v = build(t, opts, &mut cx);
     let (errors, warnings): (Vec<_>, Vec<_>) = cx.diags.into_iter().partition(Diagnostic::is_error);
     if errors.is_empty() {
@@ -241,10 +294,18 @@ impl Ports {
 
 fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopology {
     if t.api_version != API_VERSION {
-        cx.err("apiVersion", format!("unsupported apiVersion `{}`", t.api_version), format!("use `{API_VERSION}`"));
+        cx.err(
+            "apiVersion",
+            format!("unsupported apiVersion `{}`", t.api_version),
+            format!("use `{API_VERSION}`"),
+        );
     }
     if t.kind != KIND {
-        cx.err("kind", format!("unsupported kind `{}`", t.kind), format!("use `{KIND}`"));
+        cx.err(
+            "kind",
+            format!("unsupported kind `{}`", t.kind),
+            format!("use `{KIND}`"),
+        );
     }
     let name = t.metadata.name.clone();
     if !is_dns_label(&name, 40) {
@@ -256,28 +317,51 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
     }
     let namespace = t.metadata.namespace.clone().unwrap_or_else(|| name.clone());
     if !is_dns_label(&namespace, 63) {
-        cx.err("metadata.namespace", format!("`{namespace}` is not a DNS-safe namespace"), "use lowercase letters, digits and '-'");
+        cx.err(
+            "metadata.namespace",
+            format!("`{namespace}` is not a DNS-safe namespace"),
+            "use lowercase letters, digits and '-'",
+        );
     }
     let s = &t.spec;
     let rt_spec = s.runtime.clone().unwrap_or_default();
     let runtime = opts.runtime.or(rt_spec.kind).unwrap_or_default();
     let off = rt_spec.port_offset.unwrap_or(0) as u32;
-    let mut ports = Ports { used: BTreeMap::new() };
+    let mut ports = Ports {
+        used: BTreeMap::new(),
+    };
     let (host_of, bind): (Box<dyn Fn(&str) -> String>, String) = match runtime {
-        RuntimeKind::Local => (Box::new(|_: &str| "127.0.0.1".to_string()), "127.0.0.1".into()),
+        RuntimeKind::Local => (
+            Box::new(|_: &str| "127.0.0.1".to_string()),
+            "127.0.0.1".into(),
+        ),
         RuntimeKind::Docker => {
             let n = name.clone();
-            (Box::new(move |c: &str| format!("{n}-{c}")), "0.0.0.0".into())
+            (
+                Box::new(move |c: &str| format!("{n}-{c}")),
+                "0.0.0.0".into(),
+            )
         }
         RuntimeKind::Kubernetes => {
             let (n, ns) = (name.clone(), namespace.clone());
-            (Box::new(move |c: &str| format!("{n}-{c}.{ns}.svc")), "0.0.0.0".into())
+            (
+                Box::new(move |c: &str| format!("{n}-{c}.{ns}.svc")),
+                "0.0.0.0".into(),
+            )
         }
     };
     let paths = resolve_paths(runtime, &rt_spec, &name, opts);
 
-    let agent_port = ports.claim(cx, rt_spec.agent_port.map(u32::from).unwrap_or(7070 + off), "spec.runtime.agentPort", "the controller agent");
-    let agent = Endpoint { host: "127.0.0.1".into(), port: agent_port };
+    let agent_port = ports.claim(
+        cx,
+        rt_spec.agent_port.map(u32::from).unwrap_or(7070 + off),
+        "spec.runtime.agentPort",
+        "the controller agent",
+    );
+    let agent = Endpoint {
+        host: "127.0.0.1".into(),
+        port: agent_port,
+    };
 
     // Images: only known components.
     for k in s.images.keys() {
@@ -286,27 +370,53 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
                 Some(m) => format!("did you mean `{m}`?"),
                 None => format!("components with images: {}", IMAGE_COMPONENTS.join(", ")),
             };
-            cx.err(&join("spec.images", k), format!("unknown component `{k}` in images"), hint);
+            cx.err(
+                &join("spec.images", k),
+                format!("unknown component `{k}` in images"),
+                hint,
+            );
         }
     }
 
     // --- PostgreSQL --------------------------------------------------------------------------
-    let postgres = s.postgres.as_ref().map(|p| build_postgres(p, off, &paths, &host_of, &bind, &mut ports, cx));
+    let postgres = s
+        .postgres
+        .as_ref()
+        .map(|p| build_postgres(p, off, &paths, &host_of, &bind, &mut ports, cx));
 
     // --- HAProxy -----------------------------------------------------------------------------
     let haproxy = s.haproxy.as_ref().map(|h| {
         let path = "spec.haproxy";
         if postgres.is_none() {
-            cx.err(path, "haproxy balances PostgreSQL, but the topology has no postgres", "add `postgres: {}` to spec or remove haproxy");
+            cx.err(
+                path,
+                "haproxy balances PostgreSQL, but the topology has no postgres",
+                "add `postgres: {}` to spec or remove haproxy",
+            );
         }
-        let write = ports.claim(cx, h.write_port.map(u32::from).unwrap_or(5436 + off), &join(path, "writePort"), "haproxy write port");
-        let read = ports.claim(cx, h.read_port.map(u32::from).unwrap_or(5435 + off), &join(path, "readPort"), "haproxy read port");
+        let write = ports.claim(
+            cx,
+            h.write_port.map(u32::from).unwrap_or(5436 + off),
+            &join(path, "writePort"),
+            "haproxy write port",
+        );
+        let read = ports.claim(
+            cx,
+            h.read_port.map(u32::from).unwrap_or(5435 + off),
+            &join(path, "readPort"),
+            "haproxy read port",
+        );
         let check = h.check.clone().unwrap_or_default();
         let cpath = join(path, "check");
         let stats_spec = h.stats.clone().unwrap_or_default();
         let stats = if stats_spec.enabled.unwrap_or(true) {
             let sp = join(path, "stats");
-            let port = ports.claim(cx, stats_spec.port.map(u32::from).unwrap_or(8084 + off), &join(&sp, "port"), "haproxy stats");
+            let port = ports.claim(
+                cx,
+                stats_spec.port.map(u32::from).unwrap_or(8084 + off),
+                &join(&sp, "port"),
+                "haproxy stats",
+            );
             Some(StatsModel {
                 port,
                 user: stats_spec.user.clone().unwrap_or_else(|| "admin".into()),
@@ -318,14 +428,28 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
         let rise = check.rise.unwrap_or(2);
         let fall = check.fall.unwrap_or(3);
         if rise == 0 {
-            cx.err(&join(&cpath, "rise"), "rise must be at least 1", "2 is a good value");
+            cx.err(
+                &join(&cpath, "rise"),
+                "rise must be at least 1",
+                "2 is a good value",
+            );
         }
         if fall == 0 {
-            cx.err(&join(&cpath, "fall"), "fall must be at least 1", "3 is a good value");
+            cx.err(
+                &join(&cpath, "fall"),
+                "fall must be at least 1",
+                "3 is a good value",
+            );
         }
         HaproxyModel {
-            write: Endpoint { host: host_of("haproxy"), port: write },
-            read: Endpoint { host: host_of("haproxy"), port: read },
+            write: Endpoint {
+                host: host_of("haproxy"),
+                port: write,
+            },
+            read: Endpoint {
+                host: host_of("haproxy"),
+                port: read,
+            },
             balance: serde_plain(&h.balance.unwrap_or_default()),
             check_interval: cx.dur(&join(&cpath, "interval"), check.interval.as_ref(), "1s"),
             check_timeout: cx.dur(&join(&cpath, "timeout"), check.timeout.as_ref(), "1s"),
@@ -342,24 +466,50 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
     // --- Redis -------------------------------------------------------------------------------
     let redis = s.redis.as_ref().map(|r| {
         let path = "spec.redis";
-        let port = ports.claim(cx, r.port.map(u32::from).unwrap_or(6379 + off), &join(path, "port"), "redis");
+        let port = ports.claim(
+            cx,
+            r.port.map(u32::from).unwrap_or(6379 + off),
+            &join(path, "port"),
+            "redis",
+        );
         let max_memory = r.max_memory.clone().unwrap_or_else(|| "256mb".into());
         if parse_bytes(&max_memory).is_none() {
-            cx.err(&join(path, "maxMemory"), format!("`{max_memory}` is not a memory size"), "e.g. `256mb`, `1gb`");
+            cx.err(
+                &join(path, "maxMemory"),
+                format!("`{max_memory}` is not a memory size"),
+                "e.g. `256mb`, `1gb`",
+            );
         }
-        let policy = r.max_memory_policy.clone().unwrap_or_else(|| "allkeys-lru".into());
+        let policy = r
+            .max_memory_policy
+            .clone()
+            .unwrap_or_else(|| "allkeys-lru".into());
         const POLICIES: &[&str] = &[
-            "noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl",
+            "noeviction",
+            "allkeys-lru",
+            "allkeys-lfu",
+            "allkeys-random",
+            "volatile-lru",
+            "volatile-lfu",
+            "volatile-random",
+            "volatile-ttl",
         ];
         if !POLICIES.contains(&policy.as_str()) {
             let hint = match did_you_mean(&policy, POLICIES.iter().copied()) {
                 Some(m) => format!("did you mean `{m}`?"),
                 None => format!("one of: {}", POLICIES.join(", ")),
             };
-            cx.err(&join(path, "maxMemoryPolicy"), format!("unknown eviction policy `{policy}`"), hint);
+            cx.err(
+                &join(path, "maxMemoryPolicy"),
+                format!("unknown eviction policy `{policy}`"),
+                hint,
+            );
         }
         RedisModel {
-            endpoint: Endpoint { host: host_of("redis"), port },
+            endpoint: Endpoint {
+                host: host_of("redis"),
+                port,
+            },
             max_memory,
             max_memory_policy: policy,
             append_only: r.append_only.unwrap_or(false),
@@ -438,9 +588,18 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
     // --- Backend and processors ----------------------------------------------------------------
     let backend = s.backend.as_ref().map(|b| {
         let path = "spec.backend";
-        let port = ports.claim(cx, b.port.map(u32::from).unwrap_or(8080 + off), &join(path, "port"), "backend");
+        let port = ports.claim(
+            cx,
+            b.port.map(u32::from).unwrap_or(8080 + off),
+            &join(path, "port"),
+            "backend",
+        );
         let Some(pg) = postgres.as_ref() else {
-            cx.err(path, "the backend needs PostgreSQL, but the topology has no postgres", "add `postgres: {}` to spec");
+            cx.err(
+                path,
+                "the backend needs PostgreSQL, but the topology has no postgres",
+                "add `postgres: {}` to spec",
+            );
             return None;
         };
         let (write_url, read_url) = match (&haproxy, pg.primary_member()) {
@@ -449,21 +608,33 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
                 format!("postgres://{}@{}/{}", pg.user, h.read.addr(), pg.database),
             ),
             (None, Some(m)) => {
-                let u = format!("postgres://{}@{}:{}/{}", pg.user, m.host, m.port, pg.database);
+                let u = format!(
+                    "postgres://{}@{}:{}/{}",
+                    pg.user, m.host, m.port, pg.database
+                );
                 (u.clone(), u)
             }
             (None, None) => (String::new(), String::new()),
         };
         Some(BackendModel {
-            endpoint: Endpoint { host: host_of("backend"), port },
+            endpoint: Endpoint {
+                host: host_of("backend"),
+                port,
+            },
             max_db_connections: b.max_db_connections.unwrap_or(20),
             cache_ttl: cx.dur(&join(path, "cacheTtl"), b.cache_ttl.as_ref(), "5m"),
-            outbox_poll_interval: cx.dur(&join(path, "outboxPollInterval"), b.outbox_poll_interval.as_ref(), "50ms"),
+            outbox_poll_interval: cx.dur(
+                &join(path, "outboxPollInterval"),
+                b.outbox_poll_interval.as_ref(),
+                "50ms",
+            ),
             outbox_batch_size: b.outbox_batch_size.unwrap_or(500),
             log_level: b.log_level.clone().unwrap_or_else(|| "info".into()),
             write_url,
             read_url,
-            redis_url: redis.as_ref().map(|r| format!("redis://{}/0", r.endpoint.addr())),
+            redis_url: redis
+                .as_ref()
+                .map(|r| format!("redis://{}/0", r.endpoint.addr())),
             kafka_bootstrap: kafka.as_ref().map(|k| k.bootstrap.clone()),
         })
     });
@@ -473,14 +644,22 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
     if let Some(sp) = &s.stream_processors {
         let path = "spec.streamProcessors";
         for (field, pname, spec) in [
-            ("customerAnalytics", "customer-analytics", &sp.customer_analytics),
+            (
+                "customerAnalytics",
+                "customer-analytics",
+                &sp.customer_analytics,
+            ),
             ("orderProcessor", "order-processor", &sp.order_processor),
         ] {
             if let Some(p) = spec {
                 if p.enabled.unwrap_or(true) {
                     processors.push(ProcessorModel { name: pname.into() });
                     if kafka.is_none() {
-                        cx.err(&join(path, field), format!("{pname} consumes Kafka topics, but the topology has no kafka"), "add `kafka: {}` to spec");
+                        cx.err(
+                            &join(path, field),
+                            format!("{pname} consumes Kafka topics, but the topology has no kafka"),
+                            "add `kafka: {}` to spec",
+                        );
                     }
                 }
             }
@@ -488,46 +667,96 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
     }
 
     // --- Envoy ---------------------------------------------------------------------------------
-    let envoy = s.envoy.as_ref().map(|e| build_envoy(e, off, &backend, &host_of, &mut ports, cx));
+    let envoy = s
+        .envoy
+        .as_ref()
+        .map(|e| build_envoy(e, off, &backend, &host_of, &mut ports, cx));
 
     // --- Exporters -----------------------------------------------------------------------------
     let mut exporters = ExportersModel::default();
     if let Some(x) = &s.exporters {
         let path = "spec.exporters";
         if let Some(n) = x.node.as_ref().filter(|n| n.enabled.unwrap_or(true)) {
-            let port = ports.claim(cx, n.port.map(u32::from).unwrap_or(9100 + off), &join(path, "node.port"), "node exporter");
-            exporters.node = Some(Endpoint { host: host_of("node-exporter"), port });
+            let port = ports.claim(
+                cx,
+                n.port.map(u32::from).unwrap_or(9100 + off),
+                &join(path, "node.port"),
+                "node exporter",
+            );
+            exporters.node = Some(Endpoint {
+                host: host_of("node-exporter"),
+                port,
+            });
         }
         if let Some(p) = x.postgres.as_ref().filter(|n| n.enabled.unwrap_or(true)) {
             match &postgres {
-                None => cx.err(&join(path, "postgres"), "the postgres exporter needs the postgres component", "add `postgres: {}` or remove exporters.postgres"),
+                None => cx.err(
+                    &join(path, "postgres"),
+                    "the postgres exporter needs the postgres component",
+                    "add `postgres: {}` or remove exporters.postgres",
+                ),
                 Some(pg) => {
                     let base = p.port.map(u32::from).unwrap_or(9187 + off);
                     for m in &pg.members {
                         let xname = format!("postgres-exporter-{}", m.index);
-                        let port = ports.claim(cx, base + m.index as u32, &join(path, "postgres.port"), &xname);
-                        exporters.postgres.push(PgExporterModel { name: xname.clone(), member: m.name.clone(), endpoint: Endpoint { host: host_of(&xname), port } });
+                        let port = ports.claim(
+                            cx,
+                            base + m.index as u32,
+                            &join(path, "postgres.port"),
+                            &xname,
+                        );
+                        exporters.postgres.push(PgExporterModel {
+                            name: xname.clone(),
+                            member: m.name.clone(),
+                            endpoint: Endpoint {
+                                host: host_of(&xname),
+                                port,
+                            },
+                        });
                     }
                 }
             }
         }
         if let Some(r) = x.redis.as_ref().filter(|n| n.enabled.unwrap_or(true)) {
             if redis.is_none() {
-                cx.err(&join(path, "redis"), "the redis exporter needs the redis component", "add `redis: {}` or remove exporters.redis");
+                cx.err(
+                    &join(path, "redis"),
+                    "the redis exporter needs the redis component",
+                    "add `redis: {}` or remove exporters.redis",
+                );
             }
-            let port = ports.claim(cx, r.port.map(u32::from).unwrap_or(9121 + off), &join(path, "redis.port"), "redis exporter");
-            exporters.redis = Some(Endpoint { host: host_of("redis-exporter"), port });
+            let port = ports.claim(
+                cx,
+                r.port.map(u32::from).unwrap_or(9121 + off),
+                &join(path, "redis.port"),
+                "redis exporter",
+            );
+            exporters.redis = Some(Endpoint {
+                host: host_of("redis-exporter"),
+                port,
+            });
         }
     }
 
     // --- Alertmanager ----------------------------------------------------------------------------
-    let alertmanager = s.alertmanager.as_ref().map(|a| build_alertmanager(a, off, &agent, &paths, &host_of, &mut ports, cx));
+    let alertmanager = s
+        .alertmanager
+        .as_ref()
+        .map(|a| build_alertmanager(a, off, &agent, &paths, &host_of, &mut ports, cx));
 
     // --- Prometheus and alerts -------------------------------------------------------------------
     let prometheus = s.prometheus.as_ref().map(|p| {
         let path = "spec.prometheus";
-        let port = ports.claim(cx, p.port.map(u32::from).unwrap_or(9090 + off), &join(path, "port"), "prometheus");
-        let endpoint = Endpoint { host: host_of("prometheus"), port };
+        let port = ports.claim(
+            cx,
+            p.port.map(u32::from).unwrap_or(9090 + off),
+            &join(path, "port"),
+            "prometheus",
+        );
+        let endpoint = Endpoint {
+            host: host_of("prometheus"),
+            port,
+        };
         let mut jobs = Vec::new();
         let job = |name: &str, targets: Vec<ScrapeTarget>, metrics_path: &str| ScrapeJobModel {
             name: name.into(),
@@ -535,7 +764,10 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
             metrics_path: metrics_path.into(),
             interval: None,
         };
-        let plain = |e: &Endpoint| ScrapeTarget { address: e.addr(), labels: BTreeMap::new() };
+        let plain = |e: &Endpoint| ScrapeTarget {
+            address: e.addr(),
+            labels: BTreeMap::new(),
+        };
         jobs.push(job("prometheus", vec![plain(&endpoint)], "/metrics"));
         if let Some(a) = &alertmanager {
             jobs.push(job("alertmanager", vec![plain(&a.endpoint)], "/metrics"));
@@ -550,7 +782,10 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
             let targets = exporters
                 .postgres
                 .iter()
-                .map(|x| ScrapeTarget { address: x.endpoint.addr(), labels: BTreeMap::from([("member".to_string(), x.member.clone())]) })
+                .map(|x| ScrapeTarget {
+                    address: x.endpoint.addr(),
+                    labels: BTreeMap::from([("member".to_string(), x.member.clone())]),
+                })
                 .collect();
             jobs.push(job("postgres", targets, "/metrics"));
         }
@@ -559,7 +794,14 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
         }
         if let Some(h) = &haproxy {
             if let Some(st) = &h.stats {
-                jobs.push(job("haproxy", vec![plain(&Endpoint { host: h.write.host.clone(), port: st.port })], "/metrics"));
+                jobs.push(job(
+                    "haproxy",
+                    vec![plain(&Endpoint {
+                        host: h.write.host.clone(),
+                        port: st.port,
+                    })],
+                    "/metrics",
+                ));
             }
         }
         if let Some(e) = &envoy {
@@ -572,28 +814,58 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
         for (i, x) in p.extra_jobs.iter().enumerate() {
             let jp = index(&join(path, "extraJobs"), i);
             if builtin.contains(&x.name) || jobs.iter().filter(|j| j.name == x.name).count() > 0 {
-                cx.err(&join(&jp, "name"), format!("scrape job `{}` already exists", x.name), "pick another job name");
+                cx.err(
+                    &join(&jp, "name"),
+                    format!("scrape job `{}` already exists", x.name),
+                    "pick another job name",
+                );
             }
             if x.targets.is_empty() {
-                cx.err(&join(&jp, "targets"), "a scrape job needs at least one target", "e.g. targets: [\"127.0.0.1:9000\"]");
+                cx.err(
+                    &join(&jp, "targets"),
+                    "a scrape job needs at least one target",
+                    "e.g. targets: [\"127.0.0.1:9000\"]",
+                );
             }
             for (ti, tg) in x.targets.iter().enumerate() {
                 if !is_host_port(tg) {
-                    cx.err(&index(&join(&jp, "targets"), ti), format!("`{tg}` is not host:port"), "e.g. `127.0.0.1:9000`");
+                    cx.err(
+                        &index(&join(&jp, "targets"), ti),
+                        format!("`{tg}` is not host:port"),
+                        "e.g. `127.0.0.1:9000`",
+                    );
                 }
             }
-            let interval = x.interval.as_ref().map(|iv| cx.dur(&join(&jp, "interval"), Some(iv), "5s"));
+            let interval = x
+                .interval
+                .as_ref()
+                .map(|iv| cx.dur(&join(&jp, "interval"), Some(iv), "5s"));
             jobs.push(ScrapeJobModel {
                 name: x.name.clone(),
-                targets: x.targets.iter().map(|a| ScrapeTarget { address: a.clone(), labels: BTreeMap::new() }).collect(),
+                targets: x
+                    .targets
+                    .iter()
+                    .map(|a| ScrapeTarget {
+                        address: a.clone(),
+                        labels: BTreeMap::new(),
+                    })
+                    .collect(),
                 metrics_path: x.metrics_path.clone().unwrap_or_else(|| "/metrics".into()),
                 interval,
             });
         }
         PrometheusModel {
             endpoint,
-            scrape_interval: cx.dur(&join(path, "scrapeInterval"), p.scrape_interval.as_ref(), "5s"),
-            evaluation_interval: cx.dur(&join(path, "evaluationInterval"), p.evaluation_interval.as_ref(), "5s"),
+            scrape_interval: cx.dur(
+                &join(path, "scrapeInterval"),
+                p.scrape_interval.as_ref(),
+                "5s",
+            ),
+            evaluation_interval: cx.dur(
+                &join(path, "evaluationInterval"),
+                p.evaluation_interval.as_ref(),
+                "5s",
+            ),
             retention: cx.dur(&join(path, "retention"), p.retention.as_ref(), "15d"),
             jobs,
             data_dir: format!("{}/prometheus", paths.data),
@@ -602,7 +874,11 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
 
     let alerts = match (&s.alerts, &prometheus) {
         (Some(_), None) => {
-            cx.err("spec.alerts", "alert rules are evaluated by Prometheus, but the topology has no prometheus", "add `prometheus: {}` to spec");
+            cx.err(
+                "spec.alerts",
+                "alert rules are evaluated by Prometheus, but the topology has no prometheus",
+                "add `prometheus: {}` to spec",
+            );
             None
         }
         (a, Some(_)) => Some(build_alerts(a.clone().unwrap_or_default(), cx)),
@@ -612,7 +888,11 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
     // --- Secrets --------------------------------------------------------------------------------
     let mut needed: BTreeSet<&str> = BTreeSet::new();
     if postgres.is_some() {
-        needed.extend(["postgres-superuser-password", "postgres-replication-password", "postgres-app-password"]);
+        needed.extend([
+            "postgres-superuser-password",
+            "postgres-replication-password",
+            "postgres-app-password",
+        ]);
     }
     if haproxy.as_ref().is_some_and(|h| h.stats.is_some()) {
         needed.insert("haproxy-stats-password");
@@ -627,7 +907,10 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
         if a.receivers.iter().any(|r| !r.slack.is_empty()) {
             needed.insert("slack-webhook-url");
         }
-        if a.smtp.as_ref().is_some_and(|s| s.auth_password_file.is_some()) {
+        if a.smtp
+            .as_ref()
+            .is_some_and(|s| s.auth_password_file.is_some())
+        {
             needed.insert("smtp-password");
         }
     }
@@ -637,26 +920,64 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
         if !KNOWN_SECRETS.iter().any(|(n, _)| n == k) {
             let hint = match did_you_mean(k, KNOWN_SECRETS.iter().map(|(n, _)| *n)) {
                 Some(m) => format!("did you mean `{m}`?"),
-                None => format!("known secrets: {}", KNOWN_SECRETS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")),
+                None => format!(
+                    "known secrets: {}",
+                    KNOWN_SECRETS
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             };
             cx.err(&p, format!("unknown secret `{k}`"), hint);
         }
-        let sources = [r.from_env.is_some(), r.from_file.is_some(), r.generate_length.is_some()].iter().filter(|x| **x).count();
+        let sources = [
+            r.from_env.is_some(),
+            r.from_file.is_some(),
+            r.generate_length.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
         if sources > 1 {
-            cx.err(&p, format!("secret `{k}` has more than one source"), "use exactly one of fromEnv, fromFile, generateLength");
+            cx.err(
+                &p,
+                format!("secret `{k}` has more than one source"),
+                "use exactly one of fromEnv, fromFile, generateLength",
+            );
         }
         if r.generate_length.is_some_and(|n| n < 16) {
-            cx.err(&join(&p, "generateLength"), "generated secrets must have at least 16 characters", "use 32");
+            cx.err(
+                &join(&p, "generateLength"),
+                "generated secrets must have at least 16 characters",
+                "use 32",
+            );
         }
     }
     for n in needed {
         let source = match s.secrets.get(n) {
-            Some(SecretRef { from_env: Some(v), .. }) => SecretSource::Env { var: v.clone() },
-            Some(SecretRef { from_file: Some(f), .. }) => SecretSource::File { path: absolutize(&opts.base_dir, f) },
-            Some(SecretRef { generate_length: Some(l), .. }) => SecretSource::Generate { length: *l },
+            Some(SecretRef {
+                from_env: Some(v), ..
+            }) => SecretSource::Env { var: v.clone() },
+            Some(SecretRef {
+                from_file: Some(f), ..
+            }) => SecretSource::File {
+                path: absolutize(&opts.base_dir, f),
+            },
+            Some(SecretRef {
+                generate_length: Some(l),
+                ..
+            }) => SecretSource::Generate { length: *l },
             _ => SecretSource::Generate { length: 32 },
         };
-        secrets.insert(n.to_string(), SecretModel { name: n.into(), file: format!("{}/{n}", paths.secrets), source });
+        secrets.insert(
+            n.to_string(),
+            SecretModel {
+                name: n.into(),
+                file: format!("{}/{n}", paths.secrets),
+                source,
+            },
+        );
     }
 
     ValidatedTopology {
@@ -684,7 +1005,10 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
 }
 
 fn serde_plain<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v).ok().and_then(|x| x.as_str().map(str::to_string)).unwrap_or_default()
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|x| x.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 fn pg_superuser() -> &'static str {
@@ -707,7 +1031,12 @@ fn is_host_port(s: &str) -> bool {
     }
 }
 
-fn resolve_paths(runtime: RuntimeKind, rt: &RuntimeSpec, name: &str, opts: &ValidateOptions) -> Paths {
+fn resolve_paths(
+    runtime: RuntimeKind,
+    rt: &RuntimeSpec,
+    name: &str,
+    opts: &ValidateOptions,
+) -> Paths {
     match runtime {
         RuntimeKind::Local => {
             let state = match &opts.state_dir {
@@ -738,7 +1067,10 @@ fn resolve_paths(runtime: RuntimeKind, rt: &RuntimeSpec, name: &str, opts: &Vali
     }
 }
 
-fn default_pg_parameters(max_slot_wal_keep_size: &str, hot_standby_feedback: bool) -> BTreeMap<String, String> {
+fn default_pg_parameters(
+    max_slot_wal_keep_size: &str,
+    hot_standby_feedback: bool,
+) -> BTreeMap<String, String> {
     let mut p = BTreeMap::new();
     for (k, v) in [
         ("max_connections", "200"),
@@ -765,8 +1097,14 @@ fn default_pg_parameters(max_slot_wal_keep_size: &str, hot_standby_feedback: boo
     ] {
         p.insert(k.to_string(), v.to_string());
     }
-    p.insert("max_slot_wal_keep_size".into(), max_slot_wal_keep_size.into());
-    p.insert("hot_standby_feedback".into(), if hot_standby_feedback { "on" } else { "off" }.into());
+    p.insert(
+        "max_slot_wal_keep_size".into(),
+        max_slot_wal_keep_size.into(),
+    );
+    p.insert(
+        "hot_standby_feedback".into(),
+        if hot_standby_feedback { "on" } else { "off" }.into(),
+    );
     p
 }
 
@@ -783,7 +1121,11 @@ fn build_postgres(
     let path = "spec.postgres";
     let replicas = p.replicas.unwrap_or(2);
     if replicas > 15 {
-        cx.err(&join(path, "replicas"), format!("{replicas} replicas is more than bssctl supports"), "use at most 15");
+        cx.err(
+            &join(path, "replicas"),
+            format!("{replicas} replicas is more than bssctl supports"),
+            "use at most 15",
+        );
     }
     let repl = p.replication.clone().unwrap_or_default();
     let rpath = join(path, "replication");
@@ -804,40 +1146,78 @@ fn build_postgres(
             );
         }
     } else if repl.sync_count.is_some() {
-        cx.err(&join(&rpath, "syncCount"), "syncCount only applies to mode: sync", "remove it or set mode: sync");
+        cx.err(
+            &join(&rpath, "syncCount"),
+            "syncCount only applies to mode: sync",
+            "remove it or set mode: sync",
+        );
     }
     let database = p.database.clone().unwrap_or_else(|| "bss".into());
     let user = p.user.clone().unwrap_or_else(|| "bss_app".into());
     for (field, v) in [("database", &database), ("user", &user)] {
         let ok = !v.is_empty()
             && v.len() <= 63
-            && v.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+            && v.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
             && !v.as_bytes()[0].is_ascii_digit();
         if !ok {
-            cx.err(&join(path, field), format!("`{v}` is not a plain SQL identifier"), "use lowercase letters, digits and '_', starting with a letter");
+            cx.err(
+                &join(path, field),
+                format!("`{v}` is not a plain SQL identifier"),
+                "use lowercase letters, digits and '_', starting with a letter",
+            );
         }
     }
     if ["postgres", "replicator"].contains(&user.as_str()) {
-        cx.err(&join(path, "user"), format!("`{user}` is reserved by bssctl"), "use another application role name, e.g. bss_app");
+        cx.err(
+            &join(path, "user"),
+            format!("`{user}` is reserved by bssctl"),
+            "use another application role name, e.g. bss_app",
+        );
     }
-    let msw = repl.max_slot_wal_keep_size.clone().unwrap_or_else(|| "2GB".into());
+    let msw = repl
+        .max_slot_wal_keep_size
+        .clone()
+        .unwrap_or_else(|| "2GB".into());
     if parse_bytes(&msw).is_none() {
-        cx.err(&join(&rpath, "maxSlotWalKeepSize"), format!("`{msw}` is not a size"), "e.g. `2GB`");
+        cx.err(
+            &join(&rpath, "maxSlotWalKeepSize"),
+            format!("`{msw}` is not a size"),
+            "e.g. `2GB`",
+        );
     }
     let fo = p.failover.clone().unwrap_or_default();
     let fpath = join(path, "failover");
-    let probe_interval = cx.dur(&join(&fpath, "probeInterval"), fo.probe_interval.as_ref(), "500ms");
-    let detection_window = cx.dur(&join(&fpath, "detectionWindow"), fo.detection_window.as_ref(), "3s");
+    let probe_interval = cx.dur(
+        &join(&fpath, "probeInterval"),
+        fo.probe_interval.as_ref(),
+        "500ms",
+    );
+    let detection_window = cx.dur(
+        &join(&fpath, "detectionWindow"),
+        fo.detection_window.as_ref(),
+        "3s",
+    );
     if detection_window.ms < probe_interval.ms * 2 {
         cx.err(
             &join(&fpath, "detectionWindow"),
-            format!("detection window {} is shorter than two probe intervals ({})", detection_window.text, probe_interval.text),
+            format!(
+                "detection window {} is shorter than two probe intervals ({})",
+                detection_window.text, probe_interval.text
+            ),
             "one lost probe would trigger a failover; make the window at least 2x probeInterval",
         );
     }
-    let max_lag = fo.max_lag_on_failover.clone().unwrap_or_else(|| "16MB".into());
+    let max_lag = fo
+        .max_lag_on_failover
+        .clone()
+        .unwrap_or_else(|| "16MB".into());
     let max_lag_bytes = parse_bytes(&max_lag).unwrap_or_else(|| {
-        cx.err(&join(&fpath, "maxLagOnFailover"), format!("`{max_lag}` is not a size"), "e.g. `16MB`");
+        cx.err(
+            &join(&fpath, "maxLagOnFailover"),
+            format!("`{max_lag}` is not a size"),
+            "e.g. `16MB`",
+        );
         0
     });
 
@@ -846,10 +1226,22 @@ fn build_postgres(
     for (i, m) in p.members.iter().enumerate() {
         let mp = index(&join(path, "members"), i);
         if m.index > replicas {
-            cx.err(&join(&mp, "index"), format!("member {} does not exist: there are {} members (0-{replicas})", m.index, replicas + 1), "index 0 is the initial primary, 1..n the replicas");
+            cx.err(
+                &join(&mp, "index"),
+                format!(
+                    "member {} does not exist: there are {} members (0-{replicas})",
+                    m.index,
+                    replicas + 1
+                ),
+                "index 0 is the initial primary, 1..n the replicas",
+            );
         }
         if overrides.insert(m.index, m).is_some() {
-            cx.err(&join(&mp, "index"), format!("member {} is overridden twice", m.index), "merge the two entries");
+            cx.err(
+                &join(&mp, "index"),
+                format!("member {} is overridden twice", m.index),
+                "merge the two entries",
+            );
         }
     }
     let members: Vec<PgMember> = (0..=replicas)
@@ -877,18 +1269,30 @@ fn build_postgres(
             }
         })
         .collect();
-    if mode == ReplicationMode::Sync && replicas > 0 && members.iter().skip(1).all(|m| m.priority == 0) {
-        cx.err(&join(path, "members"), "every replica has priority 0: none could take over in synchronous mode", "give at least one replica a priority above 0");
+    if mode == ReplicationMode::Sync
+        && replicas > 0
+        && members.iter().skip(1).all(|m| m.priority == 0)
+    {
+        cx.err(
+            &join(path, "members"),
+            "every replica has priority 0: none could take over in synchronous mode",
+            "give at least one replica a priority above 0",
+        );
     }
 
     let mut parameters = default_pg_parameters(&msw, repl.hot_standby_feedback.unwrap_or(true));
     for (k, v) in &p.parameters {
         let pp = join(&join(path, "parameters"), k);
         let valid_name = !k.is_empty()
-            && k.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'.')
+            && k.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'.')
             && k.as_bytes()[0].is_ascii_lowercase();
         if !valid_name {
-            cx.err(&pp, format!("`{k}` is not a PostgreSQL parameter name"), "parameter names are lowercase, e.g. shared_buffers");
+            cx.err(
+                &pp,
+                format!("`{k}` is not a PostgreSQL parameter name"),
+                "parameter names are lowercase, e.g. shared_buffers",
+            );
             continue;
         }
         if let Some((_, why)) = MANAGED_PARAMETERS.iter().find(|(n, _)| n == k) {
@@ -897,7 +1301,11 @@ fn build_postgres(
         }
         let value = v.to_string();
         if value.contains('\n') {
-            cx.err(&pp, "parameter values cannot span lines", "write the value on one line");
+            cx.err(
+                &pp,
+                "parameter values cannot span lines",
+                "write the value on one line",
+            );
             continue;
         }
         parameters.insert(k.clone(), value);
@@ -917,7 +1325,12 @@ fn build_postgres(
         slots: repl.slots.unwrap_or(true),
         hot_standby_feedback: repl.hot_standby_feedback.unwrap_or(true),
         max_slot_wal_keep_size: msw,
-        failover: FailoverModel { enabled: fo.enabled.unwrap_or(true), probe_interval, detection_window, max_lag_bytes },
+        failover: FailoverModel {
+            enabled: fo.enabled.unwrap_or(true),
+            probe_interval,
+            detection_window,
+            max_lag_bytes,
+        },
         parameters,
     };
     model.synchronous_standby_names = synchronous_standby_names(&model);
@@ -933,7 +1346,12 @@ fn build_envoy(
     cx: &mut Ctx,
 ) -> EnvoyModel {
     let path = "spec.envoy";
-    let admin_port = ports.claim(cx, e.admin_port.map(u32::from).unwrap_or(15000 + off), &join(path, "adminPort"), "envoy admin");
+    let admin_port = ports.claim(
+        cx,
+        e.admin_port.map(u32::from).unwrap_or(15000 + off),
+        &join(path, "adminPort"),
+        "envoy admin",
+    );
     let t = e.timeouts.clone().unwrap_or_default();
     let tp = join(path, "timeouts");
     let connect_timeout = cx.dur(&join(&tp, "connect"), t.connect.as_ref(), "1s");
@@ -941,10 +1359,22 @@ fn build_envoy(
     let idle_timeout = cx.dur(&join(&tp, "idle"), t.idle.as_ref(), "300s");
     let r = e.retries.clone().unwrap_or_default();
     let rp = join(path, "retries");
-    let retry_on = r.retry_on.clone().unwrap_or_else(|| "5xx,reset,connect-failure".into());
+    let retry_on = r
+        .retry_on
+        .clone()
+        .unwrap_or_else(|| "5xx,reset,connect-failure".into());
     const RETRY_ON: &[&str] = &[
-        "5xx", "gateway-error", "reset", "reset-before-request", "connect-failure", "envoy-ratelimited", "retriable-4xx",
-        "refused-stream", "retriable-status-codes", "retriable-headers", "http3-post-connect-failure",
+        "5xx",
+        "gateway-error",
+        "reset",
+        "reset-before-request",
+        "connect-failure",
+        "envoy-ratelimited",
+        "retriable-4xx",
+        "refused-stream",
+        "retriable-status-codes",
+        "retriable-headers",
+        "http3-post-connect-failure",
     ];
     for cond in retry_on.split(',') {
         if !RETRY_ON.contains(&cond.trim()) {
@@ -952,37 +1382,79 @@ fn build_envoy(
                 Some(m) => format!("did you mean `{m}`?"),
                 None => format!("conditions: {}", RETRY_ON.join(", ")),
             };
-            cx.err(&join(&rp, "retryOn"), format!("unknown retry condition `{}`", cond.trim()), hint);
+            cx.err(
+                &join(&rp, "retryOn"),
+                format!("unknown retry condition `{}`", cond.trim()),
+                hint,
+            );
         }
     }
-    let per_try_timeout = cx.dur(&join(&rp, "perTryTimeout"), r.per_try_timeout.as_ref(), "5s");
+    let per_try_timeout = cx.dur(
+        &join(&rp, "perTryTimeout"),
+        r.per_try_timeout.as_ref(),
+        "5s",
+    );
     let cb = e.circuit_breakers.clone().unwrap_or_default();
 
     // Clusters: the implicit backend cluster, then the declared ones.
     let mut clusters: Vec<ClusterModel> = Vec::new();
     if let Some(b) = backend {
-        clusters.push(ClusterModel { name: "backend".into(), endpoints: vec![b.endpoint.clone()], health_path: None });
+        clusters.push(ClusterModel {
+            name: "backend".into(),
+            endpoints: vec![b.endpoint.clone()],
+            health_path: None,
+        });
     }
     for (i, c) in e.clusters.iter().enumerate() {
         let cp = index(&join(path, "clusters"), i);
         if !is_dns_label(&c.name, 63) {
-            cx.err(&join(&cp, "name"), format!("cluster name `{}` is not DNS-safe", c.name), "use lowercase letters, digits and '-'");
+            cx.err(
+                &join(&cp, "name"),
+                format!("cluster name `{}` is not DNS-safe", c.name),
+                "use lowercase letters, digits and '-'",
+            );
         }
         if clusters.iter().any(|x| x.name == c.name) {
-            let why = if c.name == "backend" { " (the backend component defines it)" } else { "" };
-            cx.err(&join(&cp, "name"), format!("cluster `{}` is defined twice{why}", c.name), "rename one of them");
+            let why = if c.name == "backend" {
+                " (the backend component defines it)"
+            } else {
+                ""
+            };
+            cx.err(
+                &join(&cp, "name"),
+                format!("cluster `{}` is defined twice{why}", c.name),
+                "rename one of them",
+            );
         }
         if c.endpoints.is_empty() {
-            cx.err(&join(&cp, "endpoints"), format!("cluster `{}` has no endpoints", c.name), "add at least one `host:port`");
+            cx.err(
+                &join(&cp, "endpoints"),
+                format!("cluster `{}` has no endpoints", c.name),
+                "add at least one `host:port`",
+            );
         }
         let mut eps = Vec::new();
         for (j, ep) in c.endpoints.iter().enumerate() {
-            match ep.rsplit_once(':').and_then(|(h, p)| p.parse::<u16>().ok().filter(|p| *p > 0).map(|p| (h, p))) {
-                Some((h, p)) if !h.is_empty() => eps.push(Endpoint { host: h.into(), port: p }),
-                _ => cx.err(&index(&join(&cp, "endpoints"), j), format!("`{ep}` is not host:port"), "e.g. `127.0.0.1:8081`"),
+            match ep
+                .rsplit_once(':')
+                .and_then(|(h, p)| p.parse::<u16>().ok().filter(|p| *p > 0).map(|p| (h, p)))
+            {
+                Some((h, p)) if !h.is_empty() => eps.push(Endpoint {
+                    host: h.into(),
+                    port: p,
+                }),
+                _ => cx.err(
+                    &index(&join(&cp, "endpoints"), j),
+                    format!("`{ep}` is not host:port"),
+                    "e.g. `127.0.0.1:8081`",
+                ),
             }
         }
-        clusters.push(ClusterModel { name: c.name.clone(), endpoints: eps, health_path: c.health_path.clone() });
+        clusters.push(ClusterModel {
+            name: c.name.clone(),
+            endpoints: eps,
+            health_path: c.health_path.clone(),
+        });
     }
     let hc = e.health_check.clone().unwrap_or_default();
     let hp = join(path, "healthCheck");
@@ -1001,7 +1473,11 @@ fn build_envoy(
         name: "ingress".into(),
         port: u16::try_from(15006 + off).unwrap_or(0),
         routes: vec![
-            RouteSpec { prefix: "/api/".into(), cluster: "backend".into(), ..Default::default() },
+            RouteSpec {
+                prefix: "/api/".into(),
+                cluster: "backend".into(),
+                ..Default::default()
+            },
             RouteSpec {
                 prefix: "/health".into(),
                 cluster: "backend".into(),
@@ -1013,26 +1489,63 @@ fn build_envoy(
         ],
     };
     let using_default = e.listeners.is_empty();
-    let specs: Vec<ListenerSpec> = if using_default { vec![default_listener] } else { e.listeners.clone() };
+    let specs: Vec<ListenerSpec> = if using_default {
+        vec![default_listener]
+    } else {
+        e.listeners.clone()
+    };
     let mut names = BTreeSet::new();
     let mut listeners = Vec::new();
     for (i, l) in specs.iter().enumerate() {
-        let lp = if using_default { path.to_string() } else { index(&join(path, "listeners"), i) };
+        let lp = if using_default {
+            path.to_string()
+        } else {
+            index(&join(path, "listeners"), i)
+        };
         if !is_dns_label(&l.name, 63) {
-            cx.err(&join(&lp, "name"), format!("listener name `{}` is not DNS-safe", l.name), "use lowercase letters, digits and '-'");
+            cx.err(
+                &join(&lp, "name"),
+                format!("listener name `{}` is not DNS-safe", l.name),
+                "use lowercase letters, digits and '-'",
+            );
         }
         if !names.insert(l.name.clone()) {
-            cx.err(&join(&lp, "name"), format!("listener `{}` is defined twice", l.name), "rename one of them");
+            cx.err(
+                &join(&lp, "name"),
+                format!("listener `{}` is defined twice", l.name),
+                "rename one of them",
+            );
         }
-        let port = ports.claim(cx, if using_default { 15006 + off } else { l.port as u32 }, &join(&lp, "port"), &format!("envoy listener {}", l.name));
+        let port = ports.claim(
+            cx,
+            if using_default {
+                15006 + off
+            } else {
+                l.port as u32
+            },
+            &join(&lp, "port"),
+            &format!("envoy listener {}", l.name),
+        );
         if l.routes.is_empty() {
-            cx.err(&join(&lp, "routes"), format!("listener `{}` has no routes", l.name), "add e.g. `{prefix: /api/, cluster: backend}`");
+            cx.err(
+                &join(&lp, "routes"),
+                format!("listener `{}` has no routes", l.name),
+                "add e.g. `{prefix: /api/, cluster: backend}`",
+            );
         }
         let mut routes = Vec::new();
         for (j, rt) in l.routes.iter().enumerate() {
-            let rp = if using_default { path.to_string() } else { index(&join(&lp, "routes"), j) };
+            let rp = if using_default {
+                path.to_string()
+            } else {
+                index(&join(&lp, "routes"), j)
+            };
             if !rt.prefix.starts_with('/') {
-                cx.err(&join(&rp, "prefix"), format!("route prefix `{}` must start with '/'", rt.prefix), "e.g. `/api/`");
+                cx.err(
+                    &join(&rp, "prefix"),
+                    format!("route prefix `{}` must start with '/'", rt.prefix),
+                    "e.g. `/api/`",
+                );
             }
             if !clusters.iter().any(|c| c.name == rt.cluster) {
                 let known: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
@@ -1041,11 +1554,20 @@ fn build_envoy(
                 } else {
                     match did_you_mean(&rt.cluster, known.iter().copied()) {
                         Some(m) => format!("did you mean `{m}`?"),
-                        None if known.is_empty() => "declare it under spec.envoy.clusters".to_string(),
+                        None if known.is_empty() => {
+                            "declare it under spec.envoy.clusters".to_string()
+                        }
                         None => format!("known clusters: {}", known.join(", ")),
                     }
                 };
-                cx.err(&join(&rp, "cluster"), format!("route `{}` goes to unknown cluster `{}`", rt.prefix, rt.cluster), hint);
+                cx.err(
+                    &join(&rp, "cluster"),
+                    format!(
+                        "route `{}` goes to unknown cluster `{}`",
+                        rt.prefix, rt.cluster
+                    ),
+                    hint,
+                );
             }
             let timeout = match &rt.timeout {
                 Some(tv) => cx.dur(&join(&rp, "timeout"), Some(tv), "15s"),
@@ -1060,7 +1582,11 @@ fn build_envoy(
                 retries: rt.retries.unwrap_or(true),
             });
         }
-        listeners.push(ListenerModel { name: l.name.clone(), port, routes });
+        listeners.push(ListenerModel {
+            name: l.name.clone(),
+            port,
+            routes,
+        });
     }
 
     let rl = e.rate_limit.clone().unwrap_or_default();
@@ -1069,29 +1595,59 @@ fn build_envoy(
         let max_tokens = rl.max_tokens.unwrap_or(100);
         let tokens_per_fill = rl.tokens_per_fill.unwrap_or(10);
         if max_tokens == 0 {
-            cx.err(&join(&rlp, "maxTokens"), "maxTokens must be at least 1", "the seeds use 100");
+            cx.err(
+                &join(&rlp, "maxTokens"),
+                "maxTokens must be at least 1",
+                "the seeds use 100",
+            );
         }
         if tokens_per_fill == 0 {
-            cx.err(&join(&rlp, "tokensPerFill"), "tokensPerFill must be at least 1", "the seeds use 10");
+            cx.err(
+                &join(&rlp, "tokensPerFill"),
+                "tokensPerFill must be at least 1",
+                "the seeds use 10",
+            );
         }
-        let fill_interval = cx.dur(&join(&rlp, "fillInterval"), rl.fill_interval.as_ref(), "60s");
+        let fill_interval = cx.dur(
+            &join(&rlp, "fillInterval"),
+            rl.fill_interval.as_ref(),
+            "60s",
+        );
         if fill_interval.ms < 50 {
-            cx.err(&join(&rlp, "fillInterval"), "Envoy's token bucket needs a fill interval of at least 50ms", "e.g. `1s`");
+            cx.err(
+                &join(&rlp, "fillInterval"),
+                "Envoy's token bucket needs a fill interval of at least 50ms",
+                "e.g. `1s`",
+            );
         }
-        Some(RateLimitModel { max_tokens, tokens_per_fill, fill_interval })
+        Some(RateLimitModel {
+            max_tokens,
+            tokens_per_fill,
+            fill_interval,
+        })
     } else {
         None
     };
     let cors_spec = e.cors.clone().unwrap_or_default();
     let cors = cors_spec.enabled.unwrap_or(true).then(|| {
-        let origins = if cors_spec.allow_origins.is_empty() { vec!["*".to_string()] } else { cors_spec.allow_origins.clone() };
+        let origins = if cors_spec.allow_origins.is_empty() {
+            vec!["*".to_string()]
+        } else {
+            cors_spec.allow_origins.clone()
+        };
         let methods = if cors_spec.allow_methods.is_empty() {
-            vec!["GET", "POST", "PUT", "DELETE", "OPTIONS"].into_iter().map(String::from).collect()
+            vec!["GET", "POST", "PUT", "DELETE", "OPTIONS"]
+                .into_iter()
+                .map(String::from)
+                .collect()
         } else {
             cors_spec.allow_methods.clone()
         };
         let headers = if cors_spec.allow_headers.is_empty() {
-            vec!["content-type", "authorization", "x-api-key", "x-request-id"].into_iter().map(String::from).collect()
+            vec!["content-type", "authorization", "x-api-key", "x-request-id"]
+                .into_iter()
+                .map(String::from)
+                .collect()
         } else {
             cors_spec.allow_headers.clone()
         };
@@ -1104,7 +1660,10 @@ fn build_envoy(
         }
     });
     EnvoyModel {
-        admin: Endpoint { host: host_of("envoy"), port: admin_port },
+        admin: Endpoint {
+            host: host_of("envoy"),
+            port: admin_port,
+        },
         listeners,
         clusters,
         connect_timeout,
@@ -1133,13 +1692,28 @@ fn build_alertmanager(
     cx: &mut Ctx,
 ) -> AlertmanagerModel {
     let path = "spec.alertmanager";
-    let port = ports.claim(cx, a.port.map(u32::from).unwrap_or(9093 + off), &join(path, "port"), "alertmanager");
+    let port = ports.claim(
+        cx,
+        a.port.map(u32::from).unwrap_or(9093 + off),
+        &join(path, "port"),
+        "alertmanager",
+    );
     // Alertmanager also opens a cluster (gossip) port; bssctl runs it single-node with gossip off.
-    let sink = |r: &str| WebhookModel { url: format!("http://{}/alerts/{r}", agent.addr()), send_resolved: true };
+    let sink = |r: &str| WebhookModel {
+        url: format!("http://{}/alerts/{r}", agent.addr()),
+        send_resolved: true,
+    };
     let receivers: Vec<ReceiverModel> = if a.receivers.is_empty() {
         let mut v = vec!["default".to_string(), "critical".into(), "warning".into()];
         v.extend(TEAMS.iter().map(|t| format!("team-{t}")));
-        v.into_iter().map(|n| ReceiverModel { webhook: vec![sink(&n)], name: n, email: vec![], slack: vec![] }).collect()
+        v.into_iter()
+            .map(|n| ReceiverModel {
+                webhook: vec![sink(&n)],
+                name: n,
+                email: vec![],
+                slack: vec![],
+            })
+            .collect()
     } else {
         let mut names = BTreeSet::new();
         a.receivers
@@ -1148,31 +1722,58 @@ fn build_alertmanager(
             .map(|(i, r)| {
                 let rp = index(&join(path, "receivers"), i);
                 if !names.insert(r.name.clone()) {
-                    cx.err(&join(&rp, "name"), format!("receiver `{}` is defined twice", r.name), "receiver names must be unique");
+                    cx.err(
+                        &join(&rp, "name"),
+                        format!("receiver `{}` is defined twice", r.name),
+                        "receiver names must be unique",
+                    );
                 }
                 if r.name.trim().is_empty() {
-                    cx.err(&join(&rp, "name"), "receiver name is empty", "give the receiver a name");
+                    cx.err(
+                        &join(&rp, "name"),
+                        "receiver name is empty",
+                        "give the receiver a name",
+                    );
                 }
                 for (j, w) in r.webhook.iter().enumerate() {
                     if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
-                        cx.err(&join(&index(&join(&rp, "webhook"), j), "url"), format!("`{}` is not an http(s) URL", w.url), "e.g. `http://127.0.0.1:5001/hook`");
+                        cx.err(
+                            &join(&index(&join(&rp, "webhook"), j), "url"),
+                            format!("`{}` is not an http(s) URL", w.url),
+                            "e.g. `http://127.0.0.1:5001/hook`",
+                        );
                     }
                 }
                 for (j, e) in r.email.iter().enumerate() {
                     if !e.to.contains('@') {
-                        cx.err(&join(&index(&join(&rp, "email"), j), "to"), format!("`{}` is not an e-mail address", e.to), "e.g. `oncall@example.com`");
+                        cx.err(
+                            &join(&index(&join(&rp, "email"), j), "to"),
+                            format!("`{}` is not an e-mail address", e.to),
+                            "e.g. `oncall@example.com`",
+                        );
                     }
                 }
                 for (j, s) in r.slack.iter().enumerate() {
                     if let Some(sec) = &s.api_url_secret {
                         if sec != "slack-webhook-url" {
-                            cx.err(&join(&index(&join(&rp, "slack"), j), "apiUrlSecret"), format!("unknown secret `{sec}`"), "use `slack-webhook-url` (set its source under spec.secrets)");
+                            cx.err(
+                                &join(&index(&join(&rp, "slack"), j), "apiUrlSecret"),
+                                format!("unknown secret `{sec}`"),
+                                "use `slack-webhook-url` (set its source under spec.secrets)",
+                            );
                         }
                     }
                 }
                 ReceiverModel {
                     name: r.name.clone(),
-                    email: r.email.iter().map(|e| EmailModel { to: e.to.clone(), send_resolved: e.send_resolved.unwrap_or(true) }).collect(),
+                    email: r
+                        .email
+                        .iter()
+                        .map(|e| EmailModel {
+                            to: e.to.clone(),
+                            send_resolved: e.send_resolved.unwrap_or(true),
+                        })
+                        .collect(),
                     slack: r
                         .slack
                         .iter()
@@ -1182,7 +1783,14 @@ fn build_alertmanager(
                             send_resolved: s.send_resolved.unwrap_or(true),
                         })
                         .collect(),
-                    webhook: r.webhook.iter().map(|w| WebhookModel { url: w.url.clone(), send_resolved: w.send_resolved.unwrap_or(true) }).collect(),
+                    webhook: r
+                        .webhook
+                        .iter()
+                        .map(|w| WebhookModel {
+                            url: w.url.clone(),
+                            send_resolved: w.send_resolved.unwrap_or(true),
+                        })
+                        .collect(),
                 }
             })
             .collect()
@@ -1243,31 +1851,64 @@ fn build_alertmanager(
         Some(rt) => {
             let rp = join(path, "route");
             check_receiver(cx, &join(&rp, "receiver"), &rt.receiver);
-            fn child(cx: &mut Ctx, p: &str, c: &ChildRouteSpec, check: &mut dyn FnMut(&mut Ctx, &str, &str)) -> ChildRouteModel {
+            fn child(
+                cx: &mut Ctx,
+                p: &str,
+                c: &ChildRouteSpec,
+                check: &mut dyn FnMut(&mut Ctx, &str, &str),
+            ) -> ChildRouteModel {
                 check(cx, &join(p, "receiver"), &c.receiver);
                 for (i, m) in c.matchers.iter().enumerate() {
                     if !is_matcher(m) {
                         cx.err(&index(&join(p, "matchers"), i), format!("`{m}` is not a matcher"), "write label=\"value\", label!=\"value\", label=~\"regex\" or label!~\"regex\"");
                     }
                 }
-                let group_wait = c.group_wait.as_ref().map(|g| cx.dur(&join(p, "groupWait"), Some(g), "30s"));
-                let repeat_interval = c.repeat_interval.as_ref().map(|g| cx.dur(&join(p, "repeatInterval"), Some(g), "4h"));
+                let group_wait = c
+                    .group_wait
+                    .as_ref()
+                    .map(|g| cx.dur(&join(p, "groupWait"), Some(g), "30s"));
+                let repeat_interval = c
+                    .repeat_interval
+                    .as_ref()
+                    .map(|g| cx.dur(&join(p, "repeatInterval"), Some(g), "4h"));
                 ChildRouteModel {
                     receiver: c.receiver.clone(),
                     matchers: c.matchers.clone(),
                     group_wait,
                     repeat_interval,
                     continue_: c.continue_.unwrap_or(false),
-                    routes: c.routes.iter().enumerate().map(|(i, cc)| child(cx, &index(&join(p, "routes"), i), cc, check)).collect(),
+                    routes: c
+                        .routes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, cc)| child(cx, &index(&join(p, "routes"), i), cc, check))
+                        .collect(),
                 }
             }
-            let routes = rt.routes.iter().enumerate().map(|(i, c)| child(cx, &index(&join(&rp, "routes"), i), c, &mut check_receiver)).collect();
+            let routes = rt
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(i, c)| child(cx, &index(&join(&rp, "routes"), i), c, &mut check_receiver))
+                .collect();
             RouteTreeModel {
                 receiver: rt.receiver.clone(),
-                group_by: if rt.group_by.is_empty() { vec!["alertname".into(), "service".into()] } else { rt.group_by.clone() },
+                group_by: if rt.group_by.is_empty() {
+                    vec!["alertname".into(), "service".into()]
+                } else {
+                    rt.group_by.clone()
+                },
                 group_wait: cx.dur(&join(&rp, "groupWait"), rt.group_wait.as_ref(), "10s"),
-                group_interval: cx.dur(&join(&rp, "groupInterval"), rt.group_interval.as_ref(), "1m"),
-                repeat_interval: cx.dur(&join(&rp, "repeatInterval"), rt.repeat_interval.as_ref(), "4h"),
+                group_interval: cx.dur(
+                    &join(&rp, "groupInterval"),
+                    rt.group_interval.as_ref(),
+                    "1m",
+                ),
+                repeat_interval: cx.dur(
+                    &join(&rp, "repeatInterval"),
+                    rt.repeat_interval.as_ref(),
+                    "4h",
+                ),
                 routes,
             }
         }
@@ -1303,23 +1944,37 @@ fn build_alertmanager(
     };
     let smtp = a.smtp.as_ref().map(|s| {
         if !is_host_port(&s.smarthost) {
-            cx.err(&join(path, "smtp.smarthost"), format!("`{}` is not host:port", s.smarthost), "e.g. `smtp.example.com:587`");
+            cx.err(
+                &join(path, "smtp.smarthost"),
+                format!("`{}` is not host:port", s.smarthost),
+                "e.g. `smtp.example.com:587`",
+            );
         }
         SmtpModel {
             smarthost: s.smarthost.clone(),
             from: s.from.clone(),
             auth_username: s.auth_username.clone(),
-            auth_password_file: s.auth_username.as_ref().map(|_| format!("{}/smtp-password", paths.secrets)),
+            auth_password_file: s
+                .auth_username
+                .as_ref()
+                .map(|_| format!("{}/smtp-password", paths.secrets)),
             require_tls: s.require_tls.unwrap_or(true),
         }
     });
     if smtp.is_none() {
         if let Some(i) = a.receivers.iter().position(|r| !r.email.is_empty()) {
-            cx.err(&join(&index(&join(path, "receivers"), i), "email"), "e-mail receivers need an SMTP server", "add spec.alertmanager.smtp with smarthost and from");
+            cx.err(
+                &join(&index(&join(path, "receivers"), i), "email"),
+                "e-mail receivers need an SMTP server",
+                "add spec.alertmanager.smtp with smarthost and from",
+            );
         }
     }
     AlertmanagerModel {
-        endpoint: Endpoint { host: host_of("alertmanager"), port },
+        endpoint: Endpoint {
+            host: host_of("alertmanager"),
+            port,
+        },
         receivers,
         route,
         inhibit_rules,
@@ -1352,26 +2007,51 @@ fn build_alerts(a: AlertsSpec, cx: &mut Ctx) -> AlertsModel {
                 Some(m) => format!("did you mean `{m}`?"),
                 None => format!("groups: {}", SEED_ALERT_GROUPS.join(", ")),
             };
-            cx.err(&index(&join(path, "disabledGroups"), i), format!("unknown alert group `{g}`"), hint);
+            cx.err(
+                &index(&join(path, "disabledGroups"), i),
+                format!("unknown alert group `{g}`"),
+                hint,
+            );
         }
     }
-    let groups = SEED_ALERT_GROUPS.iter().filter(|g| !a.disabled_groups.iter().any(|d| d == *g)).map(|g| g.to_string()).collect();
+    let groups = SEED_ALERT_GROUPS
+        .iter()
+        .filter(|g| !a.disabled_groups.iter().any(|d| d == *g))
+        .map(|g| g.to_string())
+        .collect();
     let th = a.thresholds.clone().unwrap_or_default();
     let tp = join(path, "thresholds");
     let pos = |cx: &mut Ctx, f: &str, v: Option<f64>, d: f64| {
         let x = v.unwrap_or(d);
         if x.is_nan() || x < 0.0 {
-            cx.err(&join(&tp, f), format!("{x} must be a positive number"), "e.g. 30");
+            cx.err(
+                &join(&tp, f),
+                format!("{x} must be a positive number"),
+                "e.g. 30",
+            );
         }
         x
     };
     let thresholds = ThresholdsModel {
-        service_down_for: cx.dur(&join(&tp, "serviceDownFor"), th.service_down_for.as_ref(), "1m"),
+        service_down_for: cx.dur(
+            &join(&tp, "serviceDownFor"),
+            th.service_down_for.as_ref(),
+            "1m",
+        ),
         cpu_busy_ratio: cx.ratio(&join(&tp, "cpuBusyRatio"), th.cpu_busy_ratio, 0.85),
         memory_used_ratio: cx.ratio(&join(&tp, "memoryUsedRatio"), th.memory_used_ratio, 0.90),
         disk_used_ratio: cx.ratio(&join(&tp, "diskUsedRatio"), th.disk_used_ratio, 0.85),
-        replication_lag_seconds: pos(cx, "replicationLagSeconds", th.replication_lag_seconds, 30.0),
-        pg_connections_ratio: cx.ratio(&join(&tp, "pgConnectionsRatio"), th.pg_connections_ratio, 0.80),
+        replication_lag_seconds: pos(
+            cx,
+            "replicationLagSeconds",
+            th.replication_lag_seconds,
+            30.0,
+        ),
+        pg_connections_ratio: cx.ratio(
+            &join(&tp, "pgConnectionsRatio"),
+            th.pg_connections_ratio,
+            0.80,
+        ),
         redis_memory_ratio: cx.ratio(&join(&tp, "redisMemoryRatio"), th.redis_memory_ratio, 0.90),
         cache_hit_ratio: cx.ratio(&join(&tp, "cacheHitRatio"), th.cache_hit_ratio, 0.70),
         outbox_pending: pos(cx, "outboxPending", th.outbox_pending, 1000.0),
@@ -1384,20 +2064,38 @@ fn build_alerts(a: AlertsSpec, cx: &mut Ctx) -> AlertsModel {
     for (i, r) in a.rules.iter().enumerate() {
         let rp = index(&join(path, "rules"), i);
         let valid = !r.alert.is_empty()
-            && r.alert.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
+            && r.alert
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'_')
             && !r.alert.as_bytes()[0].is_ascii_digit();
         if !valid {
-            cx.err(&join(&rp, "alert"), format!("`{}` is not a valid alert name", r.alert), "use letters, digits and '_', e.g. `OrdersStuck`");
+            cx.err(
+                &join(&rp, "alert"),
+                format!("`{}` is not a valid alert name", r.alert),
+                "use letters, digits and '_', e.g. `OrdersStuck`",
+            );
         }
         if !names.insert(r.alert.clone()) {
-            cx.err(&join(&rp, "alert"), format!("custom alert `{}` is defined twice", r.alert), "rename one of them");
+            cx.err(
+                &join(&rp, "alert"),
+                format!("custom alert `{}` is defined twice", r.alert),
+                "rename one of them",
+            );
         }
         if r.expr.trim().is_empty() {
-            cx.err(&join(&rp, "expr"), "the alert has no expression", "write a PromQL expression, e.g. `up == 0`");
+            cx.err(
+                &join(&rp, "expr"),
+                "the alert has no expression",
+                "write a PromQL expression, e.g. `up == 0`",
+            );
         }
         let severity = r.severity.clone().unwrap_or_else(|| "warning".into());
         if !["critical", "warning", "info"].contains(&severity.as_str()) {
-            cx.err(&join(&rp, "severity"), format!("unknown severity `{severity}`"), "one of: critical, warning, info");
+            cx.err(
+                &join(&rp, "severity"),
+                format!("unknown severity `{severity}`"),
+                "one of: critical, warning, info",
+            );
         }
         let team = r.team.clone().unwrap_or_else(|| "sre".into());
         if !TEAMS.contains(&team.as_str()) {
@@ -1417,7 +2115,11 @@ fn build_alerts(a: AlertsSpec, cx: &mut Ctx) -> AlertsModel {
             description: r.description.clone().unwrap_or_default(),
         });
     }
-    AlertsModel { groups, thresholds, custom }
+    AlertsModel {
+        groups,
+        thresholds,
+        custom,
+    }
 }
 
 #[cfg(test)]

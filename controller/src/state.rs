@@ -1,0 +1,184 @@
+//! The state directory of an environment: the record of the last applied bundle, the journal of
+//! steps and the secrets. Owns file formats and permissions; it does not decide what to apply.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::render::Bundle;
+use crate::topology::model::{SecretSource, ValidatedTopology};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("failed to read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("failed to write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("failed to parse {path}: {detail}")]
+    Parse { path: String, detail: String },
+    #[error("failed to get secret `{name}`: {detail}")]
+    Secret { name: String, detail: String },
+}
+
+/// What was applied last: the bundle and the primary it was rendered for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Applied {
+    pub bundle: Bundle,
+    #[serde(default)]
+    pub primary: Option<String>,
+    /// Unix seconds.
+    pub applied_at: u64,
+}
+
+pub fn applied_path(t: &ValidatedTopology) -> PathBuf {
+    Path::new(&t.paths.root).join("applied.json")
+}
+
+pub fn read_applied(t: &ValidatedTopology) -> Result<Option<Applied>, StateError> {
+    let p = applied_path(t);
+    match std::fs::read_to_string(&p) {
+        Ok(s) => serde_json::from_str(&s)
+            .map(Some)
+            .map_err(|e| StateError::Parse {
+                path: p.display().to_string(),
+                detail: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateError::Read {
+            path: p.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// Writes atomically (temp file + rename), so a kill mid-write leaves the old record intact.
+pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<(), StateError> {
+    let err = |source| StateError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(err)?;
+    }
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(err)?;
+        f.write_all(content).map_err(err)?;
+        f.sync_all().map_err(err)?;
+    }
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+pub fn write_applied(t: &ValidatedTopology, a: &Applied) -> Result<(), StateError> {
+    let json = serde_json::to_vec_pretty(a).map_err(|e| StateError::Parse {
+        path: "applied".into(),
+        detail: e.to_string(),
+    })?;
+    write_atomic(&applied_path(t), &json, 0o644)
+}
+
+/// Values of the secrets that exist so far (for redaction). Missing files are skipped.
+pub fn existing_secret_values(t: &ValidatedTopology) -> Vec<(String, String)> {
+    t.secrets
+        .values()
+        .filter_map(|s| {
+            std::fs::read_to_string(&s.file)
+                .ok()
+                .map(|v| (s.name.clone(), v.trim_end().to_string()))
+        })
+        .collect()
+}
+
+fn random_string(len: usize) -> Result<String, std::io::Error> {
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut buf = vec![0u8; len * 2];
+    urandom(&mut buf)?;
+    // Rejection sampling keeps the distribution uniform.
+    let limit = 256 - (256 % ALPHABET.len());
+    let mut out = String::with_capacity(len);
+    let mut i = 0;
+    while out.len() < len {
+        if i == buf.len() {
+            urandom(&mut buf)?;
+            i = 0;
+        }
+        let b = buf[i] as usize;
+        i += 1;
+        if b < limit {
+            out.push(ALPHABET[b % ALPHABET.len()] as char);
+        }
+    }
+    Ok(out)
+}
+
+fn urandom(buf: &mut [u8]) -> std::io::Result<()> {
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, buf)
+}
+
+/// Makes sure every secret of the topology has its 0600 file: generated once, or copied from its
+/// source (env var or file) every time so a rotated source is picked up. Returns the names of
+/// secrets whose value changed.
+pub fn ensure_secrets(t: &ValidatedTopology) -> Result<Vec<String>, StateError> {
+    std::fs::create_dir_all(&t.paths.secrets).map_err(|source| StateError::Write {
+        path: t.paths.secrets.clone(),
+        source,
+    })?;
+    let _ = std::fs::set_permissions(&t.paths.secrets, std::fs::Permissions::from_mode(0o700));
+    let mut changed = Vec::new();
+    for s in t.secrets.values() {
+        let current = std::fs::read_to_string(&s.file).ok();
+        let want = match &s.source {
+            SecretSource::Generate { length } => match &current {
+                Some(v) if !v.trim().is_empty() => continue,
+                _ => random_string(*length as usize).map_err(|e| StateError::Secret {
+                    name: s.name.clone(),
+                    detail: e.to_string(),
+                })?,
+            },
+            SecretSource::Env { var } => std::env::var(var).map_err(|_| StateError::Secret {
+                name: s.name.clone(),
+                detail: format!("environment variable {var} is not set"),
+            })?,
+            SecretSource::File { path } => std::fs::read_to_string(path)
+                .map(|v| v.trim_end().to_string())
+                .map_err(|e| StateError::Secret {
+                    name: s.name.clone(),
+                    detail: format!("cannot read {path}: {e}"),
+                })?,
+        };
+        if current.as_deref().map(str::trim_end) != Some(want.as_str()) {
+            write_atomic(Path::new(&s.file), want.as_bytes(), 0o600)?;
+            changed.push(s.name.clone());
+        }
+    }
+    Ok(changed)
+}
+
+/// Reads one secret's value.
+pub fn secret_value(t: &ValidatedTopology, name: &str) -> Result<String, StateError> {
+    let s = t.secrets.get(name).ok_or_else(|| StateError::Secret {
+        name: name.into(),
+        detail: "not part of this topology".into(),
+    })?;
+    std::fs::read_to_string(&s.file)
+        .map(|v| v.trim_end().to_string())
+        .map_err(|source| StateError::Read {
+            path: s.file.clone(),
+            source,
+        })
+}
