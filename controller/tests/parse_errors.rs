@@ -593,3 +593,17 @@ fn deep_nesting_and_alias_bombs_are_refused() {
         render(&diags)
     );
 }
+
+#[test]
+fn crlf_and_non_ascii_text_keep_editor_columns() {
+    let src = VALID
+        .replace(
+            "name: demo",
+            "name: demo\n  labels: {owner: \"Zoë Ünal\", team: 5}",
+        )
+        .replace('\n', "\r\n");
+    let diags = errors(&src);
+    assert_eq!(diags.len(), 1, "{}", render(&diags));
+    let d = by_path(&diags, "metadata.labels.team");
+    assert_eq!(at(d), find(&src, "5}"));
+}
