@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The test command (README, CI): installs what is missing, then runs every check and test.
+#   bash dev/test.sh            everything
+#   bash dev/test.sh -- ARGS    extra arguments for `cargo test` (e.g. a test name filter)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+bash dev/setup.sh
+export PATH="${BSSCTL_TOOLS:-$HOME/.cache/bssctl/tools}/bin:$PATH"
+# cargo from rustup may live outside PATH in a non-login shell.
+[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+export CARGO_TERM_COLOR=never
+
+echo "== fmt"; cargo fmt --all -- --check
+echo "== build"; cargo build --workspace --all-targets
+echo "== clippy"; cargo clippy --workspace --all-targets -- -D warnings
+echo "== generated files"
+cargo run -q -p controller --bin bssctl -- crd | diff -u manifests/crd.yaml - || { echo "manifests/crd.yaml is stale: run 'cargo run -p controller --bin bssctl -- crd > manifests/crd.yaml'"; exit 1; }
+echo "== tests"
+shift_args=()
+if [ "${1:-}" = "--" ]; then shift; shift_args=("$@"); fi
+cargo test --workspace -- "${shift_args[@]}"
+echo "== done in $(( $(date +%s) - start ))s"
