@@ -607,3 +607,21 @@ fn crlf_and_non_ascii_text_keep_editor_columns() {
     let d = by_path(&diags, "metadata.labels.team");
     assert_eq!(at(d), find(&src, "5}"));
 }
+
+/// The sample topology and the valid fixtures parse, and read the same as serde_yaml reads them
+/// (the core-schema scalar resolution agrees).
+#[test]
+fn valid_topologies_parse_like_serde_yaml() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("../topology.yaml")];
+    if let Ok(dir) = std::fs::read_dir(root.join("tests/fixtures/valid")) {
+        files.extend(dir.map(|e| e.unwrap().path()));
+    }
+    for f in files.iter().filter(|f| f.exists()) {
+        let parsed =
+            parse::parse_file(f).unwrap_or_else(|d| panic!("{}:\n{}", f.display(), render(&d)));
+        let text = std::fs::read_to_string(f).unwrap();
+        let expected: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(parsed.value, expected, "{}", f.display());
+    }
+}
