@@ -24,11 +24,11 @@ macro_rules! string_enum {
         }
     };
 }
-pub(crate) use string_enum;
 
 /// A status set with its allowed transitions.
 pub trait Lifecycle: Copy + Eq + std::fmt::Display + 'static {
     const ALL: &'static [Self];
+    fn parse_str(s: &str) -> Option<Self>;
     fn can_transition(self, to: Self) -> bool;
     /// Final states: no transition out and, where the domain says so, read-only.
     fn is_final(self) -> bool {
@@ -53,6 +53,9 @@ string_enum!(PaymentMethod { Card => "CARD", BankTransfer => "BANK_TRANSFER", Ca
 
 impl Lifecycle for CustomerStatus {
     const ALL: &'static [Self] = CustomerStatus::ALL;
+    fn parse_str(s: &str) -> Option<Self> {
+        Self::parse(s)
+    }
     fn can_transition(self, to: Self) -> bool {
         use CustomerStatus::*;
         matches!(
@@ -67,6 +70,9 @@ impl Lifecycle for CustomerStatus {
 /// non-final states and treat DISCONTINUED as final (a discontinued product never returns).
 impl Lifecycle for ProductStatus {
     const ALL: &'static [Self] = ProductStatus::ALL;
+    fn parse_str(s: &str) -> Option<Self> {
+        Self::parse(s)
+    }
     fn can_transition(self, to: Self) -> bool {
         self != to && self != ProductStatus::Discontinued
     }
@@ -74,6 +80,9 @@ impl Lifecycle for ProductStatus {
 
 impl Lifecycle for OrderStatus {
     const ALL: &'static [Self] = OrderStatus::ALL;
+    fn parse_str(s: &str) -> Option<Self> {
+        Self::parse(s)
+    }
     fn can_transition(self, to: Self) -> bool {
         use OrderStatus::*;
         matches!(
@@ -88,6 +97,9 @@ impl Lifecycle for OrderStatus {
 
 impl Lifecycle for SubscriptionStatus {
     const ALL: &'static [Self] = SubscriptionStatus::ALL;
+    fn parse_str(s: &str) -> Option<Self> {
+        Self::parse(s)
+    }
     fn can_transition(self, to: Self) -> bool {
         use SubscriptionStatus::*;
         matches!(
@@ -101,17 +113,26 @@ impl Lifecycle for SubscriptionStatus {
 /// the viewing being recorded, and a completed payment of the whole invoice must mark it PAID.
 impl Lifecycle for InvoiceStatus {
     const ALL: &'static [Self] = InvoiceStatus::ALL;
+    fn parse_str(s: &str) -> Option<Self> {
+        Self::parse(s)
+    }
     fn can_transition(self, to: Self) -> bool {
         use InvoiceStatus::*;
         matches!(
             (self, to),
-            (Draft, Sent) | (Sent, Viewed) | (Sent | Viewed, Paid) | (Draft | Sent | Viewed, Cancelled)
+            (Draft, Sent)
+                | (Sent, Viewed)
+                | (Sent | Viewed, Paid)
+                | (Draft | Sent | Viewed, Cancelled)
         )
     }
 }
 
 impl Lifecycle for PaymentStatus {
     const ALL: &'static [Self] = PaymentStatus::ALL;
+    fn parse_str(s: &str) -> Option<Self> {
+        Self::parse(s)
+    }
     fn can_transition(self, to: Self) -> bool {
         use PaymentStatus::*;
         matches!(
@@ -208,7 +229,9 @@ pub fn check_renewal(
     today: chrono::NaiveDate,
 ) -> Result<(), String> {
     if status != SubscriptionStatus::Active {
-        return Err(format!("subscription is {status}, only ACTIVE subscriptions renew"));
+        return Err(format!(
+            "subscription is {status}, only ACTIVE subscriptions renew"
+        ));
     }
     if !auto_renew {
         return Err("subscription does not auto-renew".into());
@@ -320,7 +343,10 @@ mod tests {
     }
 
     fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
-        let mut v: Vec<_> = p.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let mut v: Vec<_> = p
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
         v.sort();
         v
     }
@@ -364,7 +390,10 @@ mod tests {
             ])
         );
         assert!(order_editable(OrderStatus::Pending).is_ok());
-        for s in OrderStatus::ALL.iter().filter(|s| **s != OrderStatus::Pending) {
+        for s in OrderStatus::ALL
+            .iter()
+            .filter(|s| **s != OrderStatus::Pending)
+        {
             assert!(order_editable(*s).is_err());
         }
     }
@@ -431,8 +460,13 @@ mod tests {
         assert!(check_renewal(SubscriptionStatus::Active, true, d("2026-03-10"), today).is_ok());
         assert!(check_renewal(SubscriptionStatus::Active, false, d("2026-03-01"), today).is_err());
         assert!(check_renewal(SubscriptionStatus::Active, true, d("2026-03-11"), today).is_err());
-        assert!(check_renewal(SubscriptionStatus::Suspended, true, d("2026-03-01"), today).is_err());
-        assert_eq!(next_billing_date(d("2026-01-31"), BillingPeriod::Monthly), d("2026-02-28"));
+        assert!(
+            check_renewal(SubscriptionStatus::Suspended, true, d("2026-03-01"), today).is_err()
+        );
+        assert_eq!(
+            next_billing_date(d("2026-01-31"), BillingPeriod::Monthly),
+            d("2026-02-28")
+        );
     }
 
     #[test]

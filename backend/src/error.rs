@@ -51,7 +51,7 @@ pub enum AppError {
     Duplicate(String),
     #[error("conflict: {0}")]
     Conflict(String),
-    #[error("broken reference: {0}")]
+    #[error("broken reference: {}", .0.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "))]
     BrokenReference(Vec<FieldError>),
     #[error("unprocessable: {0}")]
     Unprocessable(String),

@@ -1,9 +1,20 @@
-//! bss-backend library.
-pub fn hello() {
-    let _ = (
-        std::any::type_name::<axum::Router>(),
-        std::any::type_name::<sqlx::PgPool>(),
-        std::any::type_name::<redis::Client>(),
-        std::any::type_name::<rdkafka::producer::FutureProducer>(),
-    );
-}
+//! bss-backend: the BSS service. See README.md for the configuration contract.
+
+pub mod api;
+pub mod cache;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod events;
+pub mod invalidate;
+pub mod kafka;
+pub mod loadgen;
+pub mod metrics;
+pub mod model;
+pub mod openapi;
+pub mod outbox;
+pub mod replay;
+pub mod server;
+pub mod store;
+pub mod streams;

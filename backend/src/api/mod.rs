@@ -1,0 +1,473 @@
+//! HTTP API: router, authentication, request metrics, and the handlers shared by all resources
+//! (get, list, status transitions, delete). Resource-specific create/update live in `resources`.
+
+pub mod input;
+pub mod ops;
+pub mod resources;
+pub mod timetravel;
+
+use axum::body::Bytes;
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use uuid::Uuid;
+
+use crate::cache::{self, Cache};
+use crate::domain::Lifecycle;
+use crate::error::{ApiResult, AppError};
+use crate::events::{self, CloudEvent};
+use crate::metrics::Metrics;
+use crate::model::{Customer, Entity, Invoice, Order, Page, Payment, Product, Subscription};
+use crate::store::{self, ListQuery};
+use input::{path_id, Fields, QueryFields};
+
+/// Requests in flight above which new API requests are shed with 429.
+pub const MAX_IN_FLIGHT: usize = 2048;
+
+pub struct AppState {
+    pub write: sqlx::PgPool,
+    pub read: sqlx::PgPool,
+    pub cache: Cache,
+    pub metrics: Metrics,
+    /// SHA-256 of each accepted API key (the keys themselves are not kept).
+    pub api_key_hashes: HashSet<[u8; 32]>,
+    pub topic_prefix: String,
+    pub brokers: String,
+    pub producer: Option<rdkafka::producer::FutureProducer>,
+    pub in_flight: AtomicUsize,
+    pub replay_jobs: crate::replay::Jobs,
+}
+
+pub type Shared = Arc<AppState>;
+
+impl AppState {
+    pub fn topic(&self, entity: &str) -> String {
+        format!("{}.{}.events", self.topic_prefix, entity)
+    }
+}
+
+pub fn hash_key(k: &str) -> [u8; 32] {
+    Sha256::digest(k.as_bytes()).into()
+}
+
+pub fn app(state: Shared) -> Router {
+    let api = Router::new()
+        .route(
+            "/customers",
+            post(resources::create_customer).get(list::<Customer>),
+        )
+        .route(
+            "/customers/{id}",
+            get(get_one::<Customer>)
+                .put(resources::update_customer)
+                .delete(delete::<Customer>),
+        )
+        .route("/customers/{id}/status", post(change_status::<Customer>))
+        .route("/customers/{id}/orders", get(customer_list::<Order>))
+        .route(
+            "/customers/{id}/subscriptions",
+            get(customer_list::<Subscription>),
+        )
+        .route("/customers/{id}/invoices", get(customer_list::<Invoice>))
+        .route("/customers/{id}/payments", get(customer_list::<Payment>))
+        .route(
+            "/products",
+            post(resources::create_product).get(list::<Product>),
+        )
+        .route(
+            "/products/{id}",
+            get(get_one::<Product>)
+                .put(resources::update_product)
+                .delete(delete::<Product>),
+        )
+        .route("/products/{id}/status", post(change_status::<Product>))
+        .route("/orders", post(resources::create_order).get(list::<Order>))
+        .route(
+            "/orders/{id}",
+            get(get_one::<Order>)
+                .put(resources::update_order)
+                .delete(delete::<Order>),
+        )
+        .route("/orders/{id}/status", post(change_status::<Order>))
+        .route(
+            "/subscriptions",
+            post(resources::create_subscription).get(list::<Subscription>),
+        )
+        .route(
+            "/subscriptions/{id}",
+            get(get_one::<Subscription>).put(resources::update_subscription),
+        )
+        .route(
+            "/subscriptions/{id}/status",
+            post(change_status::<Subscription>),
+        )
+        .route(
+            "/subscriptions/{id}/renew",
+            post(resources::renew_subscription),
+        )
+        .route(
+            "/invoices",
+            post(resources::create_invoice).get(list::<Invoice>),
+        )
+        .route(
+            "/invoices/{id}",
+            get(get_one::<Invoice>)
+                .put(resources::update_invoice)
+                .delete(delete::<Invoice>),
+        )
+        .route("/invoices/{id}/status", post(change_status::<Invoice>))
+        .route(
+            "/payments",
+            post(resources::create_payment).get(list::<Payment>),
+        )
+        .route("/payments/{id}", get(get_one::<Payment>))
+        .route("/payments/{id}/status", post(change_status::<Payment>))
+        .merge(timetravel::routes())
+        .layer(middleware::from_fn_with_state(state.clone(), auth));
+
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/health/live", get(ops::live))
+        .route("/health/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .fallback(|| async { AppError::NoRoute })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Counts and times every request by matched route; sheds load above `MAX_IN_FLIGHT`.
+async fn observe(State(st): State<Shared>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().as_str().to_string();
+    let start = Instant::now();
+    let n = st.in_flight.fetch_add(1, Ordering::SeqCst);
+    let resp = if n >= MAX_IN_FLIGHT && route.starts_with("/api/") {
+        AppError::TooManyRequests.into_response()
+    } else {
+        next.run(req).await
+    };
+    st.in_flight.fetch_sub(1, Ordering::SeqCst);
+    let status = resp.status().as_u16().to_string();
+    st.metrics
+        .http_requests_total
+        .with_label_values(&[&route, &method, &status])
+        .inc();
+    st.metrics
+        .http_request_duration_seconds
+        .with_label_values(&[&route, &method])
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+/// API-key authentication: header `X-API-Key`. Missing → 401, unknown → 403.
+async fn auth(State(st): State<Shared>, req: Request, next: Next) -> Response {
+    match req.headers().get("x-api-key").and_then(|v| v.to_str().ok()) {
+        None => AppError::Unauthenticated.into_response(),
+        Some(k) if st.api_key_hashes.contains(&hash_key(k.trim())) => next.run(req).await,
+        Some(_) => AppError::Forbidden.into_response(),
+    }
+}
+
+/// `X-Read-Consistency: strong` reads the primary and skips the cache (read-your-writes).
+fn strong(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-read-consistency")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("strong"))
+}
+
+pub async fn load_cached<E: Entity>(st: &Shared, id: Uuid) -> ApiResult<Option<E>> {
+    let pool = st.write.clone();
+    // Cache fills read the primary: a lagging replica must never re-populate a key that was
+    // just invalidated with an old row.
+    st.cache
+        .get_or_load::<E, _, _>(
+            E::NAME,
+            cache::entity_key(E::NAME, id),
+            vec![cache::entity_gen(E::NAME, id)],
+            None,
+            move || async move { store::fetch_pool::<E>(&pool, id).await },
+        )
+        .await
+}
+
+pub async fn get_one<E: Entity>(
+    State(st): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<E>> {
+    let id = path_id(&id)?;
+    let found = if strong(&headers) {
+        store::fetch_pool::<E>(&st.write, id).await?
+    } else {
+        load_cached::<E>(&st, id).await?
+    };
+    found.map(Json).ok_or_else(|| store::not_found::<E>(id))
+}
+
+pub fn parse_list_query<E: Entity>(q: &HashMap<String, String>) -> ApiResult<ListQuery> {
+    let mut f = QueryFields::new(q);
+    let page = f.int("page", 0, 0, 100_000);
+    let size = f.int("size", 20, 1, 200);
+    let mut sort_column = "created_at";
+    let mut descending = true;
+    if let Some(s) = f.str("sort") {
+        let (field, dir) = s.split_once(',').unwrap_or((s, "desc"));
+        match E::SORTABLE.iter().find(|(n, _)| *n == field) {
+            Some((_, col)) => sort_column = col,
+            None => {
+                let names: Vec<&str> = E::SORTABLE.iter().map(|(n, _)| *n).collect();
+                f.error(
+                    "sort",
+                    format!("field must be one of: {}", names.join(", ")),
+                );
+            }
+        }
+        match dir.to_ascii_lowercase().as_str() {
+            "asc" => descending = false,
+            "desc" => descending = true,
+            _ => f.error("sort", "direction must be asc or desc"),
+        }
+    }
+    let status = f.str("status").map(str::to_string);
+    if let Some(s) = &status {
+        if !E::statuses().contains(&s.as_str()) {
+            f.error(
+                "status",
+                format!("must be one of: {}", E::statuses().join(", ")),
+            );
+        }
+    }
+    let customer_id = if E::HAS_CUSTOMER {
+        f.uuid("customerId")
+    } else {
+        None
+    };
+    let created_from = f.datetime("createdFrom");
+    let created_to = f.datetime("createdTo");
+    let overdue = if E::NAME == "invoice" {
+        f.boolean("overdue")
+    } else {
+        None
+    };
+    f.finish()?;
+    Ok(ListQuery {
+        page,
+        size,
+        sort_column,
+        descending,
+        status,
+        customer_id,
+        created_from,
+        created_to,
+        overdue,
+    })
+}
+
+/// Lists tolerate replica lag: they are served by the read pool (HAProxy read port).
+pub async fn list<E: Entity>(
+    State(st): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Page<E>>> {
+    let q = parse_list_query::<E>(&q)?;
+    let pool = if strong(&headers) {
+        &st.write
+    } else {
+        &st.read
+    };
+    Ok(Json(store::list::<E>(pool, &q).await?))
+}
+
+/// A customer's orders, invoices, … : a hot list, cached and invalidated with the customer.
+pub async fn customer_list<E: Entity>(
+    State(st): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Page<E>>> {
+    let cid = path_id(&id)?;
+    let mut q = parse_list_query::<E>(&q)?;
+    q.customer_id = Some(cid);
+    if load_cached::<Customer>(&st, cid).await?.is_none() {
+        return Err(store::not_found::<Customer>(cid));
+    }
+    let pool = st.write.clone();
+    let key = cache::customer_list_key(cid, E::PLURAL, &q.cache_suffix());
+    let page = st
+        .cache
+        .get_or_load::<Page<E>, _, _>(
+            "customer_list",
+            key,
+            vec![cache::customer_gen(cid)],
+            Some(cache::customer_deps(cid)),
+            move || async move { store::list::<E>(&pool, &q).await.map(Some) },
+        )
+        .await?;
+    page.map(Json)
+        .ok_or_else(|| store::not_found::<Customer>(cid))
+}
+
+/// Body of `POST /{id}/status`.
+pub struct StatusChange<S> {
+    pub to: S,
+    pub version: i64,
+    pub reason: Option<String>,
+}
+
+pub fn parse_status_change<S: Lifecycle>(
+    headers: &HeaderMap,
+    body: &Bytes,
+    allowed: &str,
+) -> ApiResult<StatusChange<S>> {
+    let obj = input::json_object(headers, body)?;
+    let mut f = Fields::new(&obj);
+    let to = f.enumeration("status", true, S::parse_str, allowed);
+    let version = f.int("version", true, 1, i64::MAX);
+    let reason = f.string("reason", false, 500);
+    f.into_result()?;
+    match (to, version) {
+        (Some(to), Some(version)) => Ok(StatusChange {
+            to,
+            version,
+            reason,
+        }),
+        _ => Err(AppError::field("body", "status and version are required")),
+    }
+}
+
+pub async fn change_status<E: Entity>(
+    State(st): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<E>> {
+    let id = path_id(&id)?;
+    let allowed: Vec<String> = E::Status::ALL.iter().map(|s| s.to_string()).collect();
+    let req = parse_status_change::<E::Status>(&headers, &body, &allowed.join(", "))?;
+    let mut tx = st.write.begin().await?;
+    let cur = store::lock::<E>(&mut tx, id).await?;
+    store::check_version(&cur, req.version)?;
+    let from = E::Status::parse_str(cur.status())
+        .ok_or_else(|| AppError::internal(format!("unknown stored status {}", cur.status())))?;
+    crate::domain::check_transition(E::NAME, from, req.to)?;
+    let to = req.to.to_string();
+    resources::before_status(E::NAME, &to, req.reason.as_deref())?;
+    sqlx::query(&format!(
+        "UPDATE {} SET status = $1, version = version + 1, updated_at = now() WHERE id = $2",
+        E::PLURAL
+    ))
+    .bind(&to)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    let side =
+        resources::after_status(&st, &mut tx, E::NAME, id, &to, req.reason.as_deref()).await?;
+    let new = store::fetch::<E>(&mut tx, id)
+        .await?
+        .ok_or_else(|| store::not_found::<E>(id))?;
+    emit(
+        &st,
+        &mut tx,
+        &new,
+        &to.to_lowercase(),
+        Some(from.to_string()),
+    )
+    .await?;
+    tx.commit().await?;
+    count_status(&st, E::NAME, &new);
+    for (entity, status) in side {
+        if entity == "invoice" {
+            st.metrics
+                .invoices_total
+                .with_label_values(&[&status])
+                .inc();
+        }
+    }
+    Ok(Json(new))
+}
+
+pub async fn delete<E: Entity>(
+    State(st): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = path_id(&id)?;
+    let mut tx = st.write.begin().await?;
+    let cur = store::lock::<E>(&mut tx, id).await?;
+    resources::check_deletable::<E>(&cur)?;
+    sqlx::query(&format!("DELETE FROM {} WHERE id = $1", E::PLURAL))
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match AppError::from(e) {
+            AppError::Conflict(_) => {
+                AppError::Conflict(format!("{} {id} is still referenced", E::NAME))
+            }
+            other => other,
+        })?;
+    emit(&st, &mut tx, &cur, "deleted", None).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Writes the CloudEvent of a change into the outbox, inside the caller's transaction.
+pub async fn emit<E: Entity>(
+    st: &AppState,
+    tx: &mut sqlx::PgConnection,
+    entity: &E,
+    action: &str,
+    previous_status: Option<String>,
+) -> ApiResult<()> {
+    let data = serde_json::to_value(entity).map_err(AppError::internal)?;
+    let ev = CloudEvent::new(
+        E::NAME,
+        entity.id(),
+        action,
+        data,
+        Some(entity.version()),
+        previous_status,
+    );
+    events::record(tx, &st.topic(E::NAME), entity.id(), &ev).await?;
+    Ok(())
+}
+
+/// Business counters: an entity entering a status.
+pub fn count_status<E: Entity>(st: &AppState, name: &str, e: &E) {
+    let v = serde_json::to_value(e).unwrap_or_default();
+    match name {
+        "order" => st
+            .metrics
+            .orders_total
+            .with_label_values(&[e.status()])
+            .inc(),
+        "invoice" => st
+            .metrics
+            .invoices_total
+            .with_label_values(&[e.status()])
+            .inc(),
+        "payment" => {
+            let method = v
+                .get("method")
+                .and_then(|m| m.as_str())
+                .unwrap_or("UNKNOWN");
+            st.metrics
+                .payments_total
+                .with_label_values(&[e.status(), method])
+                .inc()
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,191 @@
+//! The outbox relay: publishes unsent outbox rows to their topic, keyed by aggregate id, and
+//! marks them sent in the same transaction that locked them. A broker outage makes a batch fail
+//! and roll back; it is retried until the broker returns, so no event is lost. A partially
+//! delivered batch is re-sent, so consumers deduplicate by event id (at-least-once).
+
+use chrono::{DateTime, Utc};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::PgPool;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("failed to read or mark outbox rows: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("failed to publish event {event_id} to {topic}: {reason}")]
+    Publish {
+        event_id: Uuid,
+        topic: String,
+        reason: String,
+    },
+}
+
+pub struct Relay {
+    pub pool: PgPool,
+    pub producer: FutureProducer,
+    pub batch_size: i64,
+    pub poll_interval: Duration,
+    pub metrics: Metrics,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    seq: i64,
+    event_id: Uuid,
+    topic: String,
+    aggregate_id: Uuid,
+    event_type: String,
+    payload: String,
+    created_at: DateTime<Utc>,
+}
+
+impl Relay {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = self.poll_interval;
+        let mut last_gauge = Instant::now() - Duration::from_secs(10);
+        let mut last_cleanup = Instant::now();
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let wait = match self.relay_once().await {
+                Ok(n) if n as i64 >= self.batch_size => Duration::ZERO,
+                Ok(_) => {
+                    backoff = self.poll_interval;
+                    self.poll_interval
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox batch not published, will retry");
+                    self.metrics
+                        .outbox_publish_failures_total
+                        .with_label_values(&[match e {
+                            RelayError::Db(_) => "database",
+                            RelayError::Publish { .. } => "broker",
+                        }])
+                        .inc();
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff
+                }
+            };
+            if last_gauge.elapsed() > Duration::from_secs(1) {
+                last_gauge = Instant::now();
+                if let Ok(n) = sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM outbox WHERE sent_at IS NULL",
+                )
+                .fetch_one(&self.pool)
+                .await
+                {
+                    self.metrics.outbox_pending.set(n);
+                }
+            }
+            if last_cleanup.elapsed() > Duration::from_secs(60) {
+                last_cleanup = Instant::now();
+                let _ = sqlx::query("DELETE FROM outbox WHERE sent_at < now() - interval '1 hour'")
+                    .execute(&self.pool)
+                    .await;
+            }
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+
+    /// Publishes one batch; returns how many rows were sent.
+    pub async fn relay_once(&self) -> Result<usize, RelayError> {
+        let mut tx = self.pool.begin().await?;
+        // One relay at a time across all backend instances keeps per-aggregate order.
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(7461626)")
+            .fetch_one(&mut *tx)
+            .await?;
+        if !locked {
+            return Ok(0);
+        }
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT seq, event_id, topic, aggregate_id, event_type, payload::text AS payload, created_at \
+             FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT $1",
+        )
+        .bind(self.batch_size)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let start = Instant::now();
+        let mut pending = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let key = r.aggregate_id.to_string();
+            let id = r.event_id.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "content-type",
+                    value: Some("application/cloudevents+json; charset=UTF-8"),
+                })
+                .insert(Header {
+                    key: "ce_id",
+                    value: Some(id.as_str()),
+                })
+                .insert(Header {
+                    key: "ce_type",
+                    value: Some(r.event_type.as_str()),
+                });
+            let rec = FutureRecord::to(&r.topic)
+                .key(&key)
+                .payload(&r.payload)
+                .timestamp(r.created_at.timestamp_millis())
+                .headers(headers);
+            match self.producer.send_result(rec) {
+                Ok(f) => pending.push(f),
+                Err((e, _)) => {
+                    return Err(RelayError::Publish {
+                        event_id: r.event_id,
+                        topic: r.topic.clone(),
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
+        let results = futures::future::join_all(pending).await;
+        for (r, res) in rows.iter().zip(results) {
+            let failed = match res {
+                Ok(Ok(_)) => None,
+                Ok(Err((e, _))) => Some(e.to_string()),
+                Err(_) => Some("delivery canceled".to_string()),
+            };
+            if let Some(reason) = failed {
+                return Err(RelayError::Publish {
+                    event_id: r.event_id,
+                    topic: r.topic.clone(),
+                    reason,
+                });
+            }
+        }
+        let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        sqlx::query("UPDATE outbox SET sent_at = now() WHERE seq = ANY($1)")
+            .bind(&seqs)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let elapsed = start.elapsed().as_secs_f64();
+        for r in &rows {
+            self.metrics
+                .events_total
+                .with_label_values(&[&r.event_type])
+                .inc();
+        }
+        if let Some(first) = rows.first() {
+            self.metrics
+                .event_publish_duration_seconds
+                .with_label_values(&[&first.topic])
+                .observe(elapsed);
+        }
+        Ok(rows.len())
+    }
+}

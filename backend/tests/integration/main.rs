@@ -1,0 +1,5 @@
+//! Integration tests against real PostgreSQL, Redis and tansu started on free ports.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+mod test_support;
