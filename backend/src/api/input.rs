@@ -135,7 +135,7 @@ impl<'a> Fields<'a> {
         Some(v)
     }
 
-    /// Decimal given as a JSON string (`"12.50"`) or number; at most 4 decimal places.
+    /// Decimal given as a JSON string (`"12.50"`) or number; at most `max_scale` decimal places.
     pub fn decimal(
         &mut self,
         name: &str,
@@ -143,6 +143,7 @@ impl<'a> Fields<'a> {
         min: Decimal,
         max: Decimal,
         min_exclusive: bool,
+        max_scale: u32,
     ) -> Option<Decimal> {
         let v = match self.raw(name) {
             None => {
@@ -162,8 +163,11 @@ impl<'a> Fields<'a> {
             self.error(name, "must be a decimal number such as \"12.50\"");
             return None;
         };
-        if d.scale() > 4 {
-            self.error(name, "must have at most 4 decimal places");
+        if d.normalize().scale() > max_scale {
+            self.error(
+                name,
+                format!("must have at most {max_scale} decimal places"),
+            );
             return None;
         }
         let low_ok = if min_exclusive { d > min } else { d >= min };
@@ -372,7 +376,7 @@ mod tests {
         let obj = v.as_object().unwrap();
         let mut f = Fields::new(obj);
         f.string("name", true, 10);
-        f.decimal("price", true, Decimal::ZERO, Decimal::MAX, false);
+        f.decimal("price", true, Decimal::ZERO, Decimal::MAX, false, 2);
         f.int("qty", true, 1, 5);
         f.uuid("customerId", true);
         let errs = f.finish().unwrap_err();

@@ -28,7 +28,7 @@ fn created<E: Entity>(e: E) -> Response {
 }
 
 fn money(f: &mut Fields<'_>, name: &str, required: bool) -> Option<Decimal> {
-    f.decimal(name, required, Decimal::ZERO, MAX_MONEY, false)
+    f.decimal(name, required, Decimal::ZERO, MAX_MONEY, false, 2)
 }
 
 fn currency(f: &mut Fields<'_>, name: &str, required: bool) -> Option<String> {
@@ -401,7 +401,7 @@ fn items_input(f: &mut Fields<'_>) -> Option<Vec<ItemInput>> {
         let product_id = g.uuid("productId", true);
         let quantity = g.int("quantity", true, 1, 10_000);
         let unit_price = money(&mut g, "unitPrice", false);
-        let tax_rate = g.decimal("taxRate", false, Decimal::ZERO, Decimal::ONE, false);
+        let tax_rate = g.decimal("taxRate", false, Decimal::ZERO, Decimal::ONE, false, 4);
         match g.finish() {
             Err(e) => errs.extend(e),
             Ok(()) => {
@@ -817,8 +817,8 @@ fn invoice_items_input(f: &mut Fields<'_>) -> Option<Vec<InvoiceLine>> {
         let mut g = Fields::nested(o, format!("items[{i}]."));
         let description = g.string("description", true, 500);
         let quantity = g.int("quantity", true, 1, 10_000);
-        let unit_price = g.decimal("unitPrice", true, -MAX_MONEY, MAX_MONEY, false);
-        let tax_rate = g.decimal("taxRate", false, Decimal::ZERO, Decimal::ONE, false);
+        let unit_price = g.decimal("unitPrice", true, -MAX_MONEY, MAX_MONEY, false, 2);
+        let tax_rate = g.decimal("taxRate", false, Decimal::ZERO, Decimal::ONE, false, 4);
         match g.finish() {
             Err(e) => errs.extend(e),
             Ok(()) => {
@@ -992,7 +992,7 @@ pub async fn create_payment(
     let mut f = Fields::new(&obj);
     let customer_id = f.uuid("customerId", true);
     let invoice_id = f.uuid("invoiceId", false);
-    let amount = f.decimal("amount", true, Decimal::ZERO, MAX_MONEY, true);
+    let amount = f.decimal("amount", true, Decimal::ZERO, MAX_MONEY, true, 2);
     let currency = currency(&mut f, "currency", true);
     let method = f.enumeration(
         "method",
