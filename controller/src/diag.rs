@@ -98,9 +98,19 @@ impl fmt::Display for Diagnostic {
 /// Sort by position (unknown positions last), then path, so output is stable and reads top-down.
 pub fn sort(diags: &mut [Diagnostic]) {
     diags.sort_by(|a, b| {
-        let ka = a.location.as_ref().map(|l| (l.line, l.column)).unwrap_or((usize::MAX, 0));
-        let kb = b.location.as_ref().map(|l| (l.line, l.column)).unwrap_or((usize::MAX, 0));
-        ka.cmp(&kb).then_with(|| a.path.cmp(&b.path)).then_with(|| a.message.cmp(&b.message))
+        let ka = a
+            .location
+            .as_ref()
+            .map(|l| (l.line, l.column))
+            .unwrap_or((usize::MAX, 0));
+        let kb = b
+            .location
+            .as_ref()
+            .map(|l| (l.line, l.column))
+            .unwrap_or((usize::MAX, 0));
+        ka.cmp(&kb)
+            .then_with(|| a.path.cmp(&b.path))
+            .then_with(|| a.message.cmp(&b.message))
     });
 }
 
@@ -174,7 +184,10 @@ pub fn index(path: &str, i: usize) -> String {
 }
 
 /// The closest of `candidates` to `word`, if it is close enough to be a likely typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(word, c), c))
@@ -197,7 +210,10 @@ mod tests {
 
     #[test]
     fn typo_hint() {
-        assert_eq!(did_you_mean("replcas", ["replicas", "port"]), Some("replicas"));
+        assert_eq!(
+            did_you_mean("replcas", ["replicas", "port"]),
+            Some("replicas")
+        );
         assert_eq!(did_you_mean("zzz", ["replicas", "port"]), None);
     }
 }

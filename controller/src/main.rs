@@ -2,14 +2,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
 use controller::diag::Diagnostic;
 use controller::topology::types::RuntimeKind;
 use controller::topology::{self, Loaded, ValidateOptions};
-use controller::{check, crd, plan, render, state};
+use controller::{agent, check, crd, plan, render, runtime, state};
 
 #[derive(Parser, Debug)]
 #[command(name = "bssctl", version, about = "Render, check, plan and run the BSS stack from one topology.yaml", long_about = None)]
@@ -69,6 +71,45 @@ enum Command {
     Schema,
     /// Print the Kubernetes CustomResourceDefinition of the Topology resource.
     Crd,
+    /// Bring the environment to the topology: execute the plan in dependency order, each step
+    /// gated on a health check; then leave a controller agent managing it until `destroy`.
+    Apply {
+        file: PathBuf,
+        /// Do not start the background controller agent.
+        #[arg(long)]
+        no_agent: bool,
+        /// Show every step as it starts.
+        #[arg(long, short = 'v')]
+        verbose: bool,
+    },
+    /// Like apply, then manage the environment in the foreground; Ctrl-C stops everything (data is kept).
+    Up { file: PathBuf },
+    /// Each component: state, health, role, pid, ports, replication lag.
+    Status { file: PathBuf },
+    /// Print (and with -f follow) the log of one component.
+    Logs {
+        file: PathBuf,
+        component: String,
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Lines from the end to start with.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+    },
+    /// Stop every process of the environment and delete its state.
+    Destroy {
+        file: PathBuf,
+        /// Keep data directories and secrets (the next apply reuses them).
+        #[arg(long)]
+        keep_data: bool,
+    },
+    /// Run the controller agent of an applied environment (started by `apply`).
+    #[command(hide = true)]
+    Agent {
+        /// State root of the environment (`<stateDir>/<name>`).
+        #[arg(long)]
+        root: PathBuf,
+    },
 }
 
 fn opts(cli: &Cli) -> ValidateOptions {
@@ -285,7 +326,301 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
             print!("{}", crd::crd_yaml());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Apply {
+            file,
+            no_agent,
+            verbose,
+        } => apply(cli, file, !*no_agent, *verbose).map(|_| ExitCode::SUCCESS),
+        Command::Up { file } => up(cli, file),
+        Command::Status { file } => status(cli, file),
+        Command::Logs {
+            file,
+            component,
+            follow,
+            lines,
+        } => logs(cli, file, component, *follow, *lines),
+        Command::Destroy { file, keep_data } => destroy(cli, file, *keep_data),
+        Command::Agent { root } => {
+            let stop = Arc::new(AtomicBool::new(false));
+            let s2 = stop.clone();
+            let _ = ctrlc::set_handler(move || s2.store(true, Ordering::SeqCst));
+            match agent::run(root, stop) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Err(ExitCode::from(1))
+                }
+            }
+        }
     }
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(1)
+}
+
+/// The topology as it is now: validated, with the primary failover may have moved.
+fn current(cli: &Cli, file: &Path) -> Result<(Loaded, Option<state::Applied>), ExitCode> {
+    let l = load(cli, file)?;
+    let applied = state::read_applied(&l.validated).map_err(fail)?;
+    let t = match applied.as_ref().and_then(|a| a.primary.as_deref()) {
+        Some(p) => l
+            .validated
+            .with_primary(p)
+            .unwrap_or_else(|| l.validated.clone()),
+        None => l.validated.clone(),
+    };
+    Ok((Loaded { validated: t, ..l }, applied))
+}
+
+fn reporter(
+    cli: &Cli,
+    t: &topology::ValidatedTopology,
+    verbose: bool,
+) -> Box<dyn runtime::Reporter> {
+    let journal = runtime::open_journal(t);
+    if cli.output == Output::Json {
+        Box::new(runtime::JsonReporter { journal })
+    } else {
+        Box::new(runtime::TextReporter {
+            start: Instant::now(),
+            journal,
+            verbose,
+        })
+    }
+}
+
+fn apply(
+    cli: &Cli,
+    file: &Path,
+    with_agent: bool,
+    verbose: bool,
+) -> Result<(Loaded, render::Bundle), ExitCode> {
+    let start = Instant::now();
+    let (l, applied) = current(cli, file)?;
+    let t = &l.validated;
+    if t.runtime != topology::types::RuntimeKind::Local {
+        return Err(fail(runtime::RuntimeError::Unsupported(
+            format!("{:?}", t.runtime).to_lowercase(),
+        )));
+    }
+    let b = render_bundle(cli, &l)?;
+    let redactor = plan::Redactor::new(state::existing_secret_values(t));
+    let p = plan::plan(&b, applied.as_ref().map(|a| &a.bundle), &redactor);
+    let root = agent::root_of(t);
+    // The agent restarts crashed components; it must not race the apply.
+    agent::stop(&root);
+    let mut rep = reporter(cli, t, verbose);
+    let report = runtime::apply_local(t, &b, &p, applied.as_ref(), rep.as_mut()).map_err(fail);
+    let report = match report {
+        Ok(r) => r,
+        Err(code) => {
+            // Keep whatever runs managed even when this apply failed.
+            if with_agent && state::read_applied(t).ok().flatten().is_some() {
+                let _ = agent::start_detached(&root, t.agent.port);
+            }
+            return Err(code);
+        }
+    };
+    if with_agent {
+        match agent::start_detached(&root, t.agent.port) {
+            Ok(pid) => rep.event(&runtime::Event::step(
+                "agent",
+                "start",
+                "ok",
+                Duration::ZERO,
+                format!("pid {pid}, API http://127.0.0.1:{}", t.agent.port),
+            )),
+            Err(e) => return Err(fail(e)),
+        }
+    }
+    let changed = report
+        .actions
+        .values()
+        .filter(|a| **a != plan::Action::None)
+        .count();
+    if cli.output == Output::Text {
+        eprintln!(
+            "\napplied {} in {:.2}s: {changed} component(s) changed, {} unchanged",
+            t.name,
+            start.elapsed().as_secs_f64(),
+            report.actions.len() - changed
+        );
+    }
+    Ok((l, b))
+}
+
+fn up(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
+    let (l, b) = apply(cli, file, false, false)?;
+    let root = agent::root_of(&l.validated);
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    ctrlc::set_handler(move || s2.store(true, Ordering::SeqCst)).map_err(fail)?;
+    eprintln!(
+        "managing {} in the foreground; API on http://127.0.0.1:{}; Ctrl-C stops everything",
+        l.validated.name, l.validated.agent.port
+    );
+    let r = agent::run(&root, stop);
+    eprintln!("stopping {} ...", l.validated.name);
+    let mut rep = reporter(cli, &l.validated, false);
+    let mut rt = runtime::local::Local {
+        t: &l.validated,
+        reporter: rep.as_mut(),
+    };
+    let left = rt.destroy(Some(&b), true).map_err(fail)?;
+    if !left.is_empty() {
+        return Err(fail(format!("processes still running: {left:?}")));
+    }
+    r.map_err(fail)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
+    let (l, applied) = current(cli, file)?;
+    let Some(applied) = applied else {
+        return Err(fail(format!(
+            "{} has not been applied (no {})",
+            l.validated.name,
+            state::applied_path(&l.validated).display()
+        )));
+    };
+    let mut null = runtime::JsonReporter { journal: None };
+    let rt = runtime::local::Local {
+        t: &l.validated,
+        reporter: &mut null,
+    };
+    let st = rt.status(&applied.bundle);
+    let agent_pid = agent::running(&agent::root_of(&l.validated));
+    if cli.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"environment": l.validated.name, "agent_pid": agent_pid, "primary": applied.primary, "components": st})).unwrap_or_default());
+    } else {
+        println!(
+            "environment {}  agent {}",
+            l.validated.name,
+            agent_pid
+                .map(|p| format!("pid {p} on 127.0.0.1:{}", l.validated.agent.port))
+                .unwrap_or_else(|| "not running".into())
+        );
+        println!(
+            "{:<20} {:<9} {:<8} {:<8} {:>8} {:<18} {:<12} detail",
+            "component", "state", "health", "role", "pid", "ports", "lag"
+        );
+        for c in &st {
+            let lag = c
+                .replication
+                .as_ref()
+                .map(|r| format!("{}B {}", r.lag_bytes.unwrap_or(0), r.state))
+                .unwrap_or_default();
+            let ports = c
+                .ports
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            println!(
+                "{:<20} {:<9} {:<8} {:<8} {:>8} {:<18} {:<12} {}",
+                c.name,
+                c.state,
+                if c.healthy { "healthy" } else { "DOWN" },
+                c.role.clone().unwrap_or_default(),
+                c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                ports,
+                lag,
+                if c.healthy {
+                    String::new()
+                } else {
+                    c.health.lines().next().unwrap_or("").to_string()
+                }
+            );
+        }
+    }
+    let all = st.iter().all(|c| c.healthy);
+    Ok(if all {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+fn logs(
+    cli: &Cli,
+    file: &Path,
+    component: &str,
+    follow: bool,
+    lines: usize,
+) -> Result<ExitCode, ExitCode> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let (l, _) = current(cli, file)?;
+    let path = if component == agent::AGENT {
+        agent::root_of(&l.validated).join("logs/agent.log")
+    } else {
+        runtime::local::log_path(&l.validated, component)
+    };
+    let mut f = std::fs::File::open(&path).map_err(|e| {
+        fail(format!(
+            "no log for `{component}` at {}: {e}",
+            path.display()
+        ))
+    })?;
+    let mut text = String::new();
+    f.read_to_string(&mut text).map_err(fail)?;
+    let all: Vec<&str> = text.lines().collect();
+    let mut out = std::io::stdout();
+    for line in &all[all.len().saturating_sub(lines)..] {
+        let _ = writeln!(out, "{line}");
+    }
+    if follow {
+        let mut pos = f.seek(SeekFrom::End(0)).map_err(fail)?;
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(pos);
+            if len < pos {
+                pos = 0;
+            }
+            if len > pos {
+                let _ = f.seek(SeekFrom::Start(pos));
+                let mut buf = Vec::new();
+                let _ = (&mut f).take(len - pos).read_to_end(&mut buf);
+                let _ = out.write_all(&buf);
+                let _ = out.flush();
+                pos = len;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn destroy(cli: &Cli, file: &Path, keep_data: bool) -> Result<ExitCode, ExitCode> {
+    let (l, applied) = current(cli, file)?;
+    let root = agent::root_of(&l.validated);
+    agent::stop(&root);
+    let mut rep = reporter(cli, &l.validated, false);
+    let mut rt = runtime::local::Local {
+        t: &l.validated,
+        reporter: rep.as_mut(),
+    };
+    let left = rt
+        .destroy(applied.as_ref().map(|a| &a.bundle), keep_data)
+        .map_err(fail)?;
+    if !left.is_empty() {
+        return Err(fail(format!(
+            "processes of {} still running: {left:?}",
+            l.validated.name
+        )));
+    }
+    if cli.output == Output::Text {
+        eprintln!(
+            "destroyed {}: no process left{}",
+            l.validated.name,
+            if keep_data {
+                "; data and secrets kept"
+            } else {
+                "; state deleted"
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {

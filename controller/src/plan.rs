@@ -151,7 +151,7 @@ impl Redactor {
         let mut secrets: Vec<(String, String)> =
             values.into_iter().filter(|(_, v)| v.len() >= 4).collect();
         // Longest first, so a secret containing another is replaced whole.
-        secrets.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.1.len()));
         Redactor { secrets }
     }
 

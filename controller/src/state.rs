@@ -32,6 +32,10 @@ pub enum StateError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Applied {
     pub bundle: Bundle,
+    /// The validated topology the bundle was rendered from (the agent works from this, not from
+    /// the user's file, which may have been edited since).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<ValidatedTopology>,
     #[serde(default)]
     pub primary: Option<String>,
     /// Unix seconds.

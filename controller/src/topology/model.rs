@@ -6,11 +6,11 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::types::{KafkaStorage, ReplicationMode, RuntimeKind};
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ValidatedTopology {
     pub name: String,
     pub namespace: String,
@@ -37,7 +37,7 @@ pub struct ValidatedTopology {
 
 /// Where things live for this environment. Absolute on the local runtime; fixed container paths on
 /// docker/kubernetes.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Paths {
     /// Root of this environment's state (`<stateDir>/<name>` locally).
     pub root: String,
@@ -52,7 +52,7 @@ pub struct Paths {
     pub secrets: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Endpoint {
     /// Host other components use to reach this one.
     pub host: String,
@@ -66,7 +66,7 @@ impl Endpoint {
 }
 
 /// A duration as written (`500ms`, `5s`, `15d`) with its value, in the forms the tools accept.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Dur {
     /// Go/Prometheus/HAProxy style, e.g. `500ms`, `5s`, `2h`, `15d`.
     pub text: String,
@@ -108,7 +108,7 @@ impl Dur {
 
 /// A secret the stack needs. Its value never appears in a rendered file: configs refer to `file`
 /// (or to an environment variable the runtime fills from it).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SecretModel {
     pub name: String,
     /// Absolute path of the 0600 file holding the value.
@@ -116,7 +116,7 @@ pub struct SecretModel {
     pub source: SecretSource,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum SecretSource {
     Generate { length: u16 },
@@ -124,14 +124,14 @@ pub enum SecretSource {
     File { path: String },
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Primary,
     Replica,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PostgresModel {
     pub database: String,
     pub user: String,
@@ -171,7 +171,7 @@ impl PostgresModel {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PgMember {
     /// `postgres-<index>`; stable across failovers (roles move, names do not).
     pub name: String,
@@ -188,7 +188,7 @@ pub struct PgMember {
     pub socket_dir: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FailoverModel {
     pub enabled: bool,
     pub probe_interval: Dur,
@@ -196,7 +196,7 @@ pub struct FailoverModel {
     pub max_lag_bytes: u64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct HaproxyModel {
     pub write: Endpoint,
     pub read: Endpoint,
@@ -213,7 +213,7 @@ pub struct HaproxyModel {
     pub pid_file: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StatsModel {
     pub port: u16,
     pub user: String,
@@ -221,7 +221,7 @@ pub struct StatsModel {
     pub password_secret: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EnvoyModel {
     pub admin: Endpoint,
     pub listeners: Vec<ListenerModel>,
@@ -241,14 +241,14 @@ pub struct EnvoyModel {
     pub health_check: HealthCheckModel,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ListenerModel {
     pub name: String,
     pub port: u16,
     pub routes: Vec<RouteModel>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RouteModel {
     pub prefix: String,
     pub cluster: String,
@@ -258,7 +258,7 @@ pub struct RouteModel {
     pub retries: bool,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ClusterModel {
     pub name: String,
     pub endpoints: Vec<Endpoint>,
@@ -266,14 +266,14 @@ pub struct ClusterModel {
     pub health_path: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RateLimitModel {
     pub max_tokens: u32,
     pub tokens_per_fill: u32,
     pub fill_interval: Dur,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CorsModel {
     pub allow_origins: Vec<String>,
     /// True when `*` is among the origins.
@@ -283,7 +283,7 @@ pub struct CorsModel {
     pub max_age_seconds: u32,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct HealthCheckModel {
     pub path: String,
     pub interval: Dur,
@@ -292,7 +292,7 @@ pub struct HealthCheckModel {
     pub healthy_threshold: u32,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RedisModel {
     pub endpoint: Endpoint,
     pub max_memory: String,
@@ -303,7 +303,7 @@ pub struct RedisModel {
     pub data_dir: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct KafkaModel {
     pub cluster_id: String,
     pub storage: KafkaStorage,
@@ -313,7 +313,7 @@ pub struct KafkaModel {
     pub bootstrap: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BrokerModel {
     /// `kafka-<index>`.
     pub name: String,
@@ -322,14 +322,14 @@ pub struct BrokerModel {
     pub storage_url: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TopicModel {
     pub name: String,
     pub partitions: u32,
     pub retention: Dur,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PrometheusModel {
     pub endpoint: Endpoint,
     pub scrape_interval: Dur,
@@ -340,7 +340,7 @@ pub struct PrometheusModel {
     pub data_dir: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ScrapeJobModel {
     pub name: String,
     pub targets: Vec<ScrapeTarget>,
@@ -348,14 +348,14 @@ pub struct ScrapeJobModel {
     pub interval: Option<Dur>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ScrapeTarget {
     pub address: String,
     /// Extra labels, e.g. `member: postgres-1`.
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AlertsModel {
     /// Names of the seed groups that are rendered (system, postgresql, redis, kafka, business, capacity).
     pub groups: Vec<String>,
@@ -363,7 +363,7 @@ pub struct AlertsModel {
     pub custom: Vec<CustomRuleModel>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ThresholdsModel {
     pub service_down_for: Dur,
     pub cpu_busy_ratio: f64,
@@ -379,7 +379,7 @@ pub struct ThresholdsModel {
     pub min_events_per_second: f64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CustomRuleModel {
     pub alert: String,
     pub expr: String,
@@ -390,7 +390,7 @@ pub struct CustomRuleModel {
     pub description: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AlertmanagerModel {
     pub endpoint: Endpoint,
     pub receivers: Vec<ReceiverModel>,
@@ -400,7 +400,7 @@ pub struct AlertmanagerModel {
     pub data_dir: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ReceiverModel {
     pub name: String,
     pub email: Vec<EmailModel>,
@@ -408,13 +408,13 @@ pub struct ReceiverModel {
     pub webhook: Vec<WebhookModel>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EmailModel {
     pub to: String,
     pub send_resolved: bool,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SlackModel {
     pub channel: String,
     /// File holding the webhook URL (alertmanager's `api_url_file`).
@@ -422,13 +422,13 @@ pub struct SlackModel {
     pub send_resolved: bool,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct WebhookModel {
     pub url: String,
     pub send_resolved: bool,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RouteTreeModel {
     pub receiver: String,
     pub group_by: Vec<String>,
@@ -438,7 +438,7 @@ pub struct RouteTreeModel {
     pub routes: Vec<ChildRouteModel>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ChildRouteModel {
     pub receiver: String,
     pub matchers: Vec<String>,
@@ -448,14 +448,14 @@ pub struct ChildRouteModel {
     pub routes: Vec<ChildRouteModel>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InhibitRuleModel {
     pub source_matchers: Vec<String>,
     pub target_matchers: Vec<String>,
     pub equal: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SmtpModel {
     pub smarthost: String,
     pub from: String,
@@ -464,7 +464,7 @@ pub struct SmtpModel {
     pub require_tls: bool,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ExportersModel {
     pub node: Option<Endpoint>,
     /// One per PostgreSQL member, same order as `postgres.members`.
@@ -472,7 +472,7 @@ pub struct ExportersModel {
     pub redis: Option<Endpoint>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PgExporterModel {
     /// `postgres-exporter-<index>`.
     pub name: String,
@@ -480,7 +480,7 @@ pub struct PgExporterModel {
     pub endpoint: Endpoint,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BackendModel {
     pub endpoint: Endpoint,
     pub max_db_connections: u32,
@@ -495,7 +495,7 @@ pub struct BackendModel {
     pub kafka_bootstrap: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ProcessorModel {
     /// `customer-analytics` or `order-processor`.
     pub name: String,

@@ -263,6 +263,9 @@ pub fn validate_with_warnings(
     }
 }
 
+/// Maps a component name to the host other components reach it at.
+type HostFn = Box<dyn Fn(&str) -> String>;
+
 struct Ports {
     used: BTreeMap<u16, String>,
 }
@@ -330,7 +333,7 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
     let mut ports = Ports {
         used: BTreeMap::new(),
     };
-    let (host_of, bind): (Box<dyn Fn(&str) -> String>, String) = match runtime {
+    let (host_of, bind): (HostFn, String) = match runtime {
         RuntimeKind::Local => (
             Box::new(|_: &str| "127.0.0.1".to_string()),
             "127.0.0.1".into(),

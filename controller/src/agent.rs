@@ -1,0 +1,514 @@
+//! The controller agent: keeps an applied environment running after `apply` returns (or in the
+//! foreground with `up`). It probes every component, restarts crashed ones with exponential
+//! backoff (never the PostgreSQL primary: its loss belongs to failover), and serves a loopback HTTP
+//! API: `/status`, `/metrics`, `/health`, `/components/<name>`, and `/alerts/<receiver>` (the
+//! default Alertmanager webhook sink).
+//!
+//! It works from `applied.json` (bundle + validated topology), never from the user's file.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::plan::Action;
+use crate::render::Kind;
+use crate::runtime::local::{ComponentStatus, Local};
+use crate::runtime::process::{self, Record};
+use crate::runtime::{Event, Reporter};
+use crate::state::Applied;
+use crate::topology::model::Role;
+
+/// Component name of the agent's own process record.
+pub const AGENT: &str = "agent";
+
+#[derive(Debug, Default, Serialize, Clone)]
+pub struct Snapshot {
+    pub environment: String,
+    pub primary: Option<String>,
+    pub agent_pid: u32,
+    pub started_at: u64,
+    pub loops: u64,
+    pub last_probe_ms: u128,
+    pub components: Vec<ComponentStatus>,
+    pub restarts: BTreeMap<String, u64>,
+    pub recent_events: VecDeque<Event>,
+    pub alerts_received: BTreeMap<String, u64>,
+    pub recent_alerts: VecDeque<serde_json::Value>,
+}
+
+struct Backoff {
+    delay: Duration,
+    next: Instant,
+    healthy_since: Option<Instant>,
+}
+
+/// Collects events of restarts into the snapshot and the journal.
+struct AgentReporter<'a> {
+    snap: &'a Mutex<Snapshot>,
+    journal: Option<std::fs::File>,
+}
+
+impl Reporter for AgentReporter<'_> {
+    fn event(&mut self, e: &Event) {
+        if let Some(f) = &mut self.journal {
+            use std::io::Write;
+            let _ = writeln!(f, "{}", serde_json::to_string(e).unwrap_or_default());
+        }
+        if e.status != "start" {
+            tracing::info!(component = %e.component, step = %e.step, status = %e.status, elapsed_ms = e.elapsed_ms as u64, "{}", e.detail);
+            if let Ok(mut s) = self.snap.lock() {
+                s.recent_events.push_back(e.clone());
+                while s.recent_events.len() > 100 {
+                    s.recent_events.pop_front();
+                }
+            }
+        }
+    }
+}
+
+fn load(root: &Path) -> Result<Applied, String> {
+    let p = root.join("applied.json");
+    let text =
+        std::fs::read_to_string(&p).map_err(|e| format!("failed to read {}: {e}", p.display()))?;
+    let a: Applied =
+        serde_json::from_str(&text).map_err(|e| format!("failed to parse {}: {e}", p.display()))?;
+    if a.topology.is_none() {
+        return Err(format!(
+            "{} has no topology record; run `bssctl apply` again",
+            p.display()
+        ));
+    }
+    Ok(a)
+}
+
+/// Runs until `stop` is set. `root` is the environment's state root.
+pub fn run(root: &Path, stop: Arc<AtomicBool>) -> Result<(), String> {
+    let mut applied = load(root)?;
+    let t0 = applied.topology.clone().ok_or("no topology")?;
+    let snap = Arc::new(Mutex::new(Snapshot {
+        environment: t0.name.clone(),
+        agent_pid: std::process::id(),
+        started_at: process::now_secs(),
+        ..Default::default()
+    }));
+    let addr = format!("{}:{}", t0.agent.host, t0.agent.port);
+    let server =
+        tiny_http::Server::http(&addr).map_err(|e| format!("failed to listen on {addr}: {e}"))?;
+    let server = Arc::new(server);
+    {
+        let snap = snap.clone();
+        let server = server.clone();
+        std::thread::spawn(move || serve(&server, &snap));
+    }
+    let mut applied_mtime = std::fs::metadata(root.join("applied.json"))
+        .and_then(|m| m.modified())
+        .ok();
+    let mut backoff: BTreeMap<String, Backoff> = BTreeMap::new();
+    let journal = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join("journal.jsonl"))
+        .ok();
+    let mut reporter = AgentReporter {
+        snap: &snap,
+        journal,
+    };
+    while !stop.load(Ordering::SeqCst) {
+        let loop_start = Instant::now();
+        // Pick up a new apply.
+        let mtime = std::fs::metadata(root.join("applied.json"))
+            .and_then(|m| m.modified())
+            .ok();
+        if mtime != applied_mtime {
+            if let Ok(a) = load(root) {
+                applied = a;
+                applied_mtime = mtime;
+            }
+        }
+        let Some(t) = applied.topology.clone() else {
+            break;
+        };
+        let t = match applied.primary.as_deref() {
+            Some(p) => t.with_primary(p).unwrap_or(t),
+            None => t,
+        };
+        for (name, c) in applied.bundle.ordered() {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let rec: Option<Record> = process::read_record(&t.paths.run, name);
+            let alive = rec.as_ref().is_some_and(process::alive);
+            if alive {
+                let b = backoff.entry(name.clone()).or_insert(Backoff {
+                    delay: Duration::from_secs(1),
+                    next: Instant::now(),
+                    healthy_since: Some(Instant::now()),
+                });
+                let since = *b.healthy_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(60) {
+                    b.delay = Duration::from_secs(1);
+                }
+                continue;
+            }
+            let is_primary = c.kind == Kind::Postgres
+                && t.postgres
+                    .as_ref()
+                    .and_then(|p| p.member(name))
+                    .is_some_and(|m| m.role == Role::Primary);
+            if is_primary {
+                // Failover decides what happens to a lost primary; restarting it blindly could
+                // bring back a second primary.
+                continue;
+            }
+            let b = backoff.entry(name.clone()).or_insert(Backoff {
+                delay: Duration::from_secs(1),
+                next: Instant::now(),
+                healthy_since: None,
+            });
+            b.healthy_since = None;
+            if Instant::now() < b.next {
+                continue;
+            }
+            tracing::warn!(component = %name, "component is down; restarting");
+            let mut local = Local {
+                t: &t,
+                reporter: &mut reporter,
+            };
+            let result = local.ensure(name, c, None, Action::Create);
+            let b = backoff.entry(name.clone()).or_insert(Backoff {
+                delay: Duration::from_secs(1),
+                next: Instant::now(),
+                healthy_since: None,
+            });
+            b.next = Instant::now() + b.delay;
+            b.delay = (b.delay * 2).min(Duration::from_secs(60));
+            let restarts = rec.map(|r| r.restarts + 1).unwrap_or(1);
+            if let Some(mut r) = process::read_record(&t.paths.run, name) {
+                r.restarts = restarts;
+                let _ = process::write_record(&t.paths.run, &r);
+            }
+            if let Ok(mut s) = snap.lock() {
+                *s.restarts.entry(name.clone()).or_default() += 1;
+            }
+            if let Err(e) = result {
+                tracing::error!(component = %name, error = %e, "restart failed; will retry with backoff");
+            }
+        }
+        let probe_start = Instant::now();
+        let statuses = {
+            let mut null = NullReporter;
+            Local {
+                t: &t,
+                reporter: &mut null,
+            }
+            .status(&applied.bundle)
+        };
+        if let Ok(mut s) = snap.lock() {
+            s.components = statuses;
+            s.primary = t.postgres.as_ref().map(|p| p.primary.clone());
+            s.loops += 1;
+            s.last_probe_ms = probe_start.elapsed().as_millis();
+        }
+        let spent = loop_start.elapsed();
+        let period = Duration::from_secs(1);
+        if spent < period {
+            std::thread::sleep(period - spent);
+        }
+    }
+    server.unblock();
+    Ok(())
+}
+
+struct NullReporter;
+impl Reporter for NullReporter {
+    fn event(&mut self, _: &Event) {}
+}
+
+fn problem(
+    status: u16,
+    title: &str,
+    detail: &str,
+) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    let body = serde_json::json!({"type": "about:blank", "title": title, "status": status, "detail": detail}).to_string();
+    let mut r = tiny_http::Response::from_string(body).with_status_code(status);
+    if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", "application/problem+json") {
+        r.add_header(h);
+    }
+    r
+}
+
+fn json_response(v: &impl Serialize) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    let mut r =
+        tiny_http::Response::from_string(serde_json::to_string_pretty(v).unwrap_or_default());
+    if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", "application/json") {
+        r.add_header(h);
+    }
+    r
+}
+
+fn serve(server: &tiny_http::Server, snap: &Mutex<Snapshot>) {
+    for mut req in server.incoming_requests() {
+        let url = req.url().split('?').next().unwrap_or("").to_string();
+        let method = req.method().clone();
+        let resp = match (method, url.as_str()) {
+            (tiny_http::Method::Get, "/health") => tiny_http::Response::from_string("ok\n"),
+            (tiny_http::Method::Get, "/status") => match snap.lock() {
+                Ok(s) => json_response(&*s),
+                Err(_) => problem(500, "Internal error", "status unavailable"),
+            },
+            (tiny_http::Method::Get, "/metrics") => match snap.lock() {
+                Ok(s) => {
+                    let mut r = tiny_http::Response::from_string(metrics(&s));
+                    if let Ok(h) =
+                        tiny_http::Header::from_bytes("Content-Type", "text/plain; version=0.0.4")
+                    {
+                        r.add_header(h);
+                    }
+                    r
+                }
+                Err(_) => problem(500, "Internal error", "metrics unavailable"),
+            },
+            (tiny_http::Method::Get, "/alerts") => match snap.lock() {
+                Ok(s) => json_response(&s.recent_alerts),
+                Err(_) => problem(500, "Internal error", "alerts unavailable"),
+            },
+            (tiny_http::Method::Post, p) if p.starts_with("/alerts/") => {
+                let receiver = p.trim_start_matches("/alerts/").to_string();
+                let mut body = String::new();
+                let _ = std::io::Read::read_to_string(
+                    &mut std::io::Read::take(req.as_reader(), 1 << 20),
+                    &mut body,
+                );
+                match serde_json::from_str::<serde_json::Value>(&body) {
+                    Ok(v) => {
+                        if let Ok(mut s) = snap.lock() {
+                            *s.alerts_received.entry(receiver.clone()).or_default() += 1;
+                            s.recent_alerts
+                                .push_back(serde_json::json!({"receiver": receiver, "payload": v}));
+                            while s.recent_alerts.len() > 50 {
+                                s.recent_alerts.pop_front();
+                            }
+                        }
+                        tiny_http::Response::from_string("ok\n")
+                    }
+                    Err(e) => problem(400, "Bad request", &format!("body is not JSON: {e}")),
+                }
+            }
+            (tiny_http::Method::Get, p) if p.starts_with("/components/") => {
+                let name = p.trim_start_matches("/components/");
+                match snap.lock() {
+                    Ok(s) => match s.components.iter().find(|c| c.name == name) {
+                        Some(c) => json_response(c),
+                        None => problem(404, "Not found", &format!("no component `{name}`")),
+                    },
+                    Err(_) => problem(500, "Internal error", "status unavailable"),
+                }
+            }
+            (_, p) => problem(
+                404,
+                "Not found",
+                &format!("no route {p}; try /status, /metrics, /health, /components/<name>"),
+            ),
+        };
+        let _ = req.respond(resp);
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Prometheus text exposition of the agent's view.
+pub fn metrics(s: &Snapshot) -> String {
+    let mut o = String::new();
+    let kind = |k: Kind| {
+        serde_json::to_value(k)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default()
+    };
+    let _ = writeln!(
+        o,
+        "# HELP bssctl_up The bssctl agent is running.\n# TYPE bssctl_up gauge\nbssctl_up 1"
+    );
+    let _ = writeln!(o, "# HELP bssctl_agent_loops_total Supervision loops run.\n# TYPE bssctl_agent_loops_total counter\nbssctl_agent_loops_total {}", s.loops);
+    let _ = writeln!(o, "# HELP bssctl_probe_duration_seconds Time of the last probe round.\n# TYPE bssctl_probe_duration_seconds gauge\nbssctl_probe_duration_seconds {}", s.last_probe_ms as f64 / 1000.0);
+    let _ = writeln!(o, "# HELP bssctl_component_up 1 when the component passes its health probe.\n# TYPE bssctl_component_up gauge");
+    for c in &s.components {
+        let _ = writeln!(
+            o,
+            "bssctl_component_up{{component=\"{}\",kind=\"{}\"}} {}",
+            esc(&c.name),
+            kind(c.kind),
+            u8::from(c.healthy)
+        );
+    }
+    let _ = writeln!(o, "# HELP bssctl_component_running 1 when the component's process runs.\n# TYPE bssctl_component_running gauge");
+    for c in &s.components {
+        let _ = writeln!(
+            o,
+            "bssctl_component_running{{component=\"{}\",kind=\"{}\"}} {}",
+            esc(&c.name),
+            kind(c.kind),
+            u8::from(c.state == "running")
+        );
+    }
+    let _ = writeln!(o, "# HELP bssctl_component_restarts_total Restarts by the agent.\n# TYPE bssctl_component_restarts_total counter");
+    for c in &s.components {
+        let _ = writeln!(
+            o,
+            "bssctl_component_restarts_total{{component=\"{}\"}} {}",
+            esc(&c.name),
+            s.restarts.get(&c.name).copied().unwrap_or(0)
+        );
+    }
+    let _ = writeln!(o, "# HELP bssctl_postgres_role 1 for the member's current role.\n# TYPE bssctl_postgres_role gauge");
+    for c in s.components.iter().filter(|c| c.kind == Kind::Postgres) {
+        if let Some(r) = &c.role {
+            let _ = writeln!(
+                o,
+                "bssctl_postgres_role{{member=\"{}\",role=\"{}\"}} 1",
+                esc(&c.name),
+                esc(r)
+            );
+        }
+    }
+    let _ = writeln!(o, "# HELP bssctl_replication_lag_bytes WAL not yet replayed by the replica.\n# TYPE bssctl_replication_lag_bytes gauge");
+    for c in &s.components {
+        if let Some(r) = &c.replication {
+            let _ = writeln!(
+                o,
+                "bssctl_replication_lag_bytes{{member=\"{}\"}} {}",
+                esc(&c.name),
+                r.lag_bytes.unwrap_or(0)
+            );
+        }
+    }
+    let _ = writeln!(o, "# HELP bssctl_replication_lag_seconds Replay lag reported by the primary.\n# TYPE bssctl_replication_lag_seconds gauge");
+    for c in &s.components {
+        if let Some(r) = &c.replication {
+            let _ = writeln!(
+                o,
+                "bssctl_replication_lag_seconds{{member=\"{}\"}} {}",
+                esc(&c.name),
+                r.replay_lag_seconds.unwrap_or(0.0)
+            );
+        }
+    }
+    let _ = writeln!(o, "# HELP bssctl_replication_streaming 1 when the replica streams from the primary.\n# TYPE bssctl_replication_streaming gauge");
+    for c in s
+        .components
+        .iter()
+        .filter(|c| c.kind == Kind::Postgres && c.role.as_deref() != Some("primary"))
+    {
+        let streaming = c
+            .replication
+            .as_ref()
+            .is_some_and(|r| r.state == "streaming");
+        let _ = writeln!(
+            o,
+            "bssctl_replication_streaming{{member=\"{}\"}} {}",
+            esc(&c.name),
+            u8::from(streaming)
+        );
+    }
+    let _ = writeln!(o, "# HELP bssctl_failovers_total Automated failovers.\n# TYPE bssctl_failovers_total counter\nbssctl_failovers_total 0");
+    let _ = writeln!(o, "# HELP bssctl_alerts_received_total Alert notifications received by receiver.\n# TYPE bssctl_alerts_received_total counter");
+    for (r, n) in &s.alerts_received {
+        let _ = writeln!(
+            o,
+            "bssctl_alerts_received_total{{receiver=\"{}\"}} {n}",
+            esc(r)
+        );
+    }
+    o
+}
+
+/// Starts the agent detached (its own process group, output to logs/agent.log) and waits until
+/// its API answers.
+pub fn start_detached(root: &Path, agent_port: u16) -> Result<u32, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("failed to find bssctl itself: {e}"))?;
+    let log = root.join("logs").join("agent.log");
+    let root_s = root.display().to_string();
+    let child = process::spawn(process::Spawn {
+        component: AGENT,
+        program: exe,
+        args: vec!["agent".into(), "--root".into(), root_s.clone()],
+        env: vec![(
+            "BSSCTL_LOG".into(),
+            std::env::var("BSSCTL_LOG").unwrap_or_else(|_| "info".into()),
+        )],
+        log,
+        env_root: &root_s,
+        user: None,
+        cwd: Some(root.to_path_buf()),
+    })
+    .map_err(|e| e.to_string())?;
+    let pid = child.id();
+    drop(child);
+    let run = root.join("run").display().to_string();
+    let rec = Record {
+        component: AGENT.into(),
+        pid,
+        start_ticks: process::start_ticks(pid).unwrap_or(0),
+        hash: String::new(),
+        epoch: 0,
+        started_at: process::now_secs(),
+        restarts: 0,
+    };
+    process::write_record(&run, &rec).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if crate::probe::http_ok(
+            &format!("http://127.0.0.1:{agent_port}/health"),
+            Duration::from_millis(500),
+        ) {
+            return Ok(pid);
+        }
+        if !process::alive(&rec) {
+            return Err(format!(
+                "the agent exited; see {}/logs/agent.log",
+                root.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!(
+        "the agent did not answer on 127.0.0.1:{agent_port} within 10s"
+    ))
+}
+
+/// Stops a running agent of this environment, if any.
+pub fn stop(root: &Path) {
+    let run = root.join("run").display().to_string();
+    if let Some(r) = process::read_record(&run, AGENT) {
+        if process::alive(&r) {
+            process::stop_group(r.pid, Duration::from_secs(5));
+        }
+        process::remove_record(&run, AGENT);
+    }
+}
+
+pub fn running(root: &Path) -> Option<u32> {
+    let run = root.join("run").display().to_string();
+    process::read_record(&run, AGENT)
+        .filter(process::alive)
+        .map(|r| r.pid)
+}
+
+/// Root of an environment from the validated topology.
+pub fn root_of(t: &crate::topology::ValidatedTopology) -> PathBuf {
+    PathBuf::from(&t.paths.root)
+}
+
+/// Current applied state (for `status` when no agent runs).
+pub fn applied(root: &Path) -> Option<Applied> {
+    load(root).ok()
+}

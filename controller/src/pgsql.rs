@@ -1,0 +1,214 @@
+//! SQL against the PostgreSQL members: connecting as bssctl's superuser, roles and slots
+//! (`ensure_*`, idempotent), and the replication facts probes and failover read.
+
+use std::time::Duration;
+
+use postgres::{Client, Config, NoTls};
+use serde::Serialize;
+
+pub fn connect(
+    host: &str,
+    port: u16,
+    user: &str,
+    password: &str,
+    db: &str,
+    timeout: Duration,
+) -> Result<Client, String> {
+    let mut c = Config::new();
+    c.host(host)
+        .port(port)
+        .user(user)
+        .password(password)
+        .dbname(db)
+        .connect_timeout(timeout)
+        .application_name("bssctl");
+    c.connect(NoTls).map_err(|e| describe(&e))
+}
+
+/// A postgres error with its server message (the Display of postgres::Error is terse).
+pub fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => {
+            let mut s = e.to_string();
+            let mut cur = std::error::Error::source(e);
+            while let Some(c) = cur {
+                s.push_str(": ");
+                s.push_str(&c.to_string());
+                cur = c.source();
+            }
+            s
+        }
+    }
+}
+
+fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Creates or corrects a login role; `replication` adds the REPLICATION attribute. The password is
+/// set on every call (rotation) and never logged: statements with it are not echoed in errors.
+pub fn ensure_role(
+    c: &mut Client,
+    name: &str,
+    password: &str,
+    replication: bool,
+) -> Result<(), String> {
+    let exists = c
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+        .map_err(|e| describe(&e))?
+        .is_some();
+    let attrs = if replication {
+        "LOGIN REPLICATION"
+    } else {
+        "LOGIN"
+    };
+    let verb = if exists { "ALTER" } else { "CREATE" };
+    c.batch_execute(&format!(
+        "{verb} ROLE {} WITH {attrs} PASSWORD {}",
+        ident(name),
+        literal(password)
+    ))
+    .map_err(|e| {
+        format!(
+            "failed to {} role {name}: {}",
+            verb.to_lowercase(),
+            e.as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_else(|| "connection error".into())
+        )
+    })
+}
+
+pub fn ensure_database(c: &mut Client, name: &str, owner: &str) -> Result<(), String> {
+    let exists = c
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .map_err(|e| describe(&e))?
+        .is_some();
+    if !exists {
+        c.batch_execute(&format!(
+            "CREATE DATABASE {} OWNER {}",
+            ident(name),
+            ident(owner)
+        ))
+        .map_err(|e| describe(&e))?;
+    }
+    Ok(())
+}
+
+pub fn ensure_slot(c: &mut Client, slot: &str) -> Result<bool, String> {
+    let exists = c
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .map_err(|e| describe(&e))?
+        .is_some();
+    if !exists {
+        c.query(
+            "SELECT pg_create_physical_replication_slot($1, true)",
+            &[&slot],
+        )
+        .map_err(|e| describe(&e))?;
+    }
+    Ok(!exists)
+}
+
+/// Drops a slot if present (its replica was removed). Inactive slots only; an active one means a
+/// replica still streams and is left alone.
+pub fn drop_slot(c: &mut Client, slot: &str) -> Result<bool, String> {
+    let row = c
+        .query_opt(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .map_err(|e| describe(&e))?;
+    match row {
+        Some(r) if !r.get::<_, bool>(0) => {
+            c.query("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .map_err(|e| describe(&e))?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+pub fn in_recovery(c: &mut Client) -> Result<bool, String> {
+    c.query_one("SELECT pg_is_in_recovery()", &[])
+        .map(|r| r.get(0))
+        .map_err(|e| describe(&e))
+}
+
+/// One row of pg_stat_replication as seen on the primary.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ReplicaStat {
+    pub application_name: String,
+    pub state: String,
+    pub sync_state: String,
+    pub sent_lsn: Option<String>,
+    pub replay_lsn: Option<String>,
+    pub lag_bytes: Option<i64>,
+    pub replay_lag_seconds: Option<f64>,
+}
+
+pub fn replication(c: &mut Client) -> Result<Vec<ReplicaStat>, String> {
+    let rows = c
+        .query(
+            "SELECT application_name, state, sync_state, sent_lsn::text, replay_lsn::text, \
+             (pg_current_wal_lsn() - replay_lsn)::bigint, extract(epoch from replay_lag)::float8 \
+             FROM pg_stat_replication ORDER BY application_name",
+            &[],
+        )
+        .map_err(|e| describe(&e))?;
+    Ok(rows
+        .iter()
+        .map(|r| ReplicaStat {
+            application_name: r.get(0),
+            state: r.get::<_, Option<String>>(1).unwrap_or_default(),
+            sync_state: r.get::<_, Option<String>>(2).unwrap_or_default(),
+            sent_lsn: r.get(3),
+            replay_lsn: r.get(4),
+            lag_bytes: r.get(5),
+            replay_lag_seconds: r.get(6),
+        })
+        .collect())
+}
+
+/// On a replica: received and replayed LSN (as numbers) and seconds since the last replayed commit.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct StandbyStat {
+    pub receive_lsn: Option<u64>,
+    pub replay_lsn: Option<u64>,
+    pub replay_delay_seconds: Option<f64>,
+    pub wal_receiver_status: Option<String>,
+}
+
+pub fn standby(c: &mut Client) -> Result<StandbyStat, String> {
+    let r = c
+        .query_one(
+            "SELECT (pg_last_wal_receive_lsn() - '0/0'::pg_lsn)::bigint, (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, \
+             CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
+                  ELSE extract(epoch from now() - pg_last_xact_replay_timestamp())::float8 END, \
+             (SELECT status FROM pg_stat_wal_receiver LIMIT 1)",
+            &[],
+        )
+        .map_err(|e| describe(&e))?;
+    Ok(StandbyStat {
+        receive_lsn: r.get::<_, Option<i64>>(0).map(|x| x as u64),
+        replay_lsn: r.get::<_, Option<i64>>(1).map(|x| x as u64),
+        replay_delay_seconds: r.get(2),
+        wal_receiver_status: r.get(3),
+    })
+}
+
+/// Errors PostgreSQL found in its config files after a reload (pg_file_settings).
+pub fn config_errors(c: &mut Client) -> Result<Vec<String>, String> {
+    let rows = c
+        .query("SELECT coalesce(name, '?') || ': ' || error FROM pg_file_settings WHERE error IS NOT NULL", &[])
+        .map_err(|e| describe(&e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
