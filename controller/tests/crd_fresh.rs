@@ -15,7 +15,25 @@ fn committed_crd_is_fresh() {
 fn schema_describes_the_root_topology_fields() {
     let s = controller::crd::schema();
     let text = s.to_string();
-    for f in ["postgres", "haproxy", "envoy", "redis", "kafka", "prometheus", "alertmanager", "alerts", "exporters", "backend", "streamProcessors", "runtime", "secrets", "images"] {
-        assert!(text.contains(&format!("\"{f}\"")), "{f} missing from schema");
+    for f in [
+        "postgres",
+        "haproxy",
+        "envoy",
+        "redis",
+        "kafka",
+        "prometheus",
+        "alertmanager",
+        "alerts",
+        "exporters",
+        "backend",
+        "streamProcessors",
+        "runtime",
+        "secrets",
+        "images",
+    ] {
+        assert!(
+            text.contains(&format!("\"{f}\"")),
+            "{f} missing from schema"
+        );
     }
 }
