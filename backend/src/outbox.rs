@@ -27,6 +27,9 @@ pub enum RelayError {
 
 pub struct Relay {
     pub pool: PgPool,
+    /// Used to re-create topics after a broker came back empty (tansu's memory storage).
+    pub brokers: String,
+    pub topics: Vec<String>,
     pub producer: FutureProducer,
     pub batch_size: i64,
     pub poll_interval: Duration,
@@ -47,7 +50,25 @@ struct Row {
 impl Relay {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = self.poll_interval;
-        let mut last_gauge = Instant::now() - Duration::from_secs(10);
+        // The backlog gauge is refreshed independently: a publish attempt may block for the
+        // whole delivery timeout while the broker is down, which is exactly when it matters.
+        let (pool, metrics, mut stop) = (self.pool.clone(), self.metrics.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Ok(n) = sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM outbox WHERE sent_at IS NULL",
+                )
+                .fetch_one(&pool)
+                .await
+                {
+                    metrics.outbox_pending.set(n);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
         let mut last_cleanup = Instant::now();
         loop {
             if *shutdown.borrow() {
@@ -61,6 +82,13 @@ impl Relay {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "outbox batch not published, will retry");
+                    if matches!(e, RelayError::Publish { .. }) {
+                        if let Err(e) =
+                            crate::kafka::ensure_topics(&self.brokers, &self.topics).await
+                        {
+                            tracing::debug!(error = %e, "topics not ensured");
+                        }
+                    }
                     self.metrics
                         .outbox_publish_failures_total
                         .with_label_values(&[match e {
@@ -72,17 +100,6 @@ impl Relay {
                     backoff
                 }
             };
-            if last_gauge.elapsed() > Duration::from_secs(1) {
-                last_gauge = Instant::now();
-                if let Ok(n) = sqlx::query_scalar::<_, i64>(
-                    "SELECT count(*) FROM outbox WHERE sent_at IS NULL",
-                )
-                .fetch_one(&self.pool)
-                .await
-                {
-                    self.metrics.outbox_pending.set(n);
-                }
-            }
             if last_cleanup.elapsed() > Duration::from_secs(60) {
                 last_cleanup = Instant::now();
                 let _ = sqlx::query("DELETE FROM outbox WHERE sent_at < now() - interval '1 hour'")

@@ -142,6 +142,8 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
     if let Some(p) = &state.producer {
         let relay = outbox::Relay {
             pool: state.write.clone(),
+            brokers: cfg.kafka.brokers.clone(),
+            topics: kafka::entity_topics(&cfg.kafka.topic_prefix),
             producer: p.clone(),
             batch_size: cfg.outbox.batch_size,
             poll_interval: Duration::from_millis(cfg.outbox.poll_interval_ms.max(1)),

@@ -577,6 +577,16 @@ pub fn consume_all(
     want: usize,
     timeout: Duration,
 ) -> Vec<(String, Value, i32, i64, i64)> {
+    consume_until(brokers, topic, timeout, |v| v.len() >= want)
+}
+
+/// Like `consume_all`, stopping when `done` holds for what was read so far.
+pub fn consume_until(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+    done: impl Fn(&[(String, Value, i32, i64, i64)]) -> bool,
+) -> Vec<(String, Value, i32, i64, i64)> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{Message, Offset, TopicPartitionList};
     let c: BaseConsumer = backend::kafka::base_config(brokers)
@@ -592,7 +602,7 @@ pub fn consume_all(
     c.assign(&tpl).unwrap();
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
-    while out.len() < want && Instant::now() < deadline {
+    while !done(&out) && Instant::now() < deadline {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
             let key = m
                 .key()
