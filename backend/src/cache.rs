@@ -152,7 +152,13 @@ impl Cache {
                 let this = self.clone();
                 let key2 = key.clone();
                 let token2 = token.clone();
+                let loads = self
+                    .inner
+                    .metrics
+                    .cache_loads_total
+                    .with_label_values(&[cache]);
                 let fut = async move {
+                    loads.inc();
                     let loaded = load().await.map_err(|e| Arc::new(e.to_string()))?;
                     let Some(v) = loaded else { return Ok(None) };
                     let json = serde_json::to_value(&v).map_err(|e| Arc::new(e.to_string()))?;

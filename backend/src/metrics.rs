@@ -19,6 +19,7 @@ pub struct Metrics {
     pub event_publish_duration_seconds: HistogramVec,
     pub db_pool_connections: IntGaugeVec,
     pub cache_invalidations_total: IntCounterVec,
+    pub cache_loads_total: IntCounterVec,
     pub outbox_publish_failures_total: IntCounterVec,
 }
 
@@ -99,6 +100,12 @@ impl Metrics {
                 "bss_cache_invalidations_total",
                 "Cache invalidations received from the database",
                 &["table"],
+            ),
+            cache_loads_total: counter(
+                &r,
+                "bss_cache_loads_total",
+                "Database loads on cache misses (one per key at a time: single flight)",
+                &["cache"],
             ),
             outbox_publish_failures_total: counter(
                 &r,
