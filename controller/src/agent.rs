@@ -451,8 +451,7 @@ pub fn start_detached(root: &Path, agent_port: u16) -> Result<u32, String> {
         cwd: Some(root.to_path_buf()),
     })
     .map_err(|e| e.to_string())?;
-    let pid = child.id();
-    drop(child);
+    let pid = child.pid;
     let run = root.join("run").display().to_string();
     let rec = Record {
         component: AGENT.into(),
@@ -462,6 +461,8 @@ pub fn start_detached(root: &Path, agent_port: u16) -> Result<u32, String> {
         epoch: 0,
         started_at: process::now_secs(),
         restarts: 0,
+        pgid: child.pgid,
+        kind: None,
     };
     process::write_record(&run, &rec).map_err(|e| e.to_string())?;
     let start = Instant::now();

@@ -563,10 +563,7 @@ impl Local<'_> {
             step: "start".into(),
             detail: e.to_string(),
         })?;
-        let pid = child.id();
-        // The child is reaped by whoever outlives us (the agent adopts it); dropping the handle
-        // does not kill it.
-        drop(child);
+        let pid = child.pid;
         let rec = Record {
             component: name.into(),
             pid,
@@ -575,6 +572,8 @@ impl Local<'_> {
             epoch,
             started_at: process::now_secs(),
             restarts,
+            pgid: child.pgid,
+            kind: Some(c.kind),
         };
         process::write_record(&t.paths.run, &rec).map_err(|e| RuntimeError::Io(e.to_string()))?;
         Ok(rec)
@@ -656,7 +655,7 @@ impl Local<'_> {
         if let Some(dead) = recorded.as_ref().filter(|r| !process::alive(r)) {
             // A crashed leader can leave children behind (PostgreSQL backends, HAProxy workers)
             // that hold its ports or data directory: its process group goes first.
-            process::signal_group(dead.pid, "KILL");
+            process::signal_group(if dead.pgid > 1 { dead.pgid } else { dead.pid }, "KILL");
             std::thread::sleep(Duration::from_millis(100));
         }
         let rec = recorded.filter(process::alive);
@@ -1331,6 +1330,12 @@ impl Local<'_> {
                 let s = Instant::now();
                 self.stop(name, c.kind);
                 self.ev(name, "stop", "ok", s.elapsed(), "");
+            }
+        }
+        // Components an unfinished apply started (no applied bundle names them).
+        for r in process::all_records(&t.paths.run) {
+            if r.component != crate::agent::AGENT {
+                self.stop(&r.component, r.kind.unwrap_or(Kind::Backend));
             }
         }
         // Whatever is left with our marker (orphans of an earlier crash, hot-restart leftovers).

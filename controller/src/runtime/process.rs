@@ -6,7 +6,7 @@
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -46,6 +46,27 @@ pub struct Record {
     pub started_at: u64,
     #[serde(default)]
     pub restarts: u32,
+    /// Process group (the component and whatever it forks).
+    #[serde(default)]
+    pub pgid: u32,
+    /// What the component is (decides how it is stopped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<crate::render::Kind>,
+}
+
+/// Every record in the run directory (components started by any apply, finished or not).
+pub fn all_records(run_dir: &str) -> Vec<Record> {
+    let Ok(rd) = std::fs::read_dir(run_dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<Record> = rd
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|s| serde_json::from_str(&s).ok())
+        .collect();
+    v.sort_by(|a, b| a.component.cmp(&b.component));
+    v
 }
 
 pub fn now_secs() -> u64 {
@@ -138,28 +159,40 @@ pub struct Spawn<'a> {
     pub cwd: Option<PathBuf>,
 }
 
-/// Starts a detached process: its own process group (Ctrl-C in the terminal does not reach it),
-/// stdin closed, stdout and stderr appended to the log.
-pub fn spawn(s: Spawn) -> Result<Child, ProcessError> {
+/// A started process: its pid and the process group to signal.
+#[derive(Debug, Clone, Copy)]
+pub struct Started {
+    pub pid: u32,
+    pub pgid: u32,
+}
+
+/// Starts a fully detached process: through an intermediate `sh` that exits at once, so the
+/// component is not a child of bssctl (Envoy, for one, terminates when its parent exits, and the
+/// agent must be restartable without taking components down). The component gets its own process
+/// group (Ctrl-C in the terminal does not reach it), stdin closed, output appended to the log.
+pub fn spawn(s: Spawn) -> Result<Started, ProcessError> {
     if let Some(d) = s.log.parent() {
         let _ = std::fs::create_dir_all(d);
     }
-    let open = || {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&s.log)
-            .map_err(|source| ProcessError::Log {
-                path: s.log.display().to_string(),
-                source,
-            })
-    };
-    let (out, err) = (open()?, open()?);
-    let mut c = Command::new(&s.program);
-    c.args(&s.args)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&s.log)
+        .map_err(|source| ProcessError::Log {
+            path: s.log.display().to_string(),
+            source,
+        })?;
+    let mut c = Command::new("sh");
+    // "$@" = program and arguments; its output goes to the log we opened (sh's stderr), since the
+    // component's user may not be allowed to open it. Prints the background pid.
+    c.arg("-c")
+        .arg(r#""$@" 1>&2 </dev/null & echo $!"#)
+        .arg("sh")
+        .arg(&s.program)
+        .args(&s.args);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
         .process_group(0)
         .env(ENV_MARKER, s.env_root);
     for (k, v) in &s.env {
@@ -171,11 +204,26 @@ pub fn spawn(s: Spawn) -> Result<Child, ProcessError> {
     if let Some((uid, gid)) = s.user {
         c.uid(uid).gid(gid);
     }
-    c.spawn().map_err(|source| ProcessError::Spawn {
+    let spawn_err = |source| ProcessError::Spawn {
         component: s.component.into(),
         program: s.program.display().to_string(),
         source,
-    })
+    };
+    let out = c.output().map_err(spawn_err)?;
+    let pid: u32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| spawn_err(std::io::Error::other("the launcher did not report a pid")))?;
+    // The group is the launcher's (pid of `sh`), which the component keeps after sh exits.
+    let pgid = pgid(pid).unwrap_or(pid);
+    Ok(Started { pid, pgid })
+}
+
+/// Process group of a live process.
+pub fn pgid(pid: u32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    rest.split_whitespace().nth(2)?.parse().ok()
 }
 
 /// Every live process whose environment carries `BSSCTL_ENV=<root>`.
@@ -201,19 +249,21 @@ pub fn processes_of(root: &str) -> Vec<u32> {
     v
 }
 
-/// TERM, wait up to `grace`, then KILL; for the process group of `pid` (children included).
+/// TERM, wait up to `grace`, then KILL; the process and its process group (children included).
 pub fn stop_group(pid: u32, grace: Duration) {
     if !pid_alive(pid) {
         return;
     }
-    signal_group(pid, "TERM");
+    let group = pgid(pid).filter(|g| *g > 1 && *g != std::process::id());
+    let pid_group = group.unwrap_or(pid);
+    signal_group(pid_group, "TERM");
     signal(pid, "TERM");
     let start = Instant::now();
     while pid_alive(pid) && start.elapsed() < grace {
         std::thread::sleep(Duration::from_millis(50));
     }
     if pid_alive(pid) {
-        signal_group(pid, "KILL");
+        signal_group(pid_group, "KILL");
         signal(pid, "KILL");
     }
 }
