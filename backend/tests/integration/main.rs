@@ -4,4 +4,5 @@
 mod api;
 mod cache;
 mod outbox;
+mod replay;
 mod test_support;
