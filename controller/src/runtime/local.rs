@@ -290,6 +290,7 @@ pub fn tail_log(t: &ValidatedTopology, name: &str, n: usize) -> String {
 }
 
 fn run_tool(
+    root: &str,
     program: &str,
     args: &[&str],
     env: &[(&str, &str)],
@@ -298,7 +299,11 @@ fn run_tool(
     use std::os::unix::process::CommandExt;
     let bin = tools::find(program).map_err(|e| e.to_string())?;
     let mut c = std::process::Command::new(bin);
-    c.args(args).stdin(std::process::Stdio::null());
+    c.args(args)
+        .stdin(std::process::Stdio::null())
+        .env(process::ENV_MARKER, root)
+        .env(process::TASK_MARKER, "1")
+        .process_group(0);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -429,6 +434,17 @@ impl Local<'_> {
     /// Directories, secrets (0600) and the files derived from them (pgpass, redis auth include).
     pub fn ensure_state(&mut self) -> Result<(), RuntimeError> {
         let t = self.t;
+        // Tasks of an apply that was killed half-way (a base backup still writing, ...).
+        for pid in process::tasks_of(&t.paths.root) {
+            self.ev(
+                "-",
+                "cleanup",
+                "ok",
+                Duration::ZERO,
+                format!("ended leftover task pid {pid}: {}", process::cmdline(pid)),
+            );
+            process::stop_group(pid, Duration::from_secs(5));
+        }
         for d in [
             &t.paths.root,
             &t.paths.config,
@@ -725,16 +741,21 @@ impl Local<'_> {
                 let s = Instant::now();
                 self.ev(name, "migrate", "start", Duration::ZERO, "");
                 let cfg = format!("{}/{name}/backend.yaml", self.t.paths.config);
-                run_tool("bss-backend", &["migrate", "--config", &cfg], &[], None).map_err(
-                    |e| {
-                        self.ev(name, "migrate", "fail", s.elapsed(), e.clone());
-                        RuntimeError::Step {
-                            component: name.into(),
-                            step: "migrate".into(),
-                            detail: e,
-                        }
-                    },
-                )?;
+                run_tool(
+                    &self.t.paths.root,
+                    "bss-backend",
+                    &["migrate", "--config", &cfg],
+                    &[],
+                    None,
+                )
+                .map_err(|e| {
+                    self.ev(name, "migrate", "fail", s.elapsed(), e.clone());
+                    RuntimeError::Step {
+                        component: name.into(),
+                        step: "migrate".into(),
+                        detail: e,
+                    }
+                })?;
                 self.ev(name, "migrate", "ok", s.elapsed(), "");
                 self.start_and_gate(name, c, 0)
             }
@@ -776,8 +797,14 @@ impl Local<'_> {
         let s = Instant::now();
         self.ev(name, "topics", "start", Duration::ZERO, "");
         let url = format!("tcp://{}:{}", b.endpoint.host, b.endpoint.port);
-        let existing =
-            run_tool("tansu", &["topic", "list", "--broker", &url], &[], None).unwrap_or_default();
+        let existing = run_tool(
+            &self.t.paths.root,
+            "tansu",
+            &["topic", "list", "--broker", &url],
+            &[],
+            None,
+        )
+        .unwrap_or_default();
         let mut created = 0;
         for tp in &k.topics {
             if existing.contains(&format!("\"{}\"", tp.name))
@@ -786,6 +813,7 @@ impl Local<'_> {
                 continue;
             }
             match run_tool(
+                &self.t.paths.root,
                 "tansu",
                 &[
                     "topic",
@@ -876,6 +904,7 @@ impl Local<'_> {
                 let _ = chown_tree(&pwfile, user);
                 let tmp_s = tmp.display().to_string();
                 let r = run_tool(
+                    &self.t.paths.root,
                     "initdb",
                     &[
                         "-D",
@@ -939,6 +968,7 @@ impl Local<'_> {
                     args.extend(["-S", m.slot.as_str()]);
                 }
                 run_tool(
+                    &self.t.paths.root,
                     "pg_basebackup",
                     &args,
                     &[
@@ -1100,6 +1130,7 @@ impl Local<'_> {
                 let cfg = format!("{}/{name}/haproxy.cfg", t.paths.config);
                 let pw = state::secret_value(t, "haproxy-stats-password").unwrap_or_default();
                 run_tool(
+                    &self.t.paths.root,
                     "haproxy",
                     &["-c", "-q", "-f", &cfg],
                     &[("HAPROXY_STATS_PASSWORD", pw.as_str())],

@@ -133,8 +133,11 @@ pub fn signal(pid: u32, sig: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Signals a whole process group.
+/// Signals a whole process group (never the caller's own).
 pub fn signal_group(pgid: u32, sig: &str) -> bool {
+    if pgid <= 1 || Some(pgid) == self::pgid(std::process::id()) {
+        return false;
+    }
     Command::new("kill")
         .arg(format!("-{sig}"))
         .arg("--")
@@ -226,8 +229,21 @@ pub fn pgid(pid: u32) -> Option<u32> {
     rest.split_whitespace().nth(2)?.parse().ok()
 }
 
+/// One-off tasks (initdb, pg_basebackup, migrations) also carry `BSSCTL_TASK=1`: an apply killed
+/// half-way leaves them running, and the next apply ends them before it starts over.
+pub const TASK_MARKER: &str = "BSSCTL_TASK";
+
 /// Every live process whose environment carries `BSSCTL_ENV=<root>`.
 pub fn processes_of(root: &str) -> Vec<u32> {
+    processes_with(root, None)
+}
+
+/// Leftover one-off tasks of the environment.
+pub fn tasks_of(root: &str) -> Vec<u32> {
+    processes_with(root, Some(&format!("{TASK_MARKER}=1")))
+}
+
+fn processes_with(root: &str, extra: Option<&str>) -> Vec<u32> {
     let needle = format!("{ENV_MARKER}={root}");
     let mut v = Vec::new();
     let Ok(rd) = std::fs::read_dir("/proc") else {
@@ -241,7 +257,8 @@ pub fn processes_of(root: &str) -> Vec<u32> {
             continue;
         }
         if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
-            if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) && pid_alive(pid) {
+            let has = |n: &str| env.split(|b| *b == 0).any(|kv| kv == n.as_bytes());
+            if has(&needle) && extra.is_none_or(has) && pid_alive(pid) {
                 v.push(pid);
             }
         }
@@ -254,16 +271,21 @@ pub fn stop_group(pid: u32, grace: Duration) {
     if !pid_alive(pid) {
         return;
     }
-    let group = pgid(pid).filter(|g| *g > 1 && *g != std::process::id());
-    let pid_group = group.unwrap_or(pid);
-    signal_group(pid_group, "TERM");
+    // Never our own group (it holds bssctl, and whatever shell or test runner started it).
+    let own = pgid(std::process::id());
+    let group = pgid(pid).filter(|g| *g > 1 && Some(*g) != own);
+    if let Some(g) = group {
+        signal_group(g, "TERM");
+    }
     signal(pid, "TERM");
     let start = Instant::now();
     while pid_alive(pid) && start.elapsed() < grace {
         std::thread::sleep(Duration::from_millis(50));
     }
     if pid_alive(pid) {
-        signal_group(pid_group, "KILL");
+        if let Some(g) = group {
+            signal_group(g, "KILL");
+        }
         signal(pid, "KILL");
     }
 }
