@@ -19,7 +19,7 @@ SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 # --- Debian packages ----------------------------------------------------------------------------
 APT_PKGS=(haproxy prometheus prometheus-alertmanager redis-server redis-tools postgresql postgresql-client
           prometheus-postgres-exporter prometheus-redis-exporter prometheus-node-exporter kcat curl jq
-          python3-venv ca-certificates procps iproute2 lsof)
+          python3-venv ca-certificates procps iproute2 lsof bc)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
