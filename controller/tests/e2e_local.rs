@@ -657,3 +657,29 @@ fn ports_in_use_and_bad_input_are_reported_before_anything_starts() {
     );
     assert!(env.marked_processes().is_empty());
 }
+
+#[test]
+fn missing_tools_are_reported_with_their_install_step() {
+    let env = Env::new(
+        "e2e-tools",
+        3,
+        "  redis: {}\n  haproxy: {}\n  postgres: {replicas: 0}\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_bssctl"))
+        .arg("apply")
+        .arg(&env.file)
+        .env("PATH", "/nonexistent")
+        .env("BSSCTL_TOOLS", "/nonexistent")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("nothing was started"), "{err}");
+    for tool in ["haproxy", "redis-server"] {
+        assert!(
+            err.contains(&format!("failed to find `{tool}`: run `bash dev/setup.sh`")),
+            "{tool} not reported: {err}"
+        );
+    }
+    assert!(env.marked_processes().is_empty());
+}
