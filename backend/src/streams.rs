@@ -1,9 +1,394 @@
-//! Stream processors (placeholder, filled below).
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+//! Stream processors. `customer-analytics` keeps per-customer aggregates from customer and
+//! order events; `order-processor` keeps per-order aggregates (status durations, items, totals).
+//!
+//! Exactly-once effects: each event is applied in one database transaction together with the
+//! record of its id (`stream_processed_events`), so a redelivered event (outbox retry, restart
+//! before an offset commit, replay) changes nothing. After the transaction the aggregate's
+//! snapshot is published to `bss.analytics.events` with an id derived from (processor,
+//! aggregate, aggregate version), so a re-publish after a crash carries the same id; only then
+//! is the message's offset stored for commit.
+
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+use sqlx::{PgConnection, PgPool};
+use std::str::FromStr;
+use std::time::Duration;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::events::CloudEvent;
+use crate::kafka;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Processor {
     CustomerAnalytics,
     OrderProcessor,
 }
-pub async fn run_until_signal(_cfg: crate::config::Config, _p: Processor) -> anyhow::Result<()> {
+
+impl Processor {
+    pub fn name(self) -> &'static str {
+        match self {
+            Processor::CustomerAnalytics => "customer-analytics",
+            Processor::OrderProcessor => "order-processor",
+        }
+    }
+
+    pub fn group(self, prefix: &str) -> String {
+        format!("{prefix}.{}", self.name())
+    }
+
+    pub fn topics(self, prefix: &str) -> Vec<String> {
+        match self {
+            Processor::CustomerAnalytics => vec![
+                format!("{prefix}.customer.events"),
+                format!("{prefix}.order.events"),
+            ],
+            Processor::OrderProcessor => vec![format!("{prefix}.order.events")],
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("failed to set up the consumer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("failed to create topics: {0}")]
+    Topics(#[from] kafka::KafkaError),
+    #[error("failed to update aggregates: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("failed to publish the aggregate: {0}")]
+    Publish(String),
+}
+
+pub async fn run_until_signal(cfg: Config, p: Processor) -> anyhow::Result<()> {
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(run(cfg, p, rx));
+    crate::server::shutdown_signal().await;
+    let _ = tx.send(true);
+    task.await??;
     Ok(())
+}
+
+/// Runs the processor until `shutdown` turns true.
+pub async fn run(
+    cfg: Config,
+    p: Processor,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), StreamError> {
+    let prefix = &cfg.kafka.topic_prefix;
+    let pool = crate::db::pool(
+        &cfg.database.write_url,
+        cfg.database.password.as_deref(),
+        cfg.database.max_connections.min(4),
+    )?;
+    let mut topics = p.topics(prefix);
+    topics.push(format!("{prefix}.analytics.events"));
+    kafka::ensure_topics(&cfg.kafka.brokers, &topics).await?;
+    let producer = kafka::producer(&cfg.kafka.brokers)?;
+    let consumer: StreamConsumer = kafka::base_config(&cfg.kafka.brokers)
+        .set("group.id", p.group(&cfg.streams.group_prefix))
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "500")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .create()?;
+    let owned = p.topics(prefix);
+    let subscribe: Vec<&str> = owned.iter().map(String::as_str).collect();
+    consumer.subscribe(&subscribe)?;
+    let analytics = format!("{prefix}.analytics.events");
+    tracing::info!(processor = p.name(), group = %p.group(&cfg.streams.group_prefix), "stream processor started");
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.changed() => break,
+            m = consumer.recv() => m,
+        };
+        let m = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "consumer error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        // Retry the message until it is applied and published: skipping it would lose it.
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match handle(p, &pool, &producer, &analytics, &m).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, offset = m.offset(), "processing failed, retrying");
+                    tokio::select! {
+                        _ = shutdown.changed() => return Ok(()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        consumer.store_offset_from_message(&m)?;
+    }
+    let _ = consumer.commit_consumer_state(CommitMode::Sync);
+    tracing::info!(processor = p.name(), "stream processor stopped");
+    Ok(())
+}
+
+async fn handle(
+    p: Processor,
+    pool: &PgPool,
+    producer: &FutureProducer,
+    analytics: &str,
+    m: &BorrowedMessage<'_>,
+) -> Result<(), StreamError> {
+    let Some(ev) = m
+        .payload()
+        .and_then(|b| serde_json::from_slice::<CloudEvent>(b).ok())
+    else {
+        tracing::warn!(
+            offset = m.offset(),
+            "skipping a message that is not a CloudEvent"
+        );
+        return Ok(());
+    };
+    let mut tx = pool.begin().await?;
+    let fresh = sqlx::query(
+        "INSERT INTO stream_processed_events (processor, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(p.name())
+    .bind(&ev.id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    let snapshot = match p {
+        Processor::CustomerAnalytics => customer_analytics(&mut tx, &ev, fresh).await?,
+        Processor::OrderProcessor => order_processor(&mut tx, &ev, fresh).await?,
+    };
+    tx.commit().await?;
+    if let Some((aggregate, kind, snap)) = snapshot {
+        let version = snap
+            .get("aggregateVersion")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        let id = Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            format!("{}:{aggregate}:{version}", p.name()).as_bytes(),
+        );
+        let mut out = CloudEvent::new(
+            "analytics",
+            aggregate,
+            &format!("{kind}.updated"),
+            snap,
+            Some(version),
+            None,
+        );
+        out.id = id.to_string();
+        out.source = format!("urn:bss:analytics:{}:{aggregate}", p.name());
+        let payload =
+            serde_json::to_string(&out).map_err(|e| StreamError::Publish(e.to_string()))?;
+        let key = aggregate.to_string();
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "content-type",
+            value: Some("application/cloudevents+json; charset=UTF-8"),
+        });
+        producer
+            .send(
+                FutureRecord::to(analytics)
+                    .key(&key)
+                    .payload(&payload)
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| StreamError::Publish(e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn data_str<'a>(ev: &'a CloudEvent, field: &str) -> Option<&'a str> {
+    ev.data.get(field).and_then(Value::as_str)
+}
+
+fn data_uuid(ev: &CloudEvent, field: &str) -> Option<Uuid> {
+    data_str(ev, field).and_then(|s| Uuid::parse_str(s).ok())
+}
+
+type Snapshot = Option<(Uuid, &'static str, Value)>;
+/// status, orders total/completed/cancelled, order value, events seen, aggregate version.
+type CustomerRow = (Option<String>, i64, i64, i64, Decimal, i64, i64);
+/// customer, status, since, durations, items, total, transitions, aggregate version.
+type OrderRow = (
+    Option<Uuid>,
+    String,
+    DateTime<Utc>,
+    sqlx::types::Json<Value>,
+    i64,
+    Decimal,
+    i64,
+    i64,
+);
+
+async fn customer_analytics(
+    tx: &mut PgConnection,
+    ev: &CloudEvent,
+    fresh: bool,
+) -> Result<Snapshot, StreamError> {
+    let (entity, action) = (ev.entity().unwrap_or(""), ev.action().unwrap_or(""));
+    let customer = match entity {
+        "customer" => data_uuid(ev, "id"),
+        "order" => data_uuid(ev, "customerId"),
+        _ => None,
+    };
+    let Some(customer) = customer else {
+        return Ok(None);
+    };
+    if fresh {
+        let (mut total, mut completed, mut cancelled) = (0i64, 0i64, 0i64);
+        let mut value = Decimal::ZERO;
+        let mut status: Option<String> = None;
+        match (entity, action) {
+            ("customer", _) => status = data_str(ev, "status").map(String::from),
+            ("order", "created") => total = 1,
+            ("order", "completed") => {
+                completed = 1;
+                value = data_str(ev, "totalAmount")
+                    .and_then(|s| Decimal::from_str(s).ok())
+                    .unwrap_or(Decimal::ZERO);
+            }
+            ("order", "cancelled") => cancelled = 1,
+            _ => {}
+        }
+        sqlx::query(
+            "INSERT INTO analytics_customers AS a (customer_id, status, orders_total, orders_completed, \
+             orders_cancelled, order_value, events_seen, aggregate_version) VALUES ($1,$2,$3,$4,$5,$6,1,1) \
+             ON CONFLICT (customer_id) DO UPDATE SET status = COALESCE(EXCLUDED.status, a.status), \
+             orders_total = a.orders_total + EXCLUDED.orders_total, \
+             orders_completed = a.orders_completed + EXCLUDED.orders_completed, \
+             orders_cancelled = a.orders_cancelled + EXCLUDED.orders_cancelled, \
+             order_value = a.order_value + EXCLUDED.order_value, events_seen = a.events_seen + 1, \
+             aggregate_version = a.aggregate_version + 1, updated_at = now()",
+        )
+        .bind(customer)
+        .bind(status)
+        .bind(total)
+        .bind(completed)
+        .bind(cancelled)
+        .bind(value)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let row: Option<CustomerRow> = sqlx::query_as(
+        "SELECT status, orders_total, orders_completed, orders_cancelled, order_value, events_seen, aggregate_version \
+         FROM analytics_customers WHERE customer_id = $1",
+    )
+    .bind(customer)
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(row.map(|(status, total, completed, cancelled, value, seen, version)| {
+        (
+            customer,
+            "customer",
+            json!({"customerId": customer, "status": status, "ordersTotal": total, "ordersCompleted": completed,
+                   "ordersCancelled": cancelled, "orderValue": value.to_string(), "eventsSeen": seen,
+                   "aggregateVersion": version}),
+        )
+    }))
+}
+
+async fn order_processor(
+    tx: &mut PgConnection,
+    ev: &CloudEvent,
+    fresh: bool,
+) -> Result<Snapshot, StreamError> {
+    if ev.entity() != Some("order") {
+        return Ok(None);
+    }
+    let Some(order) = data_uuid(ev, "id") else {
+        return Ok(None);
+    };
+    let status = data_str(ev, "status").unwrap_or("UNKNOWN").to_string();
+    let time: DateTime<Utc> = ev.time;
+    let items = ev
+        .data
+        .get("items")
+        .and_then(Value::as_array)
+        .map(|a| a.len() as i64)
+        .unwrap_or(0);
+    let total = data_str(ev, "totalAmount")
+        .and_then(|s| Decimal::from_str(s).ok())
+        .unwrap_or(Decimal::ZERO);
+    if fresh {
+        let cur: Option<(String, DateTime<Utc>, sqlx::types::Json<Value>)> = sqlx::query_as(
+            "SELECT status, status_since, status_durations FROM analytics_orders WHERE order_id = $1 FOR UPDATE",
+        )
+        .bind(order)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match cur {
+            None => {
+                sqlx::query(
+                    "INSERT INTO analytics_orders (order_id, customer_id, status, status_since, item_count, \
+                     total_amount, transitions, aggregate_version) VALUES ($1,$2,$3,$4,$5,$6,0,1)",
+                )
+                .bind(order)
+                .bind(data_uuid(ev, "customerId"))
+                .bind(&status)
+                .bind(time)
+                .bind(items)
+                .bind(total)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Some((prev, since, durations)) => {
+                let mut d = durations.0;
+                let changed = prev != status;
+                if changed {
+                    let spent = (time - since).num_milliseconds().max(0);
+                    let acc = d.get(&prev).and_then(Value::as_i64).unwrap_or(0) + spent;
+                    if let Some(obj) = d.as_object_mut() {
+                        obj.insert(prev.clone(), json!(acc));
+                    }
+                }
+                sqlx::query(
+                    "UPDATE analytics_orders SET status = $2, status_since = CASE WHEN $7 THEN $3 ELSE status_since END, \
+                     status_durations = $4, item_count = $5, total_amount = $6, \
+                     transitions = transitions + CASE WHEN $7 THEN 1 ELSE 0 END, \
+                     aggregate_version = aggregate_version + 1, updated_at = now() WHERE order_id = $1",
+                )
+                .bind(order)
+                .bind(&status)
+                .bind(time)
+                .bind(sqlx::types::Json(&d))
+                .bind(items)
+                .bind(total)
+                .bind(changed)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+    }
+    let row: Option<OrderRow> =
+        sqlx::query_as(
+            "SELECT customer_id, status, status_since, status_durations, item_count, total_amount, transitions, \
+             aggregate_version FROM analytics_orders WHERE order_id = $1",
+        )
+        .bind(order)
+        .fetch_optional(&mut *tx)
+        .await?;
+    Ok(row.map(|(customer, status, since, durations, items, total, transitions, version)| {
+        (
+            order,
+            "order",
+            json!({"orderId": order, "customerId": customer, "status": status, "statusSince": since,
+                   "statusDurationsMs": durations.0, "itemCount": items, "totalAmount": total.to_string(),
+                   "transitions": transitions, "aggregateVersion": version}),
+        )
+    }))
 }

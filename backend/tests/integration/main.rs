@@ -5,4 +5,5 @@ mod api;
 mod cache;
 mod outbox;
 mod replay;
+mod streams;
 mod test_support;

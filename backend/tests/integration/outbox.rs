@@ -43,8 +43,7 @@ async fn outbox_delivers_every_event_after_a_broker_outage() {
         let t = Instant::now();
         let c = customer(&f.api, &format!("Outage{i}")).await;
         let id = c["id"].as_str().unwrap().to_string();
-        let mut version = 1;
-        for to in ["SUSPENDED", "ACTIVE", "INACTIVE"] {
+        for (version, to) in (1..).zip(["SUSPENDED", "ACTIVE", "INACTIVE"]) {
             let r = f
                 .api
                 .post(
@@ -53,7 +52,6 @@ async fn outbox_delivers_every_event_after_a_broker_outage() {
                 )
                 .await;
             assert_eq!(r.status, 200, "{}", r.body);
-            version += 1;
         }
         assert!(
             t.elapsed() < Duration::from_secs(2),
