@@ -36,6 +36,14 @@ fn validate_exit_codes() {
         "haproxy without postgres reported at its line: {err}"
     );
     assert!(err.contains("hint:"), "{err}");
+    // A section without a value is an error, not a silently missing component.
+    std::fs::write(&bad, "apiVersion: bssctl.io/v1alpha1\nkind: Topology\nmetadata: {name: ok}\nspec:\n  postgres: {}\n  haproxy:\n").unwrap();
+    let (code, _, err) = bssctl(&["validate", bad.to_str().unwrap()], tmp.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("bad.yaml:6:") && err.contains("`haproxy` has no value"),
+        "{err}"
+    );
 }
 
 #[test]

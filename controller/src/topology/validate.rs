@@ -327,6 +327,35 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
         );
     }
     let s = &t.spec;
+    // `haproxy:` with nothing after it is YAML null: serde reads it as an absent section, which
+    // would silently leave the component out.
+    for key in [
+        "postgres",
+        "haproxy",
+        "envoy",
+        "redis",
+        "kafka",
+        "prometheus",
+        "alerts",
+        "alertmanager",
+        "exporters",
+        "backend",
+        "streamProcessors",
+        "runtime",
+    ] {
+        let path = format!("spec.{key}");
+        let present = serde_json::to_value(&t.spec)
+            .ok()
+            .and_then(|v| v.get(key).cloned())
+            .is_some();
+        if cx.src.value.contains_key(&path) && !present {
+            cx.err(
+                &path,
+                format!("`{key}` has no value, so it would be left out"),
+                format!("write `{key}: {{}}` to enable it with defaults, or remove the line"),
+            );
+        }
+    }
     let rt_spec = s.runtime.clone().unwrap_or_default();
     let runtime = opts.runtime.or(rt_spec.kind).unwrap_or_default();
     let off = rt_spec.port_offset.unwrap_or(0) as u32;
