@@ -10,8 +10,12 @@ bash dev/setup.sh >/dev/null
 cargo build --release -q -p controller -p backend
 B=$PWD/target/release/bssctl
 work=$(mktemp -d /tmp/bssctl-bench-XXXXXX)
+# PostgreSQL runs as its own user and must be able to enter the state directory.
+chmod 755 "$work"
 trap '$B destroy "$work/t.yaml" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 ms() { date +%s%N; }
+# Runs bssctl; on failure shows its output and stops.
+run() { local out; if ! out=$("$B" "$@" 2>&1); then echo "bssctl $* failed:"; echo "$out"; exit 1; fi; LAST="$out"; }
 elapsed() { echo "scale=1; ($2 - $1) / 1000000" | bc; }
 
 # render: in-process time as bssctl reports it, and wall time of the whole command
@@ -35,19 +39,18 @@ import re
 s=re.sub(r'(port|Port|writePort|readPort|adminPort): (\d+)', lambda m: f"{m.group(1)}: {int(m.group(2))+30000}", s)
 open(p,'w').write(s)
 PY
-t0=$(ms); $B apply "$work/t.yaml" >/dev/null 2>&1; t1=$(ms)
-echo "cold apply (full stack, $(grep -c . <<<"$($B status "$work/t.yaml" | tail -n +3)") components): $(elapsed "$t0" "$t1") ms"
-t0=$(ms); $B apply "$work/t.yaml" >/dev/null 2>&1; t1=$(ms)
+t0=$(ms); run apply "$work/t.yaml"; t1=$(ms)
+echo "cold apply (full stack, $(grep -c 'health *ok' <<<"$LAST") health-gated components): $(elapsed "$t0" "$t1") ms"
+t0=$(ms); run apply "$work/t.yaml"; t1=$(ms)
 echo "no-op apply: $(elapsed "$t0" "$t1") ms"
 sed -i 's/balance: roundrobin/balance: leastconn/' "$work/t.yaml"
-t0=$(ms); out=$($B apply "$work/t.yaml" 2>&1); t1=$(ms)
-echo "reload apply (haproxy balance): $(elapsed "$t0" "$t1") ms  [$(grep 'haproxy.*reload' <<<"$out" | sed 's/  */ /g')]"
+t0=$(ms); run apply "$work/t.yaml"; t1=$(ms)
+echo "reload apply (haproxy balance): $(elapsed "$t0" "$t1") ms  [$(grep 'haproxy.*reload' <<<"$LAST" | sed 's/  */ /g')]"
 sed -i 's/request: 15s/request: 10s/' "$work/t.yaml"
-t0=$(ms); out=$($B apply "$work/t.yaml" 2>&1); t1=$(ms)
-echo "reload apply (envoy route timeout, hot restart): $(elapsed "$t0" "$t1") ms  [$(grep 'envoy.*reload' <<<"$out" | sed 's/  */ /g')]"
+t0=$(ms); run apply "$work/t.yaml"; t1=$(ms)
+echo "reload apply (envoy route timeout, hot restart): $(elapsed "$t0" "$t1") ms  [$(grep 'envoy.*reload' <<<"$LAST" | sed 's/  */ /g')]"
 sed -i 's/retention: 15d/retention: 10d/' "$work/t.yaml"
-sed -i 's/scrapeInterval: 5s/scrapeInterval: 10s/' "$work/t.yaml"
-t0=$(ms); out=$($B apply "$work/t.yaml" 2>&1); t1=$(ms)
-echo "apply (prometheus: retention flag -> restart, scrape interval): $(elapsed "$t0" "$t1") ms"
-t0=$(ms); $B destroy "$work/t.yaml" >/dev/null 2>&1; t1=$(ms)
+t0=$(ms); run apply "$work/t.yaml"; t1=$(ms)
+echo "apply (prometheus retention flag -> restart): $(elapsed "$t0" "$t1") ms"
+t0=$(ms); run destroy "$work/t.yaml"; t1=$(ms)
 echo "destroy: $(elapsed "$t0" "$t1") ms"

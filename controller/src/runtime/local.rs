@@ -31,7 +31,14 @@ pub struct Local<'a> {
 /// Binaries a component kind needs.
 pub fn programs(kind: Kind) -> &'static [&'static str] {
     match kind {
-        Kind::Postgres => &["postgres", "initdb", "pg_ctl", "pg_basebackup", "pg_rewind"],
+        Kind::Postgres => &[
+            "postgres",
+            "initdb",
+            "pg_ctl",
+            "pg_basebackup",
+            "pg_rewind",
+            "pg_controldata",
+        ],
         Kind::Redis => &["redis-server"],
         Kind::Kafka => &["tansu"],
         Kind::Haproxy => &["haproxy"],
@@ -124,6 +131,60 @@ pub fn ports_of(t: &ValidatedTopology, name: &str, kind: Kind) -> Vec<u16> {
             .map(|a| vec![a.endpoint.port])
             .unwrap_or_default(),
     }
+}
+
+/// Marker left by failover fencing next to a member's data directory: the member was a primary
+/// that lost its role, so it may hold WAL the new primary never saw and must be rewound
+/// (`pg_rewind`, or re-cloned) before it starts again as a replica. Kept outside `run/` so a
+/// `destroy --keep-data` does not forget it.
+pub fn rewind_marker(t: &ValidatedTopology, name: &str) -> PathBuf {
+    Path::new(&t.paths.data).join(format!("{name}.rewind"))
+}
+
+/// `Database cluster state` of a data directory (pg_controldata), e.g. `shut down`, `in production`.
+pub fn cluster_state(
+    data_dir: &str,
+    user: Option<(u32, u32)>,
+    root: &str,
+) -> Result<String, String> {
+    let out = run_tool(
+        root,
+        "pg_controldata",
+        &["-D", data_dir],
+        &[("LC_ALL", "C")],
+        user,
+    )?;
+    out.lines()
+        .find_map(|l| {
+            l.strip_prefix("Database cluster state:")
+                .map(|v| v.trim().to_string())
+        })
+        .ok_or_else(|| "pg_controldata printed no cluster state".to_string())
+}
+
+/// `Latest checkpoint location` of a stopped data directory as a number.
+pub fn checkpoint_lsn(data_dir: &str, user: Option<(u32, u32)>, root: &str) -> Result<u64, String> {
+    let out = run_tool(
+        root,
+        "pg_controldata",
+        &["-D", data_dir],
+        &[("LC_ALL", "C")],
+        user,
+    )?;
+    let v = out
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Latest checkpoint location:")
+                .map(|v| v.trim().to_string())
+        })
+        .ok_or_else(|| "pg_controldata printed no checkpoint location".to_string())?;
+    parse_lsn(&v).ok_or_else(|| format!("cannot parse LSN `{v}`"))
+}
+
+/// `16/B374D848` as a number.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.trim().split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
 
 /// A probe of one component by its own protocol: Ok(detail) healthy, Err(why) not.
@@ -340,6 +401,28 @@ fn chown_tree(p: &Path, ids: Option<(u32, u32)>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The first existing ancestor of `p` that user `uid`/`gid` cannot search (no x bit for it).
+fn unreachable_ancestor(p: &Path, uid: u32, gid: u32) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let mut dirs: Vec<&Path> = p.ancestors().collect();
+    dirs.reverse();
+    for d in dirs {
+        let Ok(m) = std::fs::metadata(d) else { break };
+        let mode = m.mode();
+        let ok = if m.uid() == uid {
+            mode & 0o100 != 0
+        } else if m.gid() == gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !ok {
+            return Some(d.to_path_buf());
+        }
+    }
+    None
+}
+
 fn set_mode(p: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
@@ -422,6 +505,18 @@ impl Local<'_> {
                         process::port_holder(port).unwrap_or_else(|| "unknown process".into());
                     problems.push(format!("port {port} of {name} is in use by {who}"));
                 }
+            }
+        }
+        if let (Some((uid, gid)), true) = (
+            self.pg_user(),
+            bundle.components.values().any(|c| c.kind == Kind::Postgres),
+        ) {
+            if let Some(dir) = unreachable_ancestor(Path::new(&self.t.paths.root), uid, gid) {
+                problems.push(format!(
+                    "PostgreSQL runs as user `postgres` (it refuses to run as root) and cannot enter {}: allow it (`chmod o+x {}`) or choose a stateDir it can reach",
+                    dir.display(),
+                    dir.display()
+                ));
             }
         }
         if problems.is_empty() {
@@ -511,7 +606,7 @@ impl Local<'_> {
         Ok(())
     }
 
-    fn write_files(&self, name: &str, c: &ComponentBundle) -> Result<(), RuntimeError> {
+    pub fn write_files(&self, name: &str, c: &ComponentBundle) -> Result<(), RuntimeError> {
         let dir = Path::new(&self.t.paths.config).join(name);
         for (rel, content) in &c.files {
             let p = dir.join(rel);
@@ -883,6 +978,26 @@ impl Local<'_> {
         std::fs::create_dir_all(&m.socket_dir).map_err(|e| RuntimeError::Io(e.to_string()))?;
         let _ = chown_tree(Path::new(&m.socket_dir), user);
         let _ = chown_tree(Path::new(&t.paths.logs), None);
+        let marker = rewind_marker(t, name);
+        if m.role == Role::Replica && marker.exists() && data.join("PG_VERSION").exists() {
+            // A former primary: never started before its history matches the new primary's.
+            let s = Instant::now();
+            self.ev(name, "rewind", "start", Duration::ZERO, "");
+            match self.rewind(&m) {
+                Ok(d) => self.ev(name, "rewind", "ok", s.elapsed(), d),
+                Err(e) => {
+                    self.ev(
+                        name,
+                        "rewind",
+                        "fail",
+                        s.elapsed(),
+                        format!("{e}; re-cloning with pg_basebackup"),
+                    );
+                    let _ = std::fs::remove_dir_all(&data);
+                }
+            }
+            let _ = std::fs::remove_file(&marker);
+        }
         if !data.join("PG_VERSION").exists() {
             // Build into a temporary directory and rename: a kill half-way leaves no cluster that
             // looks complete.
@@ -1005,6 +1120,10 @@ impl Local<'_> {
                 .map_err(|e| RuntimeError::Io(e.to_string()))?;
             let app_pw = state::secret_value(t, "postgres-app-password")
                 .map_err(|e| RuntimeError::Io(e.to_string()))?;
+            // In synchronous mode no standby exists yet on a first apply: these bootstrap
+            // commits must not wait for one (they are repeated idempotently on every apply).
+            cl.batch_execute("SET synchronous_commit TO local")
+                .map_err(|e| step_err("roles", pgsql::describe(&e)))?;
             pgsql::ensure_role(&mut cl, &pg.replication_user, &repl_pw, true)
                 .map_err(|e| step_err("roles", e))?;
             pgsql::ensure_role(&mut cl, &pg.user, &app_pw, false)
@@ -1033,6 +1152,60 @@ impl Local<'_> {
             self.verify_streaming(&m)?;
         }
         Ok(())
+    }
+
+    /// Rewinds a stopped former primary onto the current primary's timeline with pg_rewind (as
+    /// PostgreSQL's user). A crashed target is first recovered in single-user mode with our own
+    /// config (pg_rewind's own recovery would use the data directory's defaults, without
+    /// wal_log_hints, and then refuse); single-user mode takes no connections, so it writes nothing
+    /// anyone could read as acknowledged.
+    fn rewind(&mut self, m: &PgMember) -> Result<String, String> {
+        let t = self.t;
+        let pg = t.postgres.as_ref().ok_or("no postgres")?;
+        let primary = pg.primary_member().ok_or("no primary")?.clone();
+        let user = self.pg_user();
+        let mut cl = self.superuser_client(&primary)?;
+        if pg.slots {
+            pgsql::ensure_slot(&mut cl, &m.slot)?;
+        }
+        // pg_rewind reads the source's timeline from its control file, which a just-promoted
+        // server updates only at its first checkpoint: without this it answers "no rewind
+        // required" for a target that holds WAL the new primary never saw.
+        cl.batch_execute("CHECKPOINT")
+            .map_err(|e| pgsql::describe(&e))?;
+        drop(cl);
+        let data = m.data_dir.clone();
+        // Single-user mode refuses to run with standby.signal; it is written again before the start.
+        let _ = std::fs::remove_file(Path::new(&data).join("standby.signal"));
+        let state = cluster_state(&data, user, &t.paths.root)?;
+        if !state.starts_with("shut down") {
+            let cfg = format!("config_file={}/{}/postgresql.conf", t.paths.config, m.name);
+            run_tool(
+                &t.paths.root,
+                "postgres",
+                &["--single", "-F", "-D", &data, "-c", &cfg, "template1"],
+                &[],
+                user,
+            )
+            .map_err(|e| format!("single-user recovery before pg_rewind: {e}"))?;
+        }
+        let pw =
+            state::secret_value(t, "postgres-superuser-password").map_err(|e| e.to_string())?;
+        let src = format!(
+            "host={} port={} user={} dbname=postgres connect_timeout=5 sslmode=disable",
+            primary.host, primary.port, pg.superuser
+        );
+        let target = format!("--target-pgdata={data}");
+        let source = format!("--source-server={src}");
+        let out = run_tool(
+            &t.paths.root,
+            "pg_rewind",
+            &[target.as_str(), source.as_str()],
+            &[("PGPASSWORD", pw.as_str())],
+            user,
+        )?;
+        let last = out.trim().lines().last().unwrap_or("").to_string();
+        Ok(format!("from {}: {last}", primary.name))
     }
 
     /// Waits until the primary reports the replica as `streaming` in pg_stat_replication.

@@ -266,27 +266,44 @@ fn processes_with(root: &str, extra: Option<&str>) -> Vec<u32> {
     v
 }
 
+/// Live members of a process group.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .filter(|pid| self::pgid(*pid) == Some(pgid) && pid_alive(*pid))
+        .collect()
+}
+
 /// TERM, wait up to `grace`, then KILL; the process and its process group (children included).
+/// Returns once the whole group is gone, so its ports and files are free.
 pub fn stop_group(pid: u32, grace: Duration) {
-    if !pid_alive(pid) {
-        return;
-    }
     // Never our own group (it holds bssctl, and whatever shell or test runner started it).
     let own = pgid(std::process::id());
     let group = pgid(pid).filter(|g| *g > 1 && Some(*g) != own);
+    let gone = |pid: u32| !pid_alive(pid) && group.is_none_or(|g| group_members(g).is_empty());
+    if gone(pid) {
+        return;
+    }
     if let Some(g) = group {
         signal_group(g, "TERM");
     }
     signal(pid, "TERM");
     let start = Instant::now();
-    while pid_alive(pid) && start.elapsed() < grace {
+    while !gone(pid) && start.elapsed() < grace {
         std::thread::sleep(Duration::from_millis(50));
     }
-    if pid_alive(pid) {
+    if !gone(pid) {
         if let Some(g) = group {
             signal_group(g, "KILL");
         }
         signal(pid, "KILL");
+        let start = Instant::now();
+        while !gone(pid) && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
