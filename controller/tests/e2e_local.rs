@@ -683,3 +683,75 @@ fn missing_tools_are_reported_with_their_install_step() {
     }
     assert!(env.marked_processes().is_empty());
 }
+
+#[test]
+fn adding_and_removing_a_replica_creates_and_drops_its_slot_and_data() {
+    let env = Env::new("e2e-scale", 4, "  postgres: {replicas: 1}\n  haproxy: {}\n");
+    env.apply();
+    let slots = |env: &Env| -> Vec<String> {
+        let mut su = env.superuser(env.port(5432));
+        su.query("SELECT slot_name FROM pg_replication_slots ORDER BY 1", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    assert_eq!(slots(&env), vec!["postgres_1"]);
+    let before = env.pids();
+
+    // Scale out: postgres-2 is cloned with its own slot and streams; HAProxy is reloaded, not restarted.
+    let text = std::fs::read_to_string(&env.file).unwrap();
+    std::fs::write(&env.file, text.replace("replicas: 1", "replicas: 2")).unwrap();
+    let (code, plan, _) = env.bssctl(&["plan", "--no-diff"]);
+    assert_eq!(code, 0);
+    assert!(
+        plan.lines()
+            .any(|l| l.starts_with("postgres-2 ") && l.contains("create")),
+        "{plan}"
+    );
+    assert!(
+        plan.lines()
+            .any(|l| l.starts_with("haproxy ") && l.contains("reload")),
+        "{plan}"
+    );
+    env.apply();
+    assert_eq!(slots(&env), vec!["postgres_1", "postgres_2"]);
+    let mut su = env.superuser(env.port(5432));
+    let n: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    let after = env.pids();
+    for name in ["postgres-0", "postgres-1", "haproxy"] {
+        assert_eq!(
+            before.iter().find(|p| p.0 == name),
+            after.iter().find(|p| p.0 == name),
+            "{name} was restarted"
+        );
+    }
+
+    // Scale in: postgres-2 is stopped, its slot dropped on the primary and its data deleted.
+    std::fs::write(&env.file, text).unwrap();
+    let (code, plan, _) = env.bssctl(&["plan", "--no-diff"]);
+    assert_eq!(code, 0);
+    assert!(
+        plan.lines()
+            .any(|l| l.starts_with("postgres-2 ") && l.contains("remove")),
+        "{plan}"
+    );
+    env.apply();
+    assert_eq!(slots(&env), vec!["postgres_1"]);
+    assert!(
+        !env.root.join("data/postgres-2").exists(),
+        "data of the removed replica is still there"
+    );
+    assert!(env.pids().iter().all(|p| p.0 != "postgres-2"));
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", env.port(5434))).is_ok(),
+        "removed replica still listens"
+    );
+}
