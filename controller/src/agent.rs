@@ -1,8 +1,9 @@
 //! The controller agent: keeps an applied environment running after `apply` returns (or in the
 //! foreground with `up`). It probes every component, restarts crashed ones with exponential
 //! backoff (never the PostgreSQL primary: its loss belongs to failover), and serves a loopback HTTP
-//! API: `/status`, `/metrics`, `/health`, `/components/<name>`, and `/alerts/<receiver>` (the
-//! default Alertmanager webhook sink).
+//! API: `/status`, `/metrics`, `/health`, `/components/<name>`, `/failover`, `POST /switchover`
+//! and `/alerts/<receiver>` (the default Alertmanager webhook sink). PostgreSQL members are left
+//! to the failover monitor (`crate::failover`) when failover is enabled.
 //!
 //! It works from `applied.json` (bundle + validated topology), never from the user's file.
 
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::failover::{self, FailoverStatus, Request};
 use crate::plan::Action;
 use crate::render::Kind;
 use crate::runtime::local::{ComponentStatus, Local};
@@ -39,6 +41,7 @@ pub struct Snapshot {
     pub recent_events: VecDeque<Event>,
     pub alerts_received: BTreeMap<String, u64>,
     pub recent_alerts: VecDeque<serde_json::Value>,
+    pub failover: FailoverStatus,
 }
 
 struct Backoff {
@@ -100,10 +103,36 @@ pub fn run(root: &Path, stop: Arc<AtomicBool>) -> Result<(), String> {
     let server =
         tiny_http::Server::http(&addr).map_err(|e| format!("failed to listen on {addr}: {e}"))?;
     let server = Arc::new(server);
+    // A restarted agent (by hand or by a test) records itself so `destroy` finds it.
+    let run_dir = root.join("run").display().to_string();
+    if !process::read_record(&run_dir, AGENT).is_some_and(|r| process::alive(&r)) {
+        let me = std::process::id();
+        let _ = process::write_record(
+            &run_dir,
+            &Record {
+                component: AGENT.into(),
+                pid: me,
+                start_ticks: process::start_ticks(me).unwrap_or(0),
+                hash: String::new(),
+                epoch: 0,
+                started_at: process::now_secs(),
+                restarts: 0,
+                pgid: process::pgid(me).unwrap_or(me),
+                kind: None,
+            },
+        );
+    }
+    let fo = Arc::new(Mutex::new(FailoverStatus::default()));
+    let (tx, rx) = std::sync::mpsc::channel::<Request>();
+    if t0.postgres.is_some() {
+        let (root2, stop2, fo2) = (root.to_path_buf(), stop.clone(), fo.clone());
+        std::thread::spawn(move || failover::monitor(&root2, stop2, rx, fo2));
+    }
     {
         let snap = snap.clone();
         let server = server.clone();
-        std::thread::spawn(move || serve(&server, &snap));
+        let fo = fo.clone();
+        std::thread::spawn(move || serve(&server, &snap, &fo, &tx));
     }
     let mut applied_mtime = std::fs::metadata(root.join("applied.json"))
         .and_then(|m| m.modified())
@@ -163,6 +192,11 @@ pub fn run(root: &Path, stop: Arc<AtomicBool>) -> Result<(), String> {
             if is_primary {
                 // Failover decides what happens to a lost primary; restarting it blindly could
                 // bring back a second primary.
+                continue;
+            }
+            let failover_on = t.postgres.as_ref().is_some_and(|p| p.failover.enabled);
+            if c.kind == Kind::Postgres && failover_on {
+                // The failover monitor rejoins replicas (a former primary needs pg_rewind first).
                 continue;
             }
             let b = backoff.entry(name.clone()).or_insert(Backoff {
@@ -251,19 +285,36 @@ fn json_response(v: &impl Serialize) -> tiny_http::Response<std::io::Cursor<Vec<
     r
 }
 
-fn serve(server: &tiny_http::Server, snap: &Mutex<Snapshot>) {
+fn serve(
+    server: &tiny_http::Server,
+    snap: &Mutex<Snapshot>,
+    fo: &Mutex<FailoverStatus>,
+    requests: &std::sync::mpsc::Sender<Request>,
+) {
     for mut req in server.incoming_requests() {
-        let url = req.url().split('?').next().unwrap_or("").to_string();
+        let full = req.url().to_string();
+        let url = full.split('?').next().unwrap_or("").to_string();
+        let query = full
+            .split_once('?')
+            .map(|(_, q)| q.to_string())
+            .unwrap_or_default();
+        let with_fo = |s: &Snapshot| {
+            let mut s = s.clone();
+            if let Ok(f) = fo.lock() {
+                s.failover = f.clone();
+            }
+            s
+        };
         let method = req.method().clone();
         let resp = match (method, url.as_str()) {
             (tiny_http::Method::Get, "/health") => tiny_http::Response::from_string("ok\n"),
             (tiny_http::Method::Get, "/status") => match snap.lock() {
-                Ok(s) => json_response(&*s),
+                Ok(s) => json_response(&with_fo(&s)),
                 Err(_) => problem(500, "Internal error", "status unavailable"),
             },
             (tiny_http::Method::Get, "/metrics") => match snap.lock() {
                 Ok(s) => {
-                    let mut r = tiny_http::Response::from_string(metrics(&s));
+                    let mut r = tiny_http::Response::from_string(metrics(&with_fo(&s)));
                     if let Ok(h) =
                         tiny_http::Header::from_bytes("Content-Type", "text/plain; version=0.0.4")
                     {
@@ -273,6 +324,35 @@ fn serve(server: &tiny_http::Server, snap: &Mutex<Snapshot>) {
                 }
                 Err(_) => problem(500, "Internal error", "metrics unavailable"),
             },
+            (tiny_http::Method::Get, "/failover") => match fo.lock() {
+                Ok(f) => json_response(&*f),
+                Err(_) => problem(500, "Internal error", "failover status unavailable"),
+            },
+            (tiny_http::Method::Post, "/switchover") => {
+                let to = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("to="))
+                    .filter(|v| !v.is_empty())
+                    .map(String::from);
+                let (reply, rx) = std::sync::mpsc::channel();
+                if requests.send(Request::Switchover { to, reply }).is_err() {
+                    problem(
+                        503,
+                        "Unavailable",
+                        "this environment has no failover monitor",
+                    )
+                } else {
+                    match rx.recv_timeout(Duration::from_secs(120)) {
+                        Ok(Ok(ev)) => json_response(&ev),
+                        Ok(Err(e)) => problem(409, "Switchover refused or failed", &e),
+                        Err(_) => problem(
+                            504,
+                            "Timeout",
+                            "no answer from the failover monitor in 120s",
+                        ),
+                    }
+                }
+            }
             (tiny_http::Method::Get, "/alerts") => match snap.lock() {
                 Ok(s) => json_response(&s.recent_alerts),
                 Err(_) => problem(500, "Internal error", "alerts unavailable"),
@@ -419,7 +499,46 @@ pub fn metrics(s: &Snapshot) -> String {
             u8::from(streaming)
         );
     }
-    let _ = writeln!(o, "# HELP bssctl_failovers_total Automated failovers.\n# TYPE bssctl_failovers_total counter\nbssctl_failovers_total 0");
+    let f = &s.failover;
+    let _ = writeln!(o, "# HELP bssctl_failovers_total Automated failovers.\n# TYPE bssctl_failovers_total counter\nbssctl_failovers_total {}", f.failovers_total);
+    let _ = writeln!(o, "# HELP bssctl_switchovers_total Planned switchovers.\n# TYPE bssctl_switchovers_total counter\nbssctl_switchovers_total {}", f.switchovers_total);
+    let _ = writeln!(o, "# HELP bssctl_rejoins_total Members rejoined as replicas by the agent.\n# TYPE bssctl_rejoins_total counter\nbssctl_rejoins_total {}", f.rejoins_total);
+    let _ = writeln!(o, "# HELP bssctl_last_failover_duration_seconds Detection to rerouted writes of the last failover.\n# TYPE bssctl_last_failover_duration_seconds gauge\nbssctl_last_failover_duration_seconds {}", f.last_failover_duration_ms.unwrap_or(0) as f64 / 1000.0);
+    let _ = writeln!(o, "# HELP bssctl_failover_in_progress 1 while a failover or switchover runs.\n# TYPE bssctl_failover_in_progress gauge\nbssctl_failover_in_progress {}", u8::from(f.in_progress.is_some()));
+    let _ = writeln!(o, "# HELP bssctl_primary_healthy 1 when the last probe of the primary succeeded.\n# TYPE bssctl_primary_healthy gauge\nbssctl_primary_healthy {}", u8::from(f.primary_healthy));
+    let _ = writeln!(o, "# HELP bssctl_primary_unreachable_seconds How long the primary has failed every probe.\n# TYPE bssctl_primary_unreachable_seconds gauge\nbssctl_primary_unreachable_seconds {}", f.unreachable_for_ms as f64 / 1000.0);
+    let _ = writeln!(o, "# HELP bssctl_member_role 1 for the role each member reports (pg_is_in_recovery), by the failover monitor.\n# TYPE bssctl_member_role gauge");
+    for m in &f.members {
+        let _ = writeln!(
+            o,
+            "bssctl_member_role{{member=\"{}\",role=\"{}\"}} 1",
+            esc(&m.name),
+            esc(m.role.as_deref().unwrap_or("down"))
+        );
+    }
+    let _ = writeln!(o, "# HELP bssctl_replica_replay_delay_seconds Seconds since the last replayed commit on the replica.\n# TYPE bssctl_replica_replay_delay_seconds gauge");
+    for m in f
+        .members
+        .iter()
+        .filter(|m| m.role.as_deref() == Some("replica"))
+    {
+        let _ = writeln!(
+            o,
+            "bssctl_replica_replay_delay_seconds{{member=\"{}\"}} {}",
+            esc(&m.name),
+            m.replay_delay_seconds.unwrap_or(0.0)
+        );
+    }
+    let _ = writeln!(o, "# HELP bssctl_replication_slot_retained_bytes WAL a replica's slot holds on the primary.\n# TYPE bssctl_replication_slot_retained_bytes gauge");
+    for r in &f.replication {
+        if let Some(b) = r.slot_retained_bytes {
+            let _ = writeln!(
+                o,
+                "bssctl_replication_slot_retained_bytes{{member=\"{}\"}} {b}",
+                esc(&r.application_name)
+            );
+        }
+    }
     let _ = writeln!(o, "# HELP bssctl_alerts_received_total Alert notifications received by receiver.\n# TYPE bssctl_alerts_received_total counter");
     for (r, n) in &s.alerts_received {
         let _ = writeln!(

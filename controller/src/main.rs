@@ -86,6 +86,15 @@ enum Command {
     Up { file: PathBuf },
     /// Each component: state, health, role, pid, ports, replication lag.
     Status { file: PathBuf },
+    /// Planned PostgreSQL role change with no lost write: writes paused at HAProxy, clean stop of
+    /// the primary, the target replays everything, promotion, reroute, old primary rejoins via
+    /// pg_rewind. Runs through the agent when it runs (it owns role changes), else here.
+    Switchover {
+        file: PathBuf,
+        /// Member to promote (default: the best replica by received LSN, then priority).
+        #[arg(long)]
+        to: Option<String>,
+    },
     /// Print (and with -f follow) the log of one component.
     Logs {
         file: PathBuf,
@@ -333,6 +342,7 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
         } => apply(cli, file, !*no_agent, *verbose).map(|_| ExitCode::SUCCESS),
         Command::Up { file } => up(cli, file),
         Command::Status { file } => status(cli, file),
+        Command::Switchover { file, to } => switchover(cli, file, to.as_deref()),
         Command::Logs {
             file,
             component,
@@ -535,12 +545,81 @@ fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
             );
         }
     }
+    if cli.output == Output::Text {
+        let hist = controller::failover::history(&agent::root_of(&l.validated));
+        if !hist.is_empty() {
+            println!("\nrole changes (ms after detection: fenced / promoted / rerouted / done)");
+            for e in hist.iter().rev().take(5).rev() {
+                let rel = |x: Option<u128>| {
+                    x.map(|v| v.saturating_sub(e.detected_ms).to_string())
+                        .unwrap_or_else(|| "-".into())
+                };
+                println!(
+                    "#{} {:<10} {} -> {}  {}  {} / {} / {} / {}  {}",
+                    e.id,
+                    e.kind,
+                    e.from,
+                    e.to,
+                    e.status,
+                    rel(e.fenced_ms),
+                    rel(e.promoted_ms),
+                    rel(e.rerouted_ms),
+                    rel(e.done_ms),
+                    e.reason
+                );
+            }
+        }
+    }
     let all = st.iter().all(|c| c.healthy);
     Ok(if all {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)
     })
+}
+
+fn switchover(cli: &Cli, file: &Path, to: Option<&str>) -> Result<ExitCode, ExitCode> {
+    let (l, applied) = current(cli, file)?;
+    if applied.is_none() {
+        return Err(fail(format!("{} has not been applied", l.validated.name)));
+    }
+    let root = agent::root_of(&l.validated);
+    let ev = if agent::running(&root).is_some() {
+        let url = format!(
+            "http://127.0.0.1:{}/switchover{}",
+            l.validated.agent.port,
+            to.map(|t| format!("?to={t}")).unwrap_or_default()
+        );
+        let (code, body) =
+            controller::probe::http_post(&url, Duration::from_secs(150)).map_err(fail)?;
+        if code != 200 {
+            let detail = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["detail"].as_str().map(String::from))
+                .unwrap_or(body);
+            return Err(fail(format!("switchover failed: {detail}")));
+        }
+        serde_json::from_str::<controller::failover::FailoverEvent>(&body).map_err(fail)?
+    } else {
+        let mut journal = controller::failover::Journal::open(&root);
+        controller::failover::switchover(&root, to, &mut journal, &mut |_| {}).map_err(fail)?
+    };
+    if cli.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&ev).unwrap_or_default());
+    } else {
+        eprintln!(
+            "switchover {} -> {} done: writes paused for {:.2}s{}",
+            ev.from,
+            ev.to,
+            ev.duration_ms.unwrap_or(0) as f64 / 1000.0,
+            if ev.detail.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", ev.detail)
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn logs(

@@ -22,7 +22,61 @@ pub fn connect(
         .dbname(db)
         .connect_timeout(timeout)
         .application_name("bssctl");
-    c.connect(NoTls).map_err(|e| describe(&e))
+    // The driver's connect_timeout covers the TCP connect only: a stopped (SIGSTOP) server
+    // accepts the connection in the kernel and never answers the startup packet. A thread with a
+    // hard deadline keeps every probe bounded; a stuck attempt ends when the server's socket does.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(c.connect(NoTls).map_err(|e| describe(&e)));
+    });
+    match rx.recv_timeout(timeout + Duration::from_millis(250)) {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "no answer from {host}:{port} within {}ms",
+            timeout.as_millis()
+        )),
+    }
+}
+
+/// Runs `f` on a fresh connection with a hard deadline on the whole exchange (connect and
+/// queries): probes of a stalled server give up instead of hanging.
+pub fn with_deadline<T: Send + 'static>(
+    host: &str,
+    port: u16,
+    user: &str,
+    password: &str,
+    timeout: Duration,
+    f: impl FnOnce(&mut Client) -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let (host, user, password) = (host.to_string(), user.to_string(), password.to_string());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h2 = host.clone();
+    std::thread::spawn(move || {
+        let r =
+            connect(&h2, port, &user, &password, "postgres", timeout).and_then(|mut c| f(&mut c));
+        let _ = tx.send(r);
+    });
+    rx.recv_timeout(timeout + Duration::from_millis(300))
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no answer from {host}:{port} within {}ms",
+                timeout.as_millis()
+            ))
+        })
+}
+
+/// `pg_promote()` waiting up to `wait_seconds`; true when the server left recovery.
+pub fn promote(c: &mut Client, wait_seconds: i32) -> Result<bool, String> {
+    c.query_one("SELECT pg_promote(true, $1)", &[&wait_seconds])
+        .map(|r| r.get(0))
+        .map_err(|e| describe(&e))
+}
+
+/// The primary's current WAL insert position as a number.
+pub fn current_lsn(c: &mut Client) -> Result<u64, String> {
+    c.query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[])
+        .map(|r| r.get::<_, i64>(0) as u64)
+        .map_err(|e| describe(&e))
 }
 
 /// A postgres error with its server message (the Display of postgres::Error is terse).
@@ -150,17 +204,28 @@ pub struct ReplicaStat {
     pub state: String,
     pub sync_state: String,
     pub sent_lsn: Option<String>,
+    pub write_lsn: Option<String>,
+    pub flush_lsn: Option<String>,
     pub replay_lsn: Option<String>,
+    /// WAL written on the primary and not yet replayed by this replica.
     pub lag_bytes: Option<i64>,
+    pub write_lag_seconds: Option<f64>,
+    pub flush_lag_seconds: Option<f64>,
     pub replay_lag_seconds: Option<f64>,
+    /// WAL the replica's slot holds back on the primary (bytes).
+    pub slot_retained_bytes: Option<i64>,
 }
 
 pub fn replication(c: &mut Client) -> Result<Vec<ReplicaStat>, String> {
     let rows = c
         .query(
-            "SELECT application_name, state, sync_state, sent_lsn::text, replay_lsn::text, \
-             (pg_current_wal_lsn() - replay_lsn)::bigint, extract(epoch from replay_lag)::float8 \
-             FROM pg_stat_replication ORDER BY application_name",
+            "SELECT r.application_name, r.state, r.sync_state, r.sent_lsn::text, r.write_lsn::text, \
+             r.flush_lsn::text, r.replay_lsn::text, (pg_current_wal_lsn() - r.replay_lsn)::bigint, \
+             extract(epoch from r.write_lag)::float8, extract(epoch from r.flush_lag)::float8, \
+             extract(epoch from r.replay_lag)::float8, \
+             (SELECT (pg_current_wal_lsn() - s.restart_lsn)::bigint FROM pg_replication_slots s \
+               WHERE s.active_pid = r.pid LIMIT 1) \
+             FROM pg_stat_replication r ORDER BY r.application_name",
             &[],
         )
         .map_err(|e| describe(&e))?;
@@ -171,9 +236,14 @@ pub fn replication(c: &mut Client) -> Result<Vec<ReplicaStat>, String> {
             state: r.get::<_, Option<String>>(1).unwrap_or_default(),
             sync_state: r.get::<_, Option<String>>(2).unwrap_or_default(),
             sent_lsn: r.get(3),
-            replay_lsn: r.get(4),
-            lag_bytes: r.get(5),
-            replay_lag_seconds: r.get(6),
+            write_lsn: r.get(4),
+            flush_lsn: r.get(5),
+            replay_lsn: r.get(6),
+            lag_bytes: r.get(7),
+            write_lag_seconds: r.get(8),
+            flush_lag_seconds: r.get(9),
+            replay_lag_seconds: r.get(10),
+            slot_retained_bytes: r.get(11),
         })
         .collect())
 }
@@ -185,6 +255,10 @@ pub struct StandbyStat {
     pub replay_lsn: Option<u64>,
     pub replay_delay_seconds: Option<f64>,
     pub wal_receiver_status: Option<String>,
+    /// Seconds since the WAL receiver last heard from its primary (None without a receiver).
+    pub last_msg_age_seconds: Option<f64>,
+    /// Port of the primary the WAL receiver is connected to.
+    pub sender_port: Option<i32>,
 }
 
 pub fn standby(c: &mut Client) -> Result<StandbyStat, String> {
@@ -193,7 +267,9 @@ pub fn standby(c: &mut Client) -> Result<StandbyStat, String> {
             "SELECT (pg_last_wal_receive_lsn() - '0/0'::pg_lsn)::bigint, (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, \
              CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
                   ELSE extract(epoch from now() - pg_last_xact_replay_timestamp())::float8 END, \
-             (SELECT status FROM pg_stat_wal_receiver LIMIT 1)",
+             (SELECT status FROM pg_stat_wal_receiver LIMIT 1), \
+             (SELECT extract(epoch from now() - last_msg_receipt_time)::float8 FROM pg_stat_wal_receiver LIMIT 1), \
+             (SELECT sender_port FROM pg_stat_wal_receiver LIMIT 1)",
             &[],
         )
         .map_err(|e| describe(&e))?;
@@ -202,6 +278,8 @@ pub fn standby(c: &mut Client) -> Result<StandbyStat, String> {
         replay_lsn: r.get::<_, Option<i64>>(1).map(|x| x as u64),
         replay_delay_seconds: r.get(2),
         wal_receiver_status: r.get(3),
+        last_msg_age_seconds: r.get(4),
+        sender_port: r.get(5),
     })
 }
 
