@@ -7,6 +7,7 @@
 pub mod local;
 pub mod process;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -158,8 +159,58 @@ pub struct ApplyReport {
     pub millis: u128,
 }
 
-/// Runs a plan on the local runtime: preflight, secrets, every component in order behind its
-/// health gate, then records the bundle as applied. Safe to repeat after a crash or kill.
+/// What a runtime does with a rendered bundle. The local runtime implements it; docker and
+/// kubernetes implement the same steps (containers / objects instead of processes).
+pub trait Runtime {
+    /// Everything that must hold before anything starts (tools, ports, permissions).
+    fn preflight(&self, desired: &Bundle) -> Result<(), RuntimeError>;
+    /// Directories, secrets and files derived from them.
+    fn prepare(&mut self) -> Result<(), RuntimeError>;
+    /// Executes the plan in dependency order behind health gates; returns what was done.
+    fn converge(
+        &mut self,
+        desired: &Bundle,
+        applied: Option<&Bundle>,
+        plan: &Plan,
+    ) -> Result<BTreeMap<String, Action>, RuntimeError>;
+    /// Probes every component of the bundle now.
+    fn observe(&self, bundle: &Bundle) -> Vec<local::ComponentStatus>;
+    /// Stops everything of the environment; returns processes (or objects) still left.
+    fn teardown(
+        &mut self,
+        bundle: Option<&Bundle>,
+        keep_data: bool,
+    ) -> Result<Vec<u32>, RuntimeError>;
+}
+
+impl Runtime for local::Local<'_> {
+    fn preflight(&self, desired: &Bundle) -> Result<(), RuntimeError> {
+        local::Local::preflight(self, desired)
+    }
+    fn prepare(&mut self) -> Result<(), RuntimeError> {
+        self.ensure_state()
+    }
+    fn converge(
+        &mut self,
+        desired: &Bundle,
+        applied: Option<&Bundle>,
+        plan: &Plan,
+    ) -> Result<BTreeMap<String, Action>, RuntimeError> {
+        self.apply(desired, applied, plan)
+    }
+    fn observe(&self, bundle: &Bundle) -> Vec<local::ComponentStatus> {
+        self.status(bundle)
+    }
+    fn teardown(
+        &mut self,
+        bundle: Option<&Bundle>,
+        keep_data: bool,
+    ) -> Result<Vec<u32>, RuntimeError> {
+        self.destroy(bundle, keep_data)
+    }
+}
+
+/// `apply` on the local runtime.
 pub fn apply_local(
     t: &ValidatedTopology,
     desired: &Bundle,
@@ -167,11 +218,23 @@ pub fn apply_local(
     applied: Option<&state::Applied>,
     reporter: &mut dyn Reporter,
 ) -> Result<ApplyReport, RuntimeError> {
-    let start = Instant::now();
     let mut rt = local::Local { t, reporter };
+    apply(&mut rt, t, desired, plan, applied)
+}
+
+/// Runs a plan on a runtime: preflight, state, every component in order behind its health gate,
+/// then records the bundle as applied. Safe to repeat after a crash or kill.
+pub fn apply(
+    rt: &mut dyn Runtime,
+    t: &ValidatedTopology,
+    desired: &Bundle,
+    plan: &Plan,
+    applied: Option<&state::Applied>,
+) -> Result<ApplyReport, RuntimeError> {
+    let start = Instant::now();
     rt.preflight(desired)?;
-    rt.ensure_state()?;
-    let actions = rt.apply(desired, applied.map(|a| &a.bundle), plan)?;
+    rt.prepare()?;
+    let actions = rt.converge(desired, applied.map(|a| &a.bundle), plan)?;
     let primary = t.postgres.as_ref().map(|p| p.primary.clone());
     state::write_applied(
         t,
