@@ -54,6 +54,15 @@ fn inline(v: &Value, defs: &Map<String, Value>, depth: usize) -> Value {
                         ) {
                             out.insert(k.clone(), val.clone());
                         }
+                        let max = match val.as_str() {
+                            Some("uint8") => Some(255u64),
+                            Some("uint16") => Some(65_535),
+                            Some("uint32") => Some(4_294_967_295),
+                            _ => None,
+                        };
+                        if let Some(m) = max {
+                            out.insert("maximum".into(), json!(m));
+                        }
                     }
                     "additionalProperties" if val == &Value::Bool(false) => {}
                     "type" => match val {
@@ -74,11 +83,26 @@ fn inline(v: &Value, defs: &Map<String, Value>, depth: usize) -> Value {
                         }
                     },
                     "anyOf" | "oneOf" => {
-                        // Untagged scalars (bool|int|float|string): not structural; keep any value.
-                        out.insert(
-                            "x-kubernetes-preserve-unknown-fields".into(),
-                            Value::Bool(true),
-                        );
+                        let branches = val.as_array().cloned().unwrap_or_default();
+                        let non_null: Vec<&Value> = branches
+                            .iter()
+                            .filter(|b| b.get("type").and_then(Value::as_str) != Some("null"))
+                            .collect();
+                        if let [only] = non_null.as_slice() {
+                            // `Option<T>`: T's schema, nullable.
+                            if let Value::Object(inner) = inline(only, defs, depth + 1) {
+                                for (ik, iv) in inner {
+                                    out.entry(ik).or_insert(iv);
+                                }
+                            }
+                            out.insert("nullable".into(), Value::Bool(true));
+                        } else {
+                            // Untagged scalars (bool|int|float|string) are not structural: keep any value.
+                            out.insert(
+                                "x-kubernetes-preserve-unknown-fields".into(),
+                                Value::Bool(true),
+                            );
+                        }
                     }
                     "default" if val.is_null() => {}
                     _ => {
