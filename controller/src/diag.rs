@@ -196,6 +196,15 @@ pub fn did_you_mean<'a>(
         .map(|(_, c)| c)
 }
 
+/// A hint for an unknown value: "did you mean `x`?" when one candidate is close, else the list
+/// of allowed values after `label` (e.g. "teams: a, b, c").
+pub fn suggest(word: &str, candidates: &[&str], label: &str) -> String {
+    match did_you_mean(word, candidates.iter().copied()) {
+        Some(m) => format!("did you mean `{m}`?"),
+        None => format!("{label}: {}", candidates.join(", ")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

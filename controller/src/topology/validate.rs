@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use crate::diag::{did_you_mean, index, join, Diagnostic, SourceMap};
+use crate::diag::{did_you_mean, index, join, suggest, Diagnostic, SourceMap};
 
 use super::model::*;
 use super::types::*;
@@ -398,10 +398,7 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
     // Images: only known components.
     for k in s.images.keys() {
         if !IMAGE_COMPONENTS.contains(&k.as_str()) {
-            let hint = match did_you_mean(k, IMAGE_COMPONENTS.iter().copied()) {
-                Some(m) => format!("did you mean `{m}`?"),
-                None => format!("components with images: {}", IMAGE_COMPONENTS.join(", ")),
-            };
+            let hint = suggest(k, IMAGE_COMPONENTS, "components with images");
             cx.err(
                 &join("spec.images", k),
                 format!("unknown component `{k}` in images"),
@@ -527,10 +524,7 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
             "volatile-ttl",
         ];
         if !POLICIES.contains(&policy.as_str()) {
-            let hint = match did_you_mean(&policy, POLICIES.iter().copied()) {
-                Some(m) => format!("did you mean `{m}`?"),
-                None => format!("one of: {}", POLICIES.join(", ")),
-            };
+            let hint = suggest(&policy, POLICIES, "one of");
             cx.err(
                 &join(path, "maxMemoryPolicy"),
                 format!("unknown eviction policy `{policy}`"),
@@ -950,17 +944,8 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
     for (k, r) in &s.secrets {
         let p = join("spec.secrets", k);
         if !KNOWN_SECRETS.iter().any(|(n, _)| n == k) {
-            let hint = match did_you_mean(k, KNOWN_SECRETS.iter().map(|(n, _)| *n)) {
-                Some(m) => format!("did you mean `{m}`?"),
-                None => format!(
-                    "known secrets: {}",
-                    KNOWN_SECRETS
-                        .iter()
-                        .map(|(n, _)| *n)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            };
+            let names: Vec<&str> = KNOWN_SECRETS.iter().map(|(n, _)| *n).collect();
+            let hint = suggest(k, &names, "known secrets");
             cx.err(&p, format!("unknown secret `{k}`"), hint);
         }
         let sources = [
@@ -1410,10 +1395,7 @@ fn build_envoy(
     ];
     for cond in retry_on.split(',') {
         if !RETRY_ON.contains(&cond.trim()) {
-            let hint = match did_you_mean(cond.trim(), RETRY_ON.iter().copied()) {
-                Some(m) => format!("did you mean `{m}`?"),
-                None => format!("conditions: {}", RETRY_ON.join(", ")),
-            };
+            let hint = suggest(cond.trim(), RETRY_ON, "conditions");
             cx.err(
                 &join(&rp, "retryOn"),
                 format!("unknown retry condition `{}`", cond.trim()),
@@ -1830,10 +1812,11 @@ fn build_alertmanager(
     let names: Vec<String> = receivers.iter().map(|r| r.name.clone()).collect();
     let mut check_receiver = |cx: &mut Ctx, p: &str, r: &str| {
         if !names.iter().any(|n| n == r) {
-            let hint = match did_you_mean(r, names.iter().map(String::as_str)) {
-                Some(m) => format!("did you mean `{m}`?"),
-                None => format!("receivers: {}", names.join(", ")),
-            };
+            let hint = suggest(
+                r,
+                &names.iter().map(String::as_str).collect::<Vec<_>>(),
+                "receivers",
+            );
             cx.err(p, format!("route goes to unknown receiver `{r}`"), hint);
         }
     };
@@ -2035,10 +2018,7 @@ fn build_alerts(a: AlertsSpec, cx: &mut Ctx) -> AlertsModel {
     let path = "spec.alerts";
     for (i, g) in a.disabled_groups.iter().enumerate() {
         if !SEED_ALERT_GROUPS.contains(&g.as_str()) {
-            let hint = match did_you_mean(g, SEED_ALERT_GROUPS.iter().copied()) {
-                Some(m) => format!("did you mean `{m}`?"),
-                None => format!("groups: {}", SEED_ALERT_GROUPS.join(", ")),
-            };
+            let hint = suggest(g, SEED_ALERT_GROUPS, "groups");
             cx.err(
                 &index(&join(path, "disabledGroups"), i),
                 format!("unknown alert group `{g}`"),
@@ -2131,10 +2111,7 @@ fn build_alerts(a: AlertsSpec, cx: &mut Ctx) -> AlertsModel {
         }
         let team = r.team.clone().unwrap_or_else(|| "sre".into());
         if !TEAMS.contains(&team.as_str()) {
-            let hint = match did_you_mean(&team, TEAMS.iter().copied()) {
-                Some(m) => format!("did you mean `{m}`?"),
-                None => format!("teams: {}", TEAMS.join(", ")),
-            };
+            let hint = suggest(&team, TEAMS, "teams");
             cx.err(&join(&rp, "team"), format!("unknown team `{team}`"), hint);
         }
         custom.push(CustomRuleModel {
