@@ -45,6 +45,11 @@ pub fn producer(brokers: &str) -> Result<FutureProducer, KafkaError> {
         .set("linger.ms", "2")
         .set("compression.type", "none")
         .set("partitioner", "murmur2_random")
+        // Topics are created explicitly (`ensure_topics`). With auto-creation, a broker that
+        // restarted empty would re-create a topic on the producer's metadata refresh in the
+        // middle of a batch whose first requests it had acknowledged into the void (tansu does
+        // that), and the outbox relay's check that the topic exists would pass.
+        .set("allow.auto.create.topics", "false")
         .create()
         .map_err(KafkaError::Client)
 }

@@ -115,6 +115,29 @@ impl Relay {
         }
     }
 
+    /// The first of `topics` the broker does not report (or could not be asked about).
+    async fn missing_topic(&self, topics: &[String]) -> Option<String> {
+        let producer = self.producer.clone();
+        let wanted = topics.to_vec();
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::producer::Producer;
+            let md = match producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(5))
+            {
+                Ok(md) => md,
+                Err(_) => return wanted.first().cloned(),
+            };
+            wanted.into_iter().find(|w| {
+                !md.topics()
+                    .iter()
+                    .any(|t| t.name() == w && t.error().is_none() && !t.partitions().is_empty())
+            })
+        })
+        .await
+        .unwrap_or_else(|_| topics.first().cloned())
+    }
+
     /// Publishes one batch; returns how many rows were sent.
     pub async fn relay_once(&self) -> Result<usize, RelayError> {
         let mut tx = self.pool.begin().await?;
@@ -183,6 +206,19 @@ impl Relay {
                     reason,
                 });
             }
+        }
+        // tansu acknowledges produce requests for a topic it does not have (after a restart of
+        // its memory storage), dropping the data. Before marking anything sent, confirm every
+        // topic of the batch exists; otherwise roll back, so the batch is re-created and re-sent.
+        let mut topics: Vec<String> = rows.iter().map(|r| r.topic.clone()).collect();
+        topics.sort();
+        topics.dedup();
+        if let Some(missing) = self.missing_topic(&topics).await {
+            return Err(RelayError::Publish {
+                event_id: rows[0].event_id,
+                topic: missing,
+                reason: "topic missing on the broker after delivery; re-sending".into(),
+            });
         }
         let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
         sqlx::query("UPDATE outbox SET sent_at = now() WHERE seq = ANY($1)")

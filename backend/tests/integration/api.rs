@@ -13,6 +13,12 @@ pub struct Fixture {
 }
 
 pub async fn fixture() -> Fixture {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BSS_LOG").unwrap_or_else(|_| "off".into()),
+        )
+        .with_test_writer()
+        .try_init();
     let stack = Stack::start().await;
     let running = backend::server::start(stack.config()).await.unwrap();
     assert!(backend::invalidate::wait_live(&running.state.cache, Duration::from_secs(10)).await);

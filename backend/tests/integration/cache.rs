@@ -41,6 +41,8 @@ async fn psql_changes_invalidate_the_cache() {
     let c = customer(api, "Cache").await;
     let id = c["id"].as_str().unwrap().to_string();
     let path = format!("/api/v1/customers/{id}");
+    // Let the creation's own notification arrive first (it invalidates asynchronously).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(api.get(&path).await.status, 200);
     assert_eq!(api.get(&path).await.status, 200);
     let m = api

@@ -108,6 +108,25 @@ async fn outbox_delivers_every_event_after_a_broker_outage() {
         assert_eq!(ev["source"], format!("urn:bss:customer:{key}"));
     }
     let want: HashSet<String> = expected.iter().map(|(e, _, _)| e.to_string()).collect();
+    if seen != want {
+        let mut offs: Vec<(i32, i64, String)> = got
+            .iter()
+            .map(|m| (m.2, m.3, m.1["id"].as_str().unwrap_or("").to_string()))
+            .collect();
+        offs.sort();
+        eprintln!(
+            "consumed (partition, offset): {:?}",
+            offs.iter().map(|o| (o.0, o.1)).collect::<Vec<_>>()
+        );
+        for (e, a, s) in &expected {
+            if !seen.contains(&e.to_string()) {
+                eprintln!("missing event {e} aggregate {a} seq {s}");
+            }
+        }
+        let log =
+            std::fs::read_to_string(f.stack.kafka.dir.path().join("tansu.log")).unwrap_or_default();
+        eprintln!("tansu log tail: {}", &log[log.len().saturating_sub(3000)..]);
+    }
     assert_eq!(
         seen, want,
         "exactly the outbox events arrived: none lost, none phantom"
