@@ -139,6 +139,12 @@ pub fn read_window(
 ) -> Result<(Vec<StoredEvent>, Vec<PartitionRange>), ReplayError> {
     const IDLE: Duration = Duration::from_millis(400);
     const END_GRACE_MS: i64 = 5_000;
+    // Kafka timestamps start at the Unix epoch; nothing can lie before it.
+    let epoch = Utc.timestamp_millis_opt(0).single().unwrap_or_default();
+    let from = from.max(epoch);
+    if to <= from {
+        return Ok((Vec::new(), Vec::new()));
+    }
     let c = consumer(brokers)?;
     let mut ranges = window_offsets(&c, topic, from, to)?;
     let mut tpl = TopicPartitionList::new();

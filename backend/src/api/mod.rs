@@ -161,6 +161,7 @@ async fn observe(State(st): State<Shared>, req: Request, next: Next) -> Response
         next.run(req).await
     };
     st.in_flight.fetch_sub(1, Ordering::SeqCst);
+    let resp = as_problem(resp).await;
     let status = resp.status().as_u16().to_string();
     st.metrics
         .http_requests_total
@@ -171,6 +172,57 @@ async fn observe(State(st): State<Shared>, req: Request, next: Next) -> Response
         .with_label_values(&[&route, &method])
         .observe(start.elapsed().as_secs_f64());
     resp
+}
+
+/// Turns error responses produced outside our handlers (axum's extractor rejections: bad path
+/// or query encoding, body too large, …) into problem+json, so every error has one shape.
+async fn as_problem(resp: Response) -> Response {
+    let status = resp.status();
+    let is_problem = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return resp;
+    }
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let detail = String::from_utf8_lossy(&bytes)
+        .chars()
+        .take(500)
+        .collect::<String>();
+    let code = match status.as_u16() {
+        400 => "MALFORMED_REQUEST",
+        404 => "ROUTE_NOT_FOUND",
+        405 => "METHOD_NOT_ALLOWED",
+        413 => "PAYLOAD_TOO_LARGE",
+        415 => "UNSUPPORTED_MEDIA_TYPE",
+        422 => "UNPROCESSABLE",
+        _ if status.is_server_error() => "INTERNAL",
+        _ => "REQUEST_REJECTED",
+    };
+    let problem = crate::error::Problem {
+        type_: format!(
+            "https://bss.example/problems/{}",
+            code.to_lowercase().replace('_', "-")
+        ),
+        title: status.canonical_reason().unwrap_or("error").to_string(),
+        status: status.as_u16(),
+        detail: if status.is_server_error() {
+            "an internal error occurred".into()
+        } else {
+            detail
+        },
+        code: code.to_string(),
+        errors: Vec::new(),
+    };
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/problem+json")],
+        serde_json::to_string(&problem).unwrap_or_default(),
+    )
+        .into_response()
 }
 
 /// API-key authentication: header `X-API-Key`. Missing → 401, unknown → 403.

@@ -3,6 +3,7 @@
 
 mod api;
 mod cache;
+mod fuzz;
 mod outbox;
 mod replay;
 mod streams;
