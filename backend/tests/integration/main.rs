@@ -6,5 +6,6 @@ mod cache;
 mod fuzz;
 mod outbox;
 mod replay;
+mod split;
 mod streams;
 mod test_support;
