@@ -19,5 +19,5 @@ cargo run -q -p controller --bin bssctl -- crd | diff -u manifests/crd.yaml - ||
 echo "== tests"
 shift_args=()
 if [ "${1:-}" = "--" ]; then shift; shift_args=("$@"); fi
-cargo test --workspace -- "${shift_args[@]}"
+cargo test --workspace --no-fail-fast -- "${shift_args[@]}"
 echo "== done in $(( $(date +%s) - start ))s"
