@@ -158,6 +158,8 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
         rx.clone(),
     )));
 
+    tasks.push(tokio::spawn(warm_hot_keys(state.clone(), rx.clone())));
+
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -184,6 +186,42 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
         shutdown: tx,
         tasks,
     })
+}
+
+/// Cache warming: each time the invalidation listener (re)subscribes (and has therefore
+/// flushed the cache), the most recently changed customers and orders are loaded again.
+async fn warm_hot_keys(state: Shared, mut shutdown: watch::Receiver<bool>) {
+    const HOT: i64 = 200;
+    let mut was_live = false;
+    loop {
+        let live = state.cache.is_live();
+        if live && !was_live {
+            let customers: Vec<uuid::Uuid> =
+                sqlx::query_scalar("SELECT id FROM customers ORDER BY updated_at DESC LIMIT $1")
+                    .bind(HOT)
+                    .fetch_all(&state.read)
+                    .await
+                    .unwrap_or_default();
+            let orders: Vec<uuid::Uuid> =
+                sqlx::query_scalar("SELECT id FROM orders ORDER BY updated_at DESC LIMIT $1")
+                    .bind(HOT)
+                    .fetch_all(&state.read)
+                    .await
+                    .unwrap_or_default();
+            for id in &customers {
+                let _ = api::load_cached::<crate::model::Customer>(&state, *id).await;
+            }
+            for id in &orders {
+                let _ = api::load_cached::<crate::model::Order>(&state, *id).await;
+            }
+            tracing::debug!(customers = customers.len(), orders = orders.len(), "cache warmed");
+        }
+        was_live = live;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 pub async fn serve(cfg: Config) -> Result<(), ServerError> {
