@@ -214,7 +214,11 @@ async fn warm_hot_keys(state: Shared, mut shutdown: watch::Receiver<bool>) {
             for id in &orders {
                 let _ = api::load_cached::<crate::model::Order>(&state, *id).await;
             }
-            tracing::debug!(customers = customers.len(), orders = orders.len(), "cache warmed");
+            tracing::debug!(
+                customers = customers.len(),
+                orders = orders.len(),
+                "cache warmed"
+            );
         }
         was_live = live;
         tokio::select! {

@@ -21,17 +21,12 @@ pub async fn fetch_pool<E: Entity>(pool: &PgPool, id: Uuid) -> ApiResult<Option<
     fetch::<E>(&mut conn, id).await
 }
 
-/// Locks the row for the rest of the transaction and returns it, or 404.
+/// Locks the row for the rest of the transaction and returns it, or 404 (one round trip).
 pub async fn lock<E: Entity>(conn: &mut PgConnection, id: Uuid) -> ApiResult<E> {
-    sqlx::query(&format!(
-        "SELECT 1 FROM {} WHERE id = $1 FOR UPDATE",
-        E::PLURAL
-    ))
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| not_found::<E>(id))?;
-    fetch::<E>(conn, id)
+    let sql = format!("{} WHERE t.id = $1 FOR UPDATE OF t", E::SELECT);
+    sqlx::query_as::<_, E>(&sql)
+        .bind(id)
+        .fetch_optional(conn)
         .await?
         .ok_or_else(|| not_found::<E>(id))
 }
