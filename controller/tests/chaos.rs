@@ -20,22 +20,6 @@ use std::time::{Duration, Instant};
 
 use controller::runtime::process;
 
-const DEFAULT_PORTS: &[u16] = &[5432, 5433, 5434, 5435, 5436, 8084, 7070];
-
-fn free_offset(seed: u16) -> u16 {
-    let mut o = 21000 + (std::process::id() as u16 % 97) * 40 + seed * 800;
-    for _ in 0..400 {
-        if DEFAULT_PORTS
-            .iter()
-            .all(|p| std::net::TcpListener::bind(("127.0.0.1", p + o)).is_ok())
-        {
-            return o;
-        }
-        o = 20000 + (o + 173) % 28000;
-    }
-    panic!("no free port range found");
-}
-
 struct Env {
     _dir: tempfile::TempDir,
     file: PathBuf,
@@ -59,7 +43,10 @@ impl Env {
             .prefix("bssctl-chaos-")
             .tempdir()
             .unwrap();
-        let offset = free_offset(seed);
+        let offset = {
+            let _ = seed;
+            support::free_offset()
+        };
         let repl = if sync {
             "\n    replication: {mode: sync, syncCount: 1}"
         } else {

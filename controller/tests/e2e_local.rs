@@ -12,25 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const DEFAULT_PORTS: &[u16] = &[
-    5432, 5433, 5434, 5435, 5436, 8084, 6379, 9092, 8080, 15000, 15006, 9100, 9187, 9188, 9189,
-    9121, 9090, 9093, 7070,
-];
-
-/// A port offset under which every default port of the stack is free.
-fn free_offset(seed: u16) -> u16 {
-    let mut o = 20000 + (std::process::id() as u16 % 100) * 50 + seed * 1000;
-    for _ in 0..200 {
-        if DEFAULT_PORTS
-            .iter()
-            .all(|p| std::net::TcpListener::bind(("127.0.0.1", p + o)).is_ok())
-        {
-            return o;
-        }
-        o = 20000 + (o + 137) % 28000;
-    }
-    panic!("no free port range found");
-}
+use support::DEFAULT_PORTS;
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -64,7 +46,8 @@ impl Env {
             .prefix("bssctl-e2e-")
             .tempdir()
             .unwrap();
-        let offset = free_offset(seed);
+        let _ = seed;
+        let offset = support::free_offset();
         let text = format!("apiVersion: bssctl.io/v1alpha1\nkind: Topology\nmetadata: {{name: {name}}}\nspec:\n  runtime: {{portOffset: {offset}, stateDir: state}}\n{spec}");
         let file = dir.path().join("topology.yaml");
         std::fs::write(&file, text).unwrap();

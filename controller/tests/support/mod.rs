@@ -59,3 +59,31 @@ pub fn require_tool(tool: &str) -> PathBuf {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// Every default port of the stack (the seeds' ports and the agent's).
+pub const DEFAULT_PORTS: &[u16] = &[
+    5432, 5433, 5434, 5435, 5436, 5437, 5438, 8084, 6379, 9092, 8080, 15000, 15006, 9100, 9187,
+    9188, 9189, 9190, 9121, 9090, 9093, 7070,
+];
+
+/// A `spec.runtime.portOffset` under which every default port is free. Offsets are handed out
+/// 200 apart within a test binary (so parallel tests never share one) and kept below the kernel's
+/// ephemeral range (32768+), where client sockets of other processes could take a port between
+/// our check and the component's bind.
+pub fn free_offset() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    const SLOTS: u16 = 37; // offsets 10000..=17200: highest port 15006 + 17200 < 32768
+    let start = (std::process::id() % SLOTS as u32) as u16;
+    for _ in 0..SLOTS * 2 {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let o = 10000 + ((start + n) % SLOTS) * 200;
+        if DEFAULT_PORTS
+            .iter()
+            .all(|p| std::net::TcpListener::bind(("127.0.0.1", p + o)).is_ok())
+        {
+            return o;
+        }
+    }
+    panic!("no free port range below 32768 for a test environment");
+}
