@@ -52,6 +52,22 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         &stack.kafka.brokers(),
         &format!("127.0.0.1:{port}"),
     );
+    // The `migrate` subcommand (idempotent: the stack is already migrated), with the password
+    // given by the environment instead of the file.
+    let cfg_text = std::fs::read_to_string(&cfg).unwrap();
+    let no_file = dir.path().join("no-password-file.yaml");
+    std::fs::write(
+        &no_file,
+        cfg_text.replace("  passwordFile: ", "  #passwordFile: "),
+    )
+    .unwrap();
+    let st = Command::new(env!("CARGO_BIN_EXE_bss-backend"))
+        .args(["migrate", "--config"])
+        .arg(&no_file)
+        .env("BSS_DATABASE_PASSWORD", DB_PASSWORD)
+        .status()
+        .unwrap();
+    assert!(st.success(), "bss-backend migrate failed");
     let mut child = Command::new(env!("CARGO_BIN_EXE_bss-backend"))
         .args(["serve", "--config"])
         .arg(&cfg)

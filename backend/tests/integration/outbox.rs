@@ -37,6 +37,18 @@ async fn outbox_delivers_every_event_after_a_broker_outage() {
         .unwrap();
 
     f.stack.kafka.stop();
+    // Not ready without the broker: 503 problem+json naming the dependency.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ready = loop {
+        let r = f.api.send("GET", "/health/ready", None, None).await;
+        if r.status == 503 || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.headers["content-type"], "application/problem+json");
+    assert_eq!(ready.body["checks"]["broker"], "DOWN");
     // Writes during the outage succeed promptly; several events per aggregate.
     let mut ids = Vec::new();
     for i in 0..10 {
@@ -74,6 +86,10 @@ async fn outbox_delivers_every_event_after_a_broker_outage() {
     let t = Instant::now();
     f.stack.kafka.restart();
     wait_drained(&pool, Duration::from_secs(60)).await;
+    assert_eq!(
+        f.api.send("GET", "/health/ready", None, None).await.status,
+        200
+    );
     eprintln!("outbox drained {:?} after the broker returned", t.elapsed());
 
     let expected: Vec<(uuid::Uuid, uuid::Uuid, i64)> = sqlx::query_as(
