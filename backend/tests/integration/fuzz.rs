@@ -65,6 +65,7 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         .args(["migrate", "--config"])
         .arg(&no_file)
         .env("BSS_DATABASE_PASSWORD", DB_PASSWORD)
+        .env("BSS_LOG", "warn")
         .status()
         .unwrap();
     assert!(st.success(), "bss-backend migrate failed");
