@@ -123,6 +123,10 @@ pub struct Postgres {
 
 /// initdb once into a template directory shared by all tests (atomic rename), then copy.
 fn pg_template() -> PathBuf {
+    // One initdb per process (tests are threads); across processes (nextest) the atomic
+    // rename of a uniquely named staging directory decides.
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let base = std::env::temp_dir();
     let initdb = tool("initdb");
     let version = Command::new(&initdb).arg("--version").output().unwrap();
@@ -130,12 +134,17 @@ fn pg_template() -> PathBuf {
         .split_whitespace()
         .last()
         .unwrap_or("x")
-        .to_string();
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
+        .collect::<String>();
     let template = base.join(format!("pg-template-{v}-v1"));
     if template.join("PG_VERSION").exists() {
         return template;
     }
-    let staging = base.join(format!("pg-template-staging-{}", std::process::id()));
+    let staging = base.join(format!(
+        "pg-template-staging-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).unwrap();
     chown_pg(&staging);
