@@ -251,3 +251,44 @@ async fn analytics_count(brokers: &str) -> (usize, usize, HashMap<String, serde_
     .await
     .unwrap()
 }
+
+/// The `stream` subcommand of the real binary: consumes, aggregates, stops cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_subcommand_runs_and_stops_on_sigterm() {
+    let f = fixture().await;
+    let api = &f.api;
+    let pool = f.running.state.write.clone();
+    let p = product(api, "3.00").await;
+    let c = customer(api, "Binary").await;
+    let o = order(api, c["id"].as_str().unwrap(), p["id"].as_str().unwrap()).await;
+    advance(api, &o, DONE).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bss-backend"))
+        .args(["stream", "order-processor", "--config"])
+        .arg(&f.stack.config_path)
+        .env("BSS_LOG", "warn")
+        .spawn()
+        .unwrap();
+    wait_until(
+        &pool,
+        "SELECT count(*) FROM analytics_orders WHERE status = 'COMPLETED' AND transitions = 4",
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stream processor did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+    f.running.shutdown().await;
+}
