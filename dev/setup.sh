@@ -86,11 +86,13 @@ fi
 ln -sf "$VENV/bin/schemathesis" "$TOOLS/bin/schemathesis" 2>/dev/null || true
 ln -sf "$VENV/bin/st" "$TOOLS/bin/st" 2>/dev/null || true
 
-# PostgreSQL server binaries (initdb, pg_ctl, pg_basebackup, pg_rewind) are not on PATH in Debian.
+# PostgreSQL server binaries (initdb, pg_ctl, pg_basebackup, pg_rewind) stay in Debian's
+# /usr/lib/postgresql/<version>/bin, where bssctl looks for them. No links here: run as the
+# postgres user, initdb cannot resolve a link inside root's home. Remove links older setups made.
 pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
 [ -n "$pgbin" ] || { log "PostgreSQL server binaries not found under /usr/lib/postgresql"; exit 1; }
 for t in initdb pg_ctl pg_basebackup pg_rewind postgres pg_controldata; do
-  ln -sf "$pgbin/$t" "$TOOLS/bin/$t"
+  rm -f "$TOOLS/bin/$t"
 done
 
 # --- Rust toolchain components --------------------------------------------------------------------

@@ -15,7 +15,7 @@ echo "== fmt"; cargo fmt --all -- --check
 echo "== build"; cargo build --workspace --all-targets
 echo "== clippy"; cargo clippy --workspace --all-targets -- -D warnings
 echo "== generated files"
-cargo run -q -p controller --bin bssctl -- crd | diff -u manifests/crd.yaml - || { echo "manifests/crd.yaml is stale: run 'cargo run -p controller --bin bssctl -- crd > manifests/crd.yaml'"; exit 1; }
+target/debug/bssctl crd | diff -u manifests/crd.yaml - || { echo "manifests/crd.yaml is stale: run 'cargo run -p controller --bin bssctl -- crd > manifests/crd.yaml'"; exit 1; }
 echo "== tests"
 shift_args=()
 if [ "${1:-}" = "--" ]; then shift; shift_args=("$@"); fi
