@@ -268,9 +268,24 @@ type HostFn = Box<dyn Fn(&str) -> String>;
 
 struct Ports {
     used: BTreeMap<u16, String>,
+    /// spec.runtime.portOffset, added to every default port.
+    offset: u32,
 }
 
 impl Ports {
+    /// The explicit port, or the default shifted by the offset; claimed for `what`.
+    fn port(
+        &mut self,
+        cx: &mut Ctx,
+        explicit: Option<u16>,
+        default: u32,
+        path: &str,
+        what: &str,
+    ) -> u16 {
+        let p = explicit.map(u32::from).unwrap_or(default + self.offset);
+        self.claim(cx, p, path, what)
+    }
+
     fn claim(&mut self, cx: &mut Ctx, port: u32, path: &str, what: &str) -> u16 {
         if port == 0 || port > u16::MAX as u32 {
             cx.err(
@@ -361,6 +376,7 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
     let off = rt_spec.port_offset.unwrap_or(0) as u32;
     let mut ports = Ports {
         used: BTreeMap::new(),
+        offset: off,
     };
     let (host_of, bind): (HostFn, String) = match runtime {
         RuntimeKind::Local => (
@@ -384,9 +400,10 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
     };
     let paths = resolve_paths(runtime, &rt_spec, &name, opts);
 
-    let agent_port = ports.claim(
+    let agent_port = ports.port(
         cx,
-        rt_spec.agent_port.map(u32::from).unwrap_or(7070 + off),
+        rt_spec.agent_port,
+        7070,
         "spec.runtime.agentPort",
         "the controller agent",
     );
@@ -423,15 +440,17 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
                 "add `postgres: {}` to spec or remove haproxy",
             );
         }
-        let write = ports.claim(
+        let write = ports.port(
             cx,
-            h.write_port.map(u32::from).unwrap_or(5436 + off),
+            h.write_port,
+            5436,
             &join(path, "writePort"),
             "haproxy write port",
         );
-        let read = ports.claim(
+        let read = ports.port(
             cx,
-            h.read_port.map(u32::from).unwrap_or(5435 + off),
+            h.read_port,
+            5435,
             &join(path, "readPort"),
             "haproxy read port",
         );
@@ -440,9 +459,10 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
         let stats_spec = h.stats.clone().unwrap_or_default();
         let stats = if stats_spec.enabled.unwrap_or(true) {
             let sp = join(path, "stats");
-            let port = ports.claim(
+            let port = ports.port(
                 cx,
-                stats_spec.port.map(u32::from).unwrap_or(8084 + off),
+                stats_spec.port,
+                8084,
                 &join(&sp, "port"),
                 "haproxy stats",
             );
@@ -495,12 +515,7 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
     // --- Redis -------------------------------------------------------------------------------
     let redis = s.redis.as_ref().map(|r| {
         let path = "spec.redis";
-        let port = ports.claim(
-            cx,
-            r.port.map(u32::from).unwrap_or(6379 + off),
-            &join(path, "port"),
-            "redis",
-        );
+        let port = ports.port(cx, r.port, 6379, &join(path, "port"), "redis");
         let max_memory = r.max_memory.clone().unwrap_or_else(|| "256mb".into());
         if parse_bytes(&max_memory).is_none() {
             cx.err(
@@ -614,12 +629,7 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
     // --- Backend and processors ----------------------------------------------------------------
     let backend = s.backend.as_ref().map(|b| {
         let path = "spec.backend";
-        let port = ports.claim(
-            cx,
-            b.port.map(u32::from).unwrap_or(8080 + off),
-            &join(path, "port"),
-            "backend",
-        );
+        let port = ports.port(cx, b.port, 8080, &join(path, "port"), "backend");
         let Some(pg) = postgres.as_ref() else {
             cx.err(
                 path,
@@ -703,12 +713,7 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
     if let Some(x) = &s.exporters {
         let path = "spec.exporters";
         if let Some(n) = x.node.as_ref().filter(|n| n.enabled.unwrap_or(true)) {
-            let port = ports.claim(
-                cx,
-                n.port.map(u32::from).unwrap_or(9100 + off),
-                &join(path, "node.port"),
-                "node exporter",
-            );
+            let port = ports.port(cx, n.port, 9100, &join(path, "node.port"), "node exporter");
             exporters.node = Some(Endpoint {
                 host: host_of("node-exporter"),
                 port,
@@ -751,9 +756,10 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
                     "add `redis: {}` or remove exporters.redis",
                 );
             }
-            let port = ports.claim(
+            let port = ports.port(
                 cx,
-                r.port.map(u32::from).unwrap_or(9121 + off),
+                r.port,
+                9121,
                 &join(path, "redis.port"),
                 "redis exporter",
             );
@@ -768,17 +774,12 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
     let alertmanager = s
         .alertmanager
         .as_ref()
-        .map(|a| build_alertmanager(a, off, &agent, &paths, &host_of, &mut ports, cx));
+        .map(|a| build_alertmanager(a, &agent, &paths, &host_of, &mut ports, cx));
 
     // --- Prometheus and alerts -------------------------------------------------------------------
     let prometheus = s.prometheus.as_ref().map(|p| {
         let path = "spec.prometheus";
-        let port = ports.claim(
-            cx,
-            p.port.map(u32::from).unwrap_or(9090 + off),
-            &join(path, "port"),
-            "prometheus",
-        );
+        let port = ports.port(cx, p.port, 9090, &join(path, "port"), "prometheus");
         let endpoint = Endpoint {
             host: host_of("prometheus"),
             port,
@@ -1363,9 +1364,10 @@ fn build_envoy(
     cx: &mut Ctx,
 ) -> EnvoyModel {
     let path = "spec.envoy";
-    let admin_port = ports.claim(
+    let admin_port = ports.port(
         cx,
-        e.admin_port.map(u32::from).unwrap_or(15000 + off),
+        e.admin_port,
+        15000,
         &join(path, "adminPort"),
         "envoy admin",
     );
@@ -1698,7 +1700,6 @@ fn build_envoy(
 
 fn build_alertmanager(
     a: &AlertmanagerSpec,
-    off: u32,
     agent: &Endpoint,
     paths: &Paths,
     host_of: &dyn Fn(&str) -> String,
@@ -1706,12 +1707,7 @@ fn build_alertmanager(
     cx: &mut Ctx,
 ) -> AlertmanagerModel {
     let path = "spec.alertmanager";
-    let port = ports.claim(
-        cx,
-        a.port.map(u32::from).unwrap_or(9093 + off),
-        &join(path, "port"),
-        "alertmanager",
-    );
+    let port = ports.port(cx, a.port, 9093, &join(path, "port"), "alertmanager");
     // Alertmanager also opens a cluster (gossip) port; bssctl runs it single-node with gossip off.
     let sink = |r: &str| WebhookModel {
         url: format!("http://{}/alerts/{r}", agent.addr()),
