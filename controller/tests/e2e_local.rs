@@ -738,3 +738,102 @@ fn adding_and_removing_a_replica_creates_and_drops_its_slot_and_data() {
         "removed replica still listens"
     );
 }
+
+/// An HTTP server on a free port answering 503 to every other request and 200 otherwise.
+fn flaky_server(stop: Arc<AtomicBool>) -> (u16, Arc<AtomicU64>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    l.set_nonblocking(true).unwrap();
+    let served = Arc::new(AtomicU64::new(0));
+    let s2 = served.clone();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            match l.accept() {
+                Ok((mut c, _)) => {
+                    c.set_nonblocking(false).unwrap();
+                    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                    let mut buf = [0u8; 4096];
+                    // Keep-alive: answer every request on the connection.
+                    while let Ok(n) = c.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let k = s2.fetch_add(1, Ordering::SeqCst);
+                        let (code, body) = if k % 2 == 0 {
+                            ("503 Service Unavailable", "no")
+                        } else {
+                            ("200 OK", "ok")
+                        };
+                        let resp = format!(
+                            "HTTP/1.1 {code}\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if c.write_all(resp.as_bytes()).is_err() {
+                            break;
+                        }
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    (port, served)
+}
+
+#[test]
+fn envoy_retries_failed_upstream_attempts() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (port, served) = flaky_server(stop.clone());
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // closed again at once
+    let env = Env::new(
+        "e2e-retry",
+        5,
+        &format!(
+            "  envoy:\n    listeners:\n      - name: edge\n        port: {}\n        routes: [{{prefix: /, cluster: flaky, rateLimited: false}}]\n    clusters:\n      - {{name: flaky, endpoints: [\"127.0.0.1:{port}\", \"127.0.0.1:{dead}\"]}}\n",
+            "LISTENER_PORT"
+        ),
+    );
+    // The listener takes the test's own (offset) port for Envoy's proxy listener.
+    let listener = env.port(15006);
+    let text = std::fs::read_to_string(&env.file)
+        .unwrap()
+        .replace("LISTENER_PORT", &listener.to_string());
+    std::fs::write(&env.file, text).unwrap();
+    env.apply();
+    let mut codes = std::collections::BTreeMap::new();
+    for _ in 0..20 {
+        let (c, _, _) = get(&format!("http://127.0.0.1:{listener}/anything"), &[]);
+        *codes.entry(c).or_insert(0) += 1;
+    }
+    stop.store(true, Ordering::SeqCst);
+    assert_eq!(
+        codes.get(&200).copied(),
+        Some(20),
+        "every request must succeed after retries: {codes:?}"
+    );
+    let (_, stats, _) = get(
+        &format!(
+            "http://127.0.0.1:{}/stats?filter=cluster.flaky.upstream_rq_retry$",
+            env.port(15000)
+        ),
+        &[],
+    );
+    let retries: u64 = stats
+        .split(':')
+        .nth(1)
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0);
+    eprintln!(
+        "20 requests, {retries} retries, {} upstream attempts at the flaky server",
+        served.load(Ordering::SeqCst)
+    );
+    assert!(
+        retries >= 10,
+        "503s and connect failures must be retried: {stats}"
+    );
+}
