@@ -143,6 +143,22 @@ impl Ctx<'_> {
         }
     }
 
+    /// A byte size as written (default when absent) and its value; an error when it does not parse.
+    fn size(&mut self, path: &str, v: Option<&String>, default: &str) -> (String, u64) {
+        let text = v.cloned().unwrap_or_else(|| default.to_string());
+        match parse_bytes(&text) {
+            Some(b) => (text, b),
+            None => {
+                self.err(
+                    path,
+                    format!("`{text}` is not a size"),
+                    format!("a number with a unit, e.g. `{default}`"),
+                );
+                (text, 0)
+            }
+        }
+    }
+
     fn ratio(&mut self, path: &str, v: Option<f64>, default: f64) -> f64 {
         let x = v.unwrap_or(default);
         if !(0.0..=1.0).contains(&x) || x.is_nan() {
@@ -516,14 +532,7 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
     let redis = s.redis.as_ref().map(|r| {
         let path = "spec.redis";
         let port = ports.port(cx, r.port, 6379, &join(path, "port"), "redis");
-        let max_memory = r.max_memory.clone().unwrap_or_else(|| "256mb".into());
-        if parse_bytes(&max_memory).is_none() {
-            cx.err(
-                &join(path, "maxMemory"),
-                format!("`{max_memory}` is not a memory size"),
-                "e.g. `256mb`, `1gb`",
-            );
-        }
+        let (max_memory, _) = cx.size(&join(path, "maxMemory"), r.max_memory.as_ref(), "256mb");
         let policy = r
             .max_memory_policy
             .clone()
@@ -1193,17 +1202,11 @@ fn build_postgres(
             "use another application role name, e.g. bss_app",
         );
     }
-    let msw = repl
-        .max_slot_wal_keep_size
-        .clone()
-        .unwrap_or_else(|| "2GB".into());
-    if parse_bytes(&msw).is_none() {
-        cx.err(
-            &join(&rpath, "maxSlotWalKeepSize"),
-            format!("`{msw}` is not a size"),
-            "e.g. `2GB`",
-        );
-    }
+    let (msw, _) = cx.size(
+        &join(&rpath, "maxSlotWalKeepSize"),
+        repl.max_slot_wal_keep_size.as_ref(),
+        "2GB",
+    );
     let fo = p.failover.clone().unwrap_or_default();
     let fpath = join(path, "failover");
     let probe_interval = cx.dur(
@@ -1226,18 +1229,11 @@ fn build_postgres(
             "one lost probe would trigger a failover; make the window at least 2x probeInterval",
         );
     }
-    let max_lag = fo
-        .max_lag_on_failover
-        .clone()
-        .unwrap_or_else(|| "16MB".into());
-    let max_lag_bytes = parse_bytes(&max_lag).unwrap_or_else(|| {
-        cx.err(
-            &join(&fpath, "maxLagOnFailover"),
-            format!("`{max_lag}` is not a size"),
-            "e.g. `16MB`",
-        );
-        0
-    });
+    let (_, max_lag_bytes) = cx.size(
+        &join(&fpath, "maxLagOnFailover"),
+        fo.max_lag_on_failover.as_ref(),
+        "16MB",
+    );
 
     let base = p.port.map(u32::from).unwrap_or(5432 + off);
     let mut overrides: BTreeMap<u8, &MemberSpec> = BTreeMap::new();
