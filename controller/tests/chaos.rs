@@ -11,7 +11,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,14 +20,18 @@ use std::time::{Duration, Instant};
 use controller::runtime::process;
 
 struct Env {
-    _dir: tempfile::TempDir,
-    file: PathBuf,
-    root: PathBuf,
-    offset: u16,
+    stack: support::StackEnv,
+}
+
+impl std::ops::Deref for Env {
+    type Target = support::StackEnv;
+    fn deref(&self) -> &support::StackEnv {
+        &self.stack
+    }
 }
 
 impl Env {
-    fn new(name: &str, seed: u16, sync: bool) -> Env {
+    fn new(name: &str, _seed: u16, sync: bool) -> Env {
         for t in [
             "postgres",
             "initdb",
@@ -39,38 +42,18 @@ impl Env {
         ] {
             support::require_tool(t);
         }
-        let dir = tempfile::Builder::new()
-            .prefix("bssctl-chaos-")
-            .tempdir()
-            .unwrap();
-        let offset = {
-            let _ = seed;
-            support::free_offset()
-        };
         let repl = if sync {
             "\n    replication: {mode: sync, syncCount: 1}"
         } else {
             ""
         };
-        let text = format!(
-            "apiVersion: bssctl.io/v1alpha1\nkind: Topology\nmetadata: {{name: {name}}}\nspec:\n  runtime: {{portOffset: {offset}, stateDir: state}}\n  postgres:\n    replicas: 2{repl}\n  haproxy: {{}}\n"
-        );
-        let file = dir.path().join("topology.yaml");
-        std::fs::write(&file, text).unwrap();
-        let root = dir.path().join("state").join(name);
+        let spec = format!("  postgres:\n    replicas: 2{repl}\n  haproxy: {{}}\n");
         let env = Env {
-            _dir: dir,
-            file,
-            root,
-            offset,
+            stack: support::StackEnv::new("bssctl-chaos-", name, &spec),
         };
         let (code, out, err) = env.bssctl(&["apply"], &[]);
         assert_eq!(code, 0, "apply failed:\n{out}\n{err}");
         env
-    }
-
-    fn port(&self, default: u16) -> u16 {
-        default + self.offset
     }
 
     fn member_port(&self, i: u16) -> u16 {
@@ -78,25 +61,7 @@ impl Env {
     }
 
     fn bssctl(&self, args: &[&str], extra: &[&str]) -> (i32, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_bssctl"))
-            .args(args)
-            .arg(&self.file)
-            .args(extra)
-            .env_remove("BSSCTL_STATE_DIR")
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn secret(&self, name: &str) -> String {
-        std::fs::read_to_string(self.root.join("secrets").join(name))
-            .unwrap()
-            .trim()
-            .to_string()
+        self.run(args, extra)
     }
 
     fn record(&self, component: &str) -> Option<process::Record> {
@@ -148,21 +113,6 @@ impl Env {
             Duration::from_secs(1),
         )
         .map_err(|e| e.to_string())
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        // SIGCONT first: a stopped process cannot be shut down.
-        for pid in process::processes_of(&self.root.display().to_string()) {
-            process::signal(pid, "CONT");
-        }
-        let _ = Command::new(env!("CARGO_BIN_EXE_bssctl"))
-            .args(["destroy"])
-            .arg(&self.file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
     }
 }
 

@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,15 +15,18 @@ use std::time::{Duration, Instant};
 use support::DEFAULT_PORTS;
 
 struct Env {
-    _dir: tempfile::TempDir,
-    file: PathBuf,
-    root: PathBuf,
-    offset: u16,
-    name: String,
+    stack: support::StackEnv,
+}
+
+impl std::ops::Deref for Env {
+    type Target = support::StackEnv;
+    fn deref(&self) -> &support::StackEnv {
+        &self.stack
+    }
 }
 
 impl Env {
-    fn new(name: &str, seed: u16, spec: &str) -> Env {
+    fn new(name: &str, _seed: u16, spec: &str) -> Env {
         for t in [
             "postgres",
             "initdb",
@@ -42,54 +45,19 @@ impl Env {
         ] {
             support::require_tool(t);
         }
-        let dir = tempfile::Builder::new()
-            .prefix("bssctl-e2e-")
-            .tempdir()
-            .unwrap();
-        let _ = seed;
-        let offset = support::free_offset();
-        let text = format!("apiVersion: bssctl.io/v1alpha1\nkind: Topology\nmetadata: {{name: {name}}}\nspec:\n  runtime: {{portOffset: {offset}, stateDir: state}}\n{spec}");
-        let file = dir.path().join("topology.yaml");
-        std::fs::write(&file, text).unwrap();
-        let root = dir.path().join("state").join(name);
         Env {
-            _dir: dir,
-            file,
-            root,
-            offset,
-            name: name.into(),
+            stack: support::StackEnv::new("bssctl-e2e-", name, spec),
         }
     }
 
-    fn port(&self, default: u16) -> u16 {
-        default + self.offset
-    }
-
     fn bssctl(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_bssctl"))
-            .args(args)
-            .arg(&self.file)
-            .env_remove("BSSCTL_STATE_DIR")
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        self.run(args, &[])
     }
 
     fn apply(&self) -> String {
         let (code, out, err) = self.bssctl(&["apply"]);
         assert_eq!(code, 0, "apply failed:\n{out}\n{err}");
         err
-    }
-
-    fn secret(&self, name: &str) -> String {
-        std::fs::read_to_string(self.root.join("secrets").join(name))
-            .unwrap()
-            .trim()
-            .to_string()
     }
 
     fn pids(&self) -> Vec<(String, u64)> {
@@ -133,22 +101,6 @@ impl Env {
             .dbname("postgres")
             .connect_timeout(Duration::from_secs(5));
         c.connect(postgres::NoTls).unwrap()
-    }
-
-    fn marked_processes(&self) -> Vec<u32> {
-        controller::runtime::process::processes_of(&self.root.display().to_string())
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        // Always clean up, even when an assertion failed half-way.
-        let _ = Command::new(env!("CARGO_BIN_EXE_bssctl"))
-            .args(["destroy"])
-            .arg(&self.file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
     }
 }
 
@@ -554,7 +506,6 @@ fn full_stack_applies_serves_reloads_and_is_destroyed() {
         );
     }
     assert!(!env.root.exists());
-    let _ = env.name.len();
 }
 
 #[test]

@@ -87,3 +87,76 @@ pub fn free_offset() -> u16 {
     }
     panic!("no free port range below 32768 for a test environment");
 }
+
+/// An environment of one test: a temp dir with `topology.yaml` (state under `state/`), on its own
+/// port offset. Dropping it always destroys the environment, even after a failed assertion.
+pub struct StackEnv {
+    _dir: tempfile::TempDir,
+    pub file: PathBuf,
+    pub root: PathBuf,
+    pub offset: u16,
+}
+
+impl StackEnv {
+    /// Writes the topology `name` with `spec` (lines under `spec:`, indented two spaces).
+    pub fn new(prefix: &str, name: &str, spec: &str) -> StackEnv {
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+        let offset = free_offset();
+        let text = format!("apiVersion: bssctl.io/v1alpha1\nkind: Topology\nmetadata: {{name: {name}}}\nspec:\n  runtime: {{portOffset: {offset}, stateDir: state}}\n{spec}");
+        let file = dir.path().join("topology.yaml");
+        std::fs::write(&file, text).unwrap();
+        let root = dir.path().join("state").join(name);
+        StackEnv {
+            _dir: dir,
+            file,
+            root,
+            offset,
+        }
+    }
+
+    pub fn port(&self, default: u16) -> u16 {
+        default + self.offset
+    }
+
+    /// `bssctl <args> <topology> <extra>`: exit code, stdout, stderr.
+    pub fn run(&self, args: &[&str], extra: &[&str]) -> (i32, String, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bssctl"))
+            .args(args)
+            .arg(&self.file)
+            .args(extra)
+            .env_remove("BSSCTL_STATE_DIR")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn secret(&self, name: &str) -> String {
+        std::fs::read_to_string(self.root.join("secrets").join(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    pub fn marked_processes(&self) -> Vec<u32> {
+        controller::runtime::process::processes_of(&self.root.display().to_string())
+    }
+}
+
+impl Drop for StackEnv {
+    fn drop(&mut self) {
+        // SIGCONT first: a stopped (SIGSTOP) process cannot be shut down.
+        for pid in self.marked_processes() {
+            controller::runtime::process::signal(pid, "CONT");
+        }
+        let _ = std::process::Command::new(env!("CARGO_BIN_EXE_bssctl"))
+            .arg("destroy")
+            .arg(&self.file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
