@@ -19,10 +19,21 @@ macro_rules! string_enum {
                 [$($s),+].join(", ")
             }
         }
+        impl StringEnum for $name {
+            fn parse(s: &str) -> Option<Self> { $name::parse(s) }
+            fn allowed_values() -> String { $name::allowed_values() }
+        }
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(self.as_str()) }
         }
     };
+}
+
+/// A closed set of string values, as declared by `string_enum!`.
+pub trait StringEnum: Sized {
+    fn parse(s: &str) -> Option<Self>;
+    /// The values, comma separated (for error messages).
+    fn allowed_values() -> String;
 }
 
 /// A status set with its allowed transitions.

@@ -219,6 +219,16 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// One of the values of a `string_enum!` type.
+    pub fn one_of<T: crate::domain::StringEnum>(
+        &mut self,
+        name: &str,
+        required: bool,
+    ) -> Option<T> {
+        let allowed = T::allowed_values();
+        self.enumeration(name, required, T::parse, &allowed)
+    }
+
     pub fn array(&mut self, name: &str, required: bool) -> Option<&'a Vec<Value>> {
         match self.raw(name) {
             None => {

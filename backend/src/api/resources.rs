@@ -220,26 +220,11 @@ fn product_input(obj: &Map<String, Value>, update: bool) -> ApiResult<(ProductIn
     };
     let name = f.string("name", true, 200);
     let description = f.string("description", false, 2000);
-    let product_type = f.enumeration(
-        "productType",
-        true,
-        ProductType::parse,
-        &ProductType::allowed_values(),
-    );
-    let category = f.enumeration(
-        "category",
-        true,
-        ProductCategory::parse,
-        &ProductCategory::allowed_values(),
-    );
+    let product_type = f.one_of::<ProductType>("productType", true);
+    let category = f.one_of::<ProductCategory>("category", true);
     let price = money(&mut f, "price", true);
     let currency = currency(&mut f, "currency", true);
-    let billing_period = f.enumeration(
-        "billingPeriod",
-        true,
-        BillingPeriod::parse,
-        &BillingPeriod::allowed_values(),
-    );
+    let billing_period = f.one_of::<BillingPeriod>("billingPeriod", true);
     let mut features = BTreeMap::new();
     if let Some(obj) = f.object("features") {
         if obj.len() > 50 {
@@ -495,20 +480,10 @@ pub async fn create_order(
     let mut f = Fields::new(&obj);
     let customer_id = f.uuid("customerId", true);
     let order_type = f
-        .enumeration(
-            "orderType",
-            false,
-            OrderType::parse,
-            &OrderType::allowed_values(),
-        )
+        .one_of::<OrderType>("orderType", false)
         .unwrap_or(OrderType::New);
     let priority = f
-        .enumeration(
-            "priority",
-            false,
-            OrderPriority::parse,
-            &OrderPriority::allowed_values(),
-        )
+        .one_of::<OrderPriority>("priority", false)
         .unwrap_or(OrderPriority::Normal);
     let currency = currency(&mut f, "currency", true);
     let notes = f.string("notes", false, 2000);
@@ -570,12 +545,7 @@ pub async fn update_order(
     let id = path_id(&id)?;
     let obj = json_object(&headers, &body)?;
     let mut f = Fields::new(&obj);
-    let priority = f.enumeration(
-        "priority",
-        true,
-        OrderPriority::parse,
-        &OrderPriority::allowed_values(),
-    );
+    let priority = f.one_of::<OrderPriority>("priority", true);
     let notes = f.string("notes", false, 2000);
     let items = items_input(&mut f);
     let version = f.int("version", true, 1, i64::MAX);
@@ -880,12 +850,7 @@ pub async fn create_invoice(
     let mut f = Fields::new(&obj);
     let customer_id = f.uuid("customerId", true);
     let invoice_type = f
-        .enumeration(
-            "invoiceType",
-            false,
-            InvoiceType::parse,
-            &InvoiceType::allowed_values(),
-        )
+        .one_of::<InvoiceType>("invoiceType", false)
         .unwrap_or(InvoiceType::OneTime);
     let issue = f.date("issueDate", false);
     let due = f.date("dueDate", true);
@@ -994,12 +959,7 @@ pub async fn create_payment(
     let invoice_id = f.uuid("invoiceId", false);
     let amount = f.decimal("amount", true, Decimal::ZERO, MAX_MONEY, true, 2);
     let currency = currency(&mut f, "currency", true);
-    let method = f.enumeration(
-        "method",
-        true,
-        PaymentMethod::parse,
-        &PaymentMethod::allowed_values(),
-    );
+    let method = f.one_of::<PaymentMethod>("method", true);
     f.into_result()?;
     let (Some(customer_id), Some(amount), Some(currency), Some(method)) =
         (customer_id, amount, currency, method)
