@@ -100,4 +100,13 @@ if command -v rustup >/dev/null 2>&1; then
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null
 fi
 
+# --- Area-specific tools (docker images, kubernetes tools, broker store, ...) ------------------
+# Each file in dev/setup.d is sourced in name order with TOOLS, VENV, SUDO and log() set; each is
+# idempotent and fast when its tools are present.
+for f in "$(dirname "${BASH_SOURCE[0]}")"/setup.d/*.sh; do
+  [ -e "$f" ] || continue
+  # shellcheck source=/dev/null
+  . "$f"
+done
+
 log "tools ready in $TOOLS/bin (add it to PATH, or let bssctl find it)"

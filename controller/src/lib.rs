@@ -11,6 +11,7 @@ pub mod failover;
 pub mod pgsql;
 pub mod plan;
 pub mod probe;
+pub mod progress;
 pub mod render;
 pub mod runtime;
 pub mod state;
