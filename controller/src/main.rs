@@ -486,6 +486,21 @@ fn up(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `writeln!` into a String (cannot fail).
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+/// Writes `text` to stdout; a reader that has gone away (broken pipe) is not an error.
+fn emit_stdout(text: &str) {
+    use std::io::Write as _;
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(text.as_bytes()).and_then(|()| o.flush());
+}
+
 fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
     let (l, applied) = current(cli, file)?;
     let Some(applied) = applied else {
@@ -502,19 +517,35 @@ fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
     };
     let st = rt.status(&applied.bundle);
     let agent_pid = agent::running(&agent::root_of(&l.validated));
+    let hist = controller::failover::history(&agent::root_of(&l.validated));
+    // Written at once at the end: a closed pipe (`status | head -3`) ends it quietly.
+    let mut out = String::new();
     if cli.output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"environment": l.validated.name, "agent_pid": agent_pid, "primary": applied.primary, "components": st})).unwrap_or_default());
+        let doc = serde_json::json!({"environment": l.validated.name, "agent_pid": agent_pid, "primary": applied.primary, "components": st, "failover_history": hist});
+        outln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&doc).unwrap_or_default()
+        );
     } else {
-        println!(
+        outln!(
+            out,
             "environment {}  agent {}",
             l.validated.name,
             agent_pid
                 .map(|p| format!("pid {p} on 127.0.0.1:{}", l.validated.agent.port))
                 .unwrap_or_else(|| "not running".into())
         );
-        println!(
+        outln!(
+            out,
             "{:<20} {:<9} {:<8} {:<8} {:>8} {:<18} {:<12} detail",
-            "component", "state", "health", "role", "pid", "ports", "lag"
+            "component",
+            "state",
+            "health",
+            "role",
+            "pid",
+            "ports",
+            "lag"
         );
         for c in &st {
             let lag = c
@@ -528,7 +559,8 @@ fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
                 .map(|p| p.to_string())
                 .collect::<Vec<_>>()
                 .join(",");
-            println!(
+            outln!(
+                out,
                 "{:<20} {:<9} {:<8} {:<8} {:>8} {:<18} {:<12} {}",
                 c.name,
                 c.state,
@@ -545,31 +577,33 @@ fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
             );
         }
     }
-    if cli.output == Output::Text {
-        let hist = controller::failover::history(&agent::root_of(&l.validated));
-        if !hist.is_empty() {
-            println!("\nrole changes (ms after detection: fenced / promoted / rerouted / done)");
-            for e in hist.iter().rev().take(5).rev() {
-                let rel = |x: Option<u128>| {
-                    x.map(|v| v.saturating_sub(e.detected_ms).to_string())
-                        .unwrap_or_else(|| "-".into())
-                };
-                println!(
-                    "#{} {:<10} {} -> {}  {}  {} / {} / {} / {}  {}",
-                    e.id,
-                    e.kind,
-                    e.from,
-                    e.to,
-                    e.status,
-                    rel(e.fenced_ms),
-                    rel(e.promoted_ms),
-                    rel(e.rerouted_ms),
-                    rel(e.done_ms),
-                    e.reason
-                );
-            }
+    if cli.output == Output::Text && !hist.is_empty() {
+        outln!(
+            out,
+            "\nrole changes (ms after detection: fenced / promoted / rerouted / done)"
+        );
+        for e in hist.iter().rev().take(5).rev() {
+            let rel = |x: Option<u128>| {
+                x.map(|v| v.saturating_sub(e.detected_ms).to_string())
+                    .unwrap_or_else(|| "-".into())
+            };
+            outln!(
+                out,
+                "#{} {:<10} {} -> {}  {}  {} / {} / {} / {}  {}",
+                e.id,
+                e.kind,
+                e.from,
+                e.to,
+                e.status,
+                rel(e.fenced_ms),
+                rel(e.promoted_ms),
+                rel(e.rerouted_ms),
+                rel(e.done_ms),
+                e.reason
+            );
         }
     }
+    emit_stdout(&out);
     let all = st.iter().all(|c| c.healthy);
     Ok(if all {
         ExitCode::SUCCESS
