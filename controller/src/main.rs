@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use controller::diag::Diagnostic;
-use controller::topology::types::RuntimeKind;
-use controller::topology::{self, Loaded, ValidateOptions};
 use controller::engine::failover::{self, Services};
 use controller::engine::{self, FileStore, RealClients, RuntimeFactory};
 use controller::runtime::agent_process as agent;
+use controller::topology::types::RuntimeKind;
+use controller::topology::{self, Loaded, ValidateOptions};
 use controller::{check, crd, plan, render, runtime, state};
 
 #[derive(Parser, Debug)]
@@ -435,10 +435,12 @@ fn apply(
     let mut rep = reporter(cli, t, verbose);
     let store = FileStore::new(t);
     let cl = RealClients::new(t, Arc::new(FileStore::new(t)));
-    let templates = cli
-        .templates
-        .as_ref()
-        .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone()).display().to_string());
+    let templates = cli.templates.as_ref().map(|d| {
+        std::path::absolute(d)
+            .unwrap_or_else(|_| d.clone())
+            .display()
+            .to_string()
+    });
     let report = engine::apply(
         rt.as_mut(),
         &cl,
@@ -499,6 +501,7 @@ fn up(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
         "managing {} in the foreground; API on http://127.0.0.1:{}; Ctrl-C stops everything",
         l.validated.name, l.validated.agent.port
     );
+    agent::register_self(&root);
     let r = engine::agent::run(&root, stop, services(&l.validated));
     eprintln!("stopping {} ...", l.validated.name);
     let mut rt = runtime::for_topology(&l.validated).map_err(fail)?;
@@ -733,8 +736,7 @@ fn destroy(cli: &Cli, file: &Path, keep_data: bool) -> Result<ExitCode, ExitCode
 fn services(t: &topology::ValidatedTopology) -> Services {
     let store: Arc<dyn engine::StateStore> = Arc::new(FileStore::new(t));
     let make: RuntimeFactory = Arc::new(|t: &topology::ValidatedTopology| {
-        runtime::for_topology(t)
-            .unwrap_or_else(|_| Box::new(runtime::local::Local::new(t)))
+        runtime::for_topology(t).unwrap_or_else(|_| Box::new(runtime::local::Local::new(t)))
     });
     Services {
         store: store.clone(),

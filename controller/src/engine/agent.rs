@@ -495,4 +495,3 @@ pub fn metrics(s: &Snapshot) -> String {
     }
     o
 }
-

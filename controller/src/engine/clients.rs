@@ -44,7 +44,9 @@ pub enum PgOp {
     /// pg_stat_replication of a primary.
     Replication,
     /// `pg_promote(true, wait_seconds)`; replies whether it left recovery.
-    Promote { wait_seconds: i32 },
+    Promote {
+        wait_seconds: i32,
+    },
     /// `pg_reload_conf()`, then the errors in pg_file_settings.
     ReloadConf,
     Checkpoint,
@@ -134,11 +136,7 @@ impl RealClients {
     }
 }
 
-fn run_op(
-    c: &mut postgres::Client,
-    op: &PgOp,
-    store: &dyn StateStore,
-) -> Result<PgReply, String> {
+fn run_op(c: &mut postgres::Client, op: &PgOp, store: &dyn StateStore) -> Result<PgReply, String> {
     match op {
         PgOp::InRecovery => pgsql::in_recovery(c).map(PgReply::Bool),
         PgOp::Replication => pgsql::replication(c).map(PgReply::Replication),

@@ -201,14 +201,7 @@ impl Env<'_> {
             self.rt.stop(name, c.kind, StopMode::Kill)?;
         }
         self.rt.put_config(name, c)?;
-        self.create_with(
-            name,
-            c,
-            StartOpts {
-                epoch: 0,
-                restarts,
-            },
-        )
+        self.create_with(name, c, StartOpts { epoch: 0, restarts })
     }
 
     fn create_with(
@@ -699,10 +692,7 @@ impl Env<'_> {
                     }
                     let live = health::health(t, self.rt, self.cl, name, Kind::Envoy).is_ok();
                     if live && !self.rt.instance_alive(running) {
-                        return Ok(format!(
-                            "hot restart to epoch {epoch}, {}",
-                            describe(&new)
-                        ));
+                        return Ok(format!("hot restart to epoch {epoch}, {}", describe(&new)));
                     }
                     if live && start.elapsed() > Duration::from_secs(1) {
                         // The old epoch drains in the background (parent-shutdown-time).

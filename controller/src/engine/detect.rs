@@ -20,9 +20,15 @@ pub struct Detector {
 pub enum Verdict {
     Healthy,
     /// Failed probes, but fewer than needed or within the window.
-    Suspect { fails: u32, down_for: Duration },
+    Suspect {
+        fails: u32,
+        down_for: Duration,
+    },
     /// Unreachable for at least the window, with at least two failed probes.
-    Dead { fails: u32, down_for: Duration },
+    Dead {
+        fails: u32,
+        down_for: Duration,
+    },
 }
 
 impl Detector {

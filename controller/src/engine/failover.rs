@@ -158,17 +158,29 @@ pub enum Request {
 /// Kubernetes.
 pub trait WriteRouter: Send + Sync {
     /// No new writes reach `member`; its sessions are cut.
-    fn fence(&self, rt: &mut dyn Runtime, t: &ValidatedTopology, member: &str)
-        -> Result<(), String>;
+    fn fence(
+        &self,
+        rt: &mut dyn Runtime,
+        t: &ValidatedTopology,
+        member: &str,
+    ) -> Result<(), String>;
     /// Writes go to `member` now.
-    fn route(&self, rt: &mut dyn Runtime, t: &ValidatedTopology, member: &str)
-        -> Result<(), String>;
+    fn route(
+        &self,
+        rt: &mut dyn Runtime,
+        t: &ValidatedTopology,
+        member: &str,
+    ) -> Result<(), String>;
 }
 
 /// HAProxy's runtime API (through the runtime's admin channel to the `haproxy` component).
 pub struct HaproxyRouter;
 
-fn haproxy_cmds(rt: &mut dyn Runtime, t: &ValidatedTopology, cmds: &[String]) -> Result<(), String> {
+fn haproxy_cmds(
+    rt: &mut dyn Runtime,
+    t: &ValidatedTopology,
+    cmds: &[String],
+) -> Result<(), String> {
     if t.haproxy.is_none() {
         return Ok(());
     }
@@ -477,12 +489,7 @@ fn fence_kill(
     })
 }
 
-fn pg_op(
-    cl: &dyn Clients,
-    rt: &dyn Runtime,
-    m: &PgMember,
-    op: PgOp,
-) -> Result<PgReply, String> {
+fn pg_op(cl: &dyn Clients, rt: &dyn Runtime, m: &PgMember, op: PgOp) -> Result<PgReply, String> {
     cl.pg(rt, m, &op, Duration::from_secs(3))
         .map_err(|e| e.to_string())
 }
@@ -518,8 +525,7 @@ fn take_over(
 
     // Promote: the primary configuration (synchronous_standby_names included, so no commit is
     // acknowledged before a standby has it) is in place before the server leaves recovery.
-    if pg_op(cl, rt.as_ref(), &to, PgOp::InRecovery).map_err(promote_err)? == PgReply::Bool(true)
-    {
+    if pg_op(cl, rt.as_ref(), &to, PgOp::InRecovery).map_err(promote_err)? == PgReply::Bool(true) {
         if let Some(c) = bundle.components.get(&to.name) {
             rt.put_config(&to.name, c)
                 .map_err(|e| promote_err(e.to_string()))?;
@@ -545,12 +551,7 @@ fn take_over(
         })?;
     ev.rerouted_ms.get_or_insert_with(now_ms);
     ev.duration_ms = ev.rerouted_ms.map(|r| r.saturating_sub(ev.detected_ms));
-    step(
-        rep,
-        ev,
-        "rerouted",
-        "writes go to the new primary".into(),
-    );
+    step(rep, ev, "rerouted", "writes go to the new primary".into());
     publish(ev);
     if pg.slots {
         for m in pg.members.iter().filter(|m| m.name != to.name) {
@@ -771,7 +772,9 @@ pub fn switchover(
                 FailoverError::Refused(format!("no member `{t}`; members: {}", names(&cur)))
             })?;
             if m.name == from {
-                return Err(FailoverError::Refused(format!("{t} is already the primary")));
+                return Err(FailoverError::Refused(format!(
+                    "{t} is already the primary"
+                )));
             }
             if m.priority == 0 {
                 return Err(FailoverError::Refused(format!(
@@ -849,11 +852,7 @@ pub fn switchover(
         })?;
     let start = Instant::now();
     loop {
-        let v = cl.member_view(
-            &rt.endpoint(&tm.name, tm.port),
-            &tm,
-            Duration::from_secs(2),
-        );
+        let v = cl.member_view(&rt.endpoint(&tm.name, tm.port), &tm, Duration::from_secs(2));
         if v.replay_lsn.is_some_and(|r| r > ckpt) {
             break;
         }

@@ -211,15 +211,18 @@ impl Runtime for FakeRuntime {
 
     fn observe(&self, name: &str) -> Option<Observed> {
         let w = w(&self.0);
-        w.comps.get(name).filter(|c| !c.hash.is_empty()).map(|c| Observed {
-            running: c.running,
-            hash: c.hash.clone(),
-            restarts: c.restarts,
-            started_at: 0,
-            instance: c.instance.to_string(),
-            pid: None,
-            epoch: c.epoch,
-        })
+        w.comps
+            .get(name)
+            .filter(|c| !c.hash.is_empty())
+            .map(|c| Observed {
+                running: c.running,
+                hash: c.hash.clone(),
+                restarts: c.restarts,
+                started_at: 0,
+                instance: c.instance.to_string(),
+                pid: None,
+                epoch: c.epoch,
+            })
     }
 
     fn instance_alive(&self, o: &Observed) -> bool {
@@ -349,8 +352,8 @@ impl Clients for FakeClients {
     fn member_view(&self, ep: &Endpoint, m: &PgMember, _: Duration) -> MemberView {
         let w = w(&self.0);
         let _ = ep;
-        let running = w.comps.get(&m.name).is_some_and(|c| c.running)
-            && !w.unhealthy.contains(&m.name);
+        let running =
+            w.comps.get(&m.name).is_some_and(|c| c.running) && !w.unhealthy.contains(&m.name);
         let p = w.pg.get(&m.name).cloned().unwrap_or_default();
         MemberView {
             name: m.name.clone(),
@@ -409,8 +412,7 @@ impl Clients for FakeClients {
         _: Duration,
     ) -> Result<(), ClientError> {
         let w = w(&self.0);
-        if w.comps.get(component).is_some_and(|c| c.running) && !w.unhealthy.contains(component)
-        {
+        if w.comps.get(component).is_some_and(|c| c.running) && !w.unhealthy.contains(component) {
             Ok(())
         } else {
             Err(ClientError::Connect {
@@ -435,7 +437,10 @@ impl StateStore for FakeStore {
     }
     fn write_applied(&self, a: &Applied) -> Result<(), StateError> {
         let mut w = w(&self.0);
-        w.log.push(format!("record primary {}", a.primary.clone().unwrap_or_default()));
+        w.log.push(format!(
+            "record primary {}",
+            a.primary.clone().unwrap_or_default()
+        ));
         w.applied = Some(a.clone());
         w.applied_version += 1;
         Ok(())
@@ -474,7 +479,12 @@ impl StateStore for FakeStore {
 }
 
 impl WriteRouter for FakeRouter {
-    fn fence(&self, _: &mut dyn Runtime, _: &ValidatedTopology, member: &str) -> Result<(), String> {
+    fn fence(
+        &self,
+        _: &mut dyn Runtime,
+        _: &ValidatedTopology,
+        member: &str,
+    ) -> Result<(), String> {
         let mut w = w(&self.0);
         w.log.push(format!("router fence {member}"));
         if w.write_server.as_deref() == Some(member) {
@@ -482,7 +492,12 @@ impl WriteRouter for FakeRouter {
         }
         Ok(())
     }
-    fn route(&self, _: &mut dyn Runtime, _: &ValidatedTopology, member: &str) -> Result<(), String> {
+    fn route(
+        &self,
+        _: &mut dyn Runtime,
+        _: &ValidatedTopology,
+        member: &str,
+    ) -> Result<(), String> {
         let mut w = w(&self.0);
         w.log.push(format!("router route {member}"));
         w.write_server = Some(member.into());

@@ -140,10 +140,7 @@ pub fn health(
             if cl.tcp(rt, name, port, to) {
                 Ok("accepting connections".into())
             } else {
-                Err(format!(
-                    "nothing answers on {}",
-                    rt.endpoint(name, port)
-                ))
+                Err(format!("nothing answers on {}", rt.endpoint(name, port)))
             }
         }
         Kind::Haproxy => {

@@ -8,8 +8,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::fake::{FakeClients, FakeRouter, FakeRuntime, FakeStore, Shared, World};
 use super::failover::{self, EventKind, EventStatus, FailoverEvent, Knowledge, Services};
+use super::fake::{FakeClients, FakeRouter, FakeRuntime, FakeStore, Shared, World};
 use super::runtime::Runtime;
 use super::{detect, Env, NullReporter, RuntimeFactory};
 use crate::plan::{self, Action};
@@ -92,10 +92,7 @@ fn converge_starts_in_dependency_order_and_is_idempotent() {
     let done = apply(&s, &t, &b, None).unwrap();
     assert!(done.values().all(|a| *a == Action::Create), "{done:?}");
     let order = starts(&s);
-    let kinds: Vec<u8> = order
-        .iter()
-        .map(|n| b.components[n].kind.order())
-        .collect();
+    let kinds: Vec<u8> = order.iter().map(|n| b.components[n].kind.order()).collect();
     assert!(
         kinds.windows(2).all(|w| w[0] <= w[1]),
         "start order follows the kinds' order: {order:?}"
@@ -170,7 +167,9 @@ fn a_rejected_reload_rolls_back_to_the_previous_files() {
         .collect();
     assert_eq!(puts.len(), 2, "{:?}", w.log);
     assert!(
-        !w.log[puts[0]..puts[1]].iter().any(|l| l == "signal haproxy USR2"),
+        !w.log[puts[0]..puts[1]]
+            .iter()
+            .any(|l| l == "signal haproxy USR2"),
         "a config the check rejected is never signalled: {:?}",
         w.log
     );
@@ -298,13 +297,22 @@ fn failover_fences_before_it_promotes_and_records_the_new_primary() {
     let record = at("record primary postgres-1");
     assert!(fence_router < kill && kill < promote, "{:?}", w.log);
     assert!(promote < route && route < record, "{:?}", w.log);
-    assert!(w.rewind.contains("postgres-0"), "the old primary must be rewound");
-    assert!(w.comps["postgres-0"].standby, "it may only come back as a replica");
+    assert!(
+        w.rewind.contains("postgres-0"),
+        "the old primary must be rewound"
+    );
+    assert!(
+        w.comps["postgres-0"].standby,
+        "it may only come back as a replica"
+    );
     assert!(w.intent.is_none());
     assert_eq!(w.history.len(), 1);
     assert_eq!(w.history[0].status, EventStatus::Done);
     assert_eq!(
-        w.applied.as_ref().and_then(|a| a.primary.clone()).as_deref(),
+        w.applied
+            .as_ref()
+            .and_then(|a| a.primary.clone())
+            .as_deref(),
         Some("postgres-1")
     );
 }
@@ -325,7 +333,12 @@ fn an_agent_killed_mid_failover_finishes_from_the_intent() {
     let intent = s.lock().unwrap().intent.clone().expect("the intent stays");
     assert!(intent.fenced_ms.is_some(), "fenced before it died");
     assert_eq!(
-        s.lock().unwrap().applied.as_ref().and_then(|a| a.primary.clone()).as_deref(),
+        s.lock()
+            .unwrap()
+            .applied
+            .as_ref()
+            .and_then(|a| a.primary.clone())
+            .as_deref(),
         Some("postgres-0"),
         "nothing recorded yet"
     );
@@ -337,7 +350,10 @@ fn an_agent_killed_mid_failover_finishes_from_the_intent() {
     assert_eq!(w.history.len(), 1);
     assert_eq!(w.history[0].to, "postgres-1");
     assert_eq!(
-        w.applied.as_ref().and_then(|a| a.primary.clone()).as_deref(),
+        w.applied
+            .as_ref()
+            .and_then(|a| a.primary.clone())
+            .as_deref(),
         Some("postgres-1")
     );
     assert_eq!(w.write_server.as_deref(), Some("postgres-1"));
@@ -388,4 +404,44 @@ fn no_failover_for_a_dead_replica_or_while_replicas_hear_the_primary() {
         .collect();
     assert!(failover::choose(&t, "postgres-0", &none, &Knowledge::default()).is_err());
     let _ = Kind::Postgres;
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn failover_renders_with_the_templates_the_apply_used() {
+    let s = world();
+    let (t, b) = applied_stack(&s);
+    // A --templates directory whose HAProxy template differs from the embedded one.
+    let dir = tempfile::tempdir().unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
+    copy_dir(&repo, dir.path());
+    let tpl = dir.path().join("haproxy/haproxy.cfg.tera");
+    let mut text = std::fs::read_to_string(&tpl).unwrap();
+    text.push_str("\n# rendered from the user's templates\n");
+    std::fs::write(&tpl, text).unwrap();
+    {
+        let mut w = s.lock().unwrap();
+        let a = w.applied.as_mut().unwrap();
+        a.templates = Some(dir.path().display().to_string());
+        w.comps.get_mut("postgres-0").unwrap().running = false;
+    }
+    let svc = services(&s);
+    let mut ev = failover_event("postgres-1");
+    failover::failover(&svc, &mut ev, &mut NullReporter, &mut |_| {}).unwrap();
+    let w = s.lock().unwrap();
+    let cfg = &w.comps["haproxy"].files["haproxy.cfg"];
+    assert!(cfg.contains("rendered from the user's templates"), "{cfg}");
+    assert_ne!(cfg, &b.components["haproxy"].files["haproxy.cfg"]);
+    let _ = t;
 }

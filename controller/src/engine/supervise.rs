@@ -141,7 +141,10 @@ mod tests {
         s.decide(healthy_from, "redis", up);
         s.decide(healthy_from + Duration::from_secs(61), "redis", up);
         let crash = healthy_from + Duration::from_secs(62);
-        assert_eq!(s.decide(crash, "redis", down(Kind::Redis)), Decision::Restart);
+        assert_eq!(
+            s.decide(crash, "redis", down(Kind::Redis)),
+            Decision::Restart
+        );
         s.restarted(crash, "redis");
         assert_eq!(
             s.decide(crash + Duration::from_secs(1), "redis", down(Kind::Redis)),

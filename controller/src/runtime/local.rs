@@ -164,7 +164,6 @@ pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-
 impl Local {
     fn pg_user(&self) -> Option<(u32, u32)> {
         tools::postgres_user()
@@ -280,8 +279,8 @@ impl Local {
         }
         if let Some(r) = &t.redis {
             if let Some(sec) = &r.password_secret {
-                let pw =
-                    state::secret_value(t, sec).map_err(|e| RuntimeError::Prepare(e.to_string()))?;
+                let pw = state::secret_value(t, sec)
+                    .map_err(|e| RuntimeError::Prepare(e.to_string()))?;
                 let text = format!(
                     "requirepass \"{}\"\n",
                     pw.replace('\\', "\\\\").replace('"', "\\\"")
@@ -293,7 +292,8 @@ impl Local {
                 )
                 .map_err(|e| RuntimeError::Prepare(e.to_string()))?;
             }
-            std::fs::create_dir_all(&r.data_dir).map_err(|e| RuntimeError::Prepare(e.to_string()))?;
+            std::fs::create_dir_all(&r.data_dir)
+                .map_err(|e| RuntimeError::Prepare(e.to_string()))?;
         }
         if let Some(h) = &t.haproxy {
             if let Some(d) = Path::new(&h.admin_socket).parent() {
@@ -303,7 +303,6 @@ impl Local {
         Ok(notes)
     }
 
-
     fn start_process(
         &mut self,
         name: &str,
@@ -311,8 +310,8 @@ impl Local {
         opts: StartOpts,
     ) -> Result<Record, RuntimeError> {
         let t = &self.t;
-        let program = tools::find(&c.launch.program)
-            .map_err(|e| RuntimeError::step(name, "start", e))?;
+        let program =
+            tools::find(&c.launch.program).map_err(|e| RuntimeError::step(name, "start", e))?;
         let mut env: Vec<(String, String)> = c
             .launch
             .env
@@ -325,7 +324,8 @@ impl Local {
             ));
         }
         for (var, secret) in &c.launch.secret_env {
-            let v = state::secret_value(t, secret).map_err(|e| RuntimeError::step(name, "start", e))?;
+            let v =
+                state::secret_value(t, secret).map_err(|e| RuntimeError::step(name, "start", e))?;
             env.push((var.clone(), v));
         }
         let mut args = c.launch.args.clone();
@@ -381,7 +381,11 @@ impl Local {
                     (Kind::Postgres, _) => {
                         // SIGINT = fast shutdown: disconnect clients, checkpoint, exit;
                         // SIGTERM = smart shutdown: wait for the clients.
-                        let sig = if mode == StopMode::Fast { "INT" } else { "TERM" };
+                        let sig = if mode == StopMode::Fast {
+                            "INT"
+                        } else {
+                            "TERM"
+                        };
                         process::signal(r.pid, sig);
                         let start = Instant::now();
                         while process::alive(&r) && start.elapsed() < Duration::from_secs(20) {
@@ -581,13 +585,11 @@ impl Local {
                 )
                 .map_err(|e| err("rewind", e))
             }
-            Task::PgDiscardData => {
-                match std::fs::remove_dir_all(&data) {
-                    Ok(()) => Ok(String::new()),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-                    Err(e) => Err(io("discard", e)),
-                }
-            }
+            Task::PgDiscardData => match std::fs::remove_dir_all(&data) {
+                Ok(()) => Ok(String::new()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+                Err(e) => Err(io("discard", e)),
+            },
             other => Err(err("exec", format!("{other:?} is not a PostgreSQL task"))),
         }
     }
@@ -714,7 +716,12 @@ impl Runtime for Local {
 
     fn instance_alive(&self, o: &Observed) -> bool {
         let Some(pid) = o.pid else { return false };
-        let ticks: u64 = o.instance.rsplit('@').next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let ticks: u64 = o
+            .instance
+            .rsplit('@')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         process::pid_alive(pid) && (ticks == 0 || process::start_ticks(pid) == Some(ticks))
     }
 
@@ -723,7 +730,8 @@ impl Runtime for Local {
             return Ok(());
         };
         r.hash = hash.to_string();
-        process::write_record(&self.t.paths.run, &r).map_err(|e| RuntimeError::step(name, "record", e))
+        process::write_record(&self.t.paths.run, &r)
+            .map_err(|e| RuntimeError::step(name, "record", e))
     }
 
     fn endpoint(&self, name: &str, port: u16) -> Endpoint {
@@ -781,7 +789,11 @@ impl Runtime for Local {
         // Components an unfinished apply started (no applied bundle names them).
         for r in process::all_records(&t.paths.run) {
             if r.component != crate::engine::agent::AGENT {
-                self.stop_local(&r.component, r.kind.unwrap_or(Kind::Backend), StopMode::Fast);
+                self.stop_local(
+                    &r.component,
+                    r.kind.unwrap_or(Kind::Backend),
+                    StopMode::Fast,
+                );
             }
         }
         // Whatever is left with our marker (orphans of an earlier crash, hot-restart leftovers).
