@@ -654,6 +654,7 @@ fn hostile_strings_in_every_string_field_are_refused_or_read_back_exactly() {
     render::render(&baseline.validated, &tera).unwrap();
 
     let (mut refused, mut accepted) = (0, 0);
+    let mut per_field_reaches: BTreeMap<String, bool> = BTreeMap::new();
     // Accepted variants per hostile string, for the real tools.
     let mut by_hostile: BTreeMap<&str, Vec<(String, String, String)>> = BTreeMap::new();
     for (path, ptr) in &fields {
@@ -669,6 +670,7 @@ fn hostile_strings_in_every_string_field_are_refused_or_read_back_exactly() {
             .ok()
             .and_then(|l| render::render(&l.validated, &tera).ok())
             .is_some_and(|b| strings_of(&b).iter().any(|s| s.contains(&innocent)));
+        per_field_reaches.insert(ptr.clone(), reaches);
         for h in HOSTILE {
             let value = mutate(path, &v0, h);
             let doc = set(&base, ptr, &value);
@@ -714,8 +716,9 @@ fn hostile_strings_in_every_string_field_are_refused_or_read_back_exactly() {
     );
     let judged = Instant::now();
 
-    // The real tools judge the accepted values: per hostile string, as many of its accepted
-    // variants as validate together in one topology, checked by every tool at once.
+    // The real tools judge the accepted values. Each field gets every hostile string it accepted
+    // at once (appended together; one at a time if the combination does not validate), and as
+    // many fields as validate together share one topology, checked by every tool at once.
     for tool in [
         "envoy",
         "haproxy",
@@ -726,49 +729,90 @@ fn hostile_strings_in_every_string_field_are_refused_or_read_back_exactly() {
     ] {
         support::require_tool(tool);
     }
-    let mut checked = 0;
-    let mut refusals = Vec::new();
+    let mut per_field: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
     for (h, variants) in &by_hostile {
-        let mut pending: Vec<&(String, String, String)> = variants.iter().collect();
-        while !pending.is_empty() {
-            let mut doc = base.clone();
-            let mut taken = Vec::new();
-            let mut rest = Vec::new();
-            for v in pending {
-                let mut trial = doc.clone();
-                *trial.pointer_mut(&v.1).unwrap() = serde_json::Value::String(v.2.clone());
-                if topology::load_str(&yaml_text(&trial), "t.yaml", &o).is_ok() {
-                    doc = trial;
-                    taken.push(v);
-                } else {
-                    rest.push(v);
-                }
-            }
-            assert!(!taken.is_empty());
-            let scratch = tempfile::Builder::new()
-                .prefix("bssctl-hostile-")
-                .tempdir()
-                .unwrap();
-            let mut so = o.clone();
-            so.state_dir = Some(scratch.path().to_path_buf());
-            let l = topology::load_str(&yaml_text(&doc), "t.yaml", &so).unwrap();
-            let b = render::render(&l.validated, &tera).unwrap();
-            let results = controller::check::check(&l.validated, &b);
-            let failed: Vec<_> = results.iter().filter(|r| !r.ok).collect();
-            if !failed.is_empty() {
-                refusals.push(format!(
-                    "hostile {h:?} in {:?}: the real tools refuse the rendered files:\n{}",
-                    taken.iter().map(|t| &t.0).collect::<Vec<_>>(),
-                    failed
-                        .iter()
-                        .map(|r| format!("{} {} ({}):\n{}", r.component, r.file, r.tool, r.output))
-                        .collect::<Vec<_>>()
-                        .join("\n")
+        for (path, ptr, _) in variants {
+            per_field
+                .entry((path.clone(), ptr.clone()))
+                .or_default()
+                .push(h);
+        }
+    }
+    // (field path, pointer, value, what it holds)
+    let mut candidates: Vec<(String, String, String, String)> = Vec::new();
+    for ((path, ptr), hs) in &per_field {
+        let v0 = base.pointer(ptr).and_then(|v| v.as_str()).unwrap();
+        let all = hs.iter().fold(v0.to_string(), |v, h| mutate(path, &v, h));
+        if topology::load_str(&yaml_text(&set(&base, ptr, &all)), "t.yaml", &o).is_ok() {
+            candidates.push((path.clone(), ptr.clone(), all, format!("{:?}", hs.concat())));
+        } else {
+            for h in hs {
+                candidates.push((
+                    path.clone(),
+                    ptr.clone(),
+                    mutate(path, v0, h),
+                    format!("{h:?}"),
                 ));
             }
-            checked += 1;
-            pending = rest;
         }
+    }
+    let mut checked = 0;
+    let mut refusals = Vec::new();
+    let mut pending: Vec<&(String, String, String, String)> = candidates.iter().collect();
+    while !pending.is_empty() {
+        let mut doc = base.clone();
+        let mut taken: Vec<&(String, String, String, String)> = Vec::new();
+        let mut rest = Vec::new();
+        for v in pending {
+            if taken.iter().any(|t| t.1 == v.1) {
+                rest.push(v);
+                continue;
+            }
+            let trial = set(&doc, &v.1, &v.2);
+            if topology::load_str(&yaml_text(&trial), "t.yaml", &o).is_ok() {
+                doc = trial;
+                taken.push(v);
+            } else {
+                rest.push(v);
+            }
+        }
+        assert!(!taken.is_empty());
+        let scratch = tempfile::Builder::new()
+            .prefix("bssctl-hostile-")
+            .tempdir()
+            .unwrap();
+        let mut so = o.clone();
+        so.state_dir = Some(scratch.path().to_path_buf());
+        let l = topology::load_str(&yaml_text(&doc), "t.yaml", &so).unwrap();
+        let b = render::render(&l.validated, &tera).unwrap();
+        let back = strings_of(&b);
+        for t in &taken {
+            let reaches = per_field_reaches.get(&t.1).copied().unwrap_or(false);
+            assert!(
+                !reaches || back.iter().any(|s| s.contains(&t.2)),
+                "{} = {:?} is not read back from any rendered file",
+                t.0,
+                t.2
+            );
+        }
+        let results = controller::check::check(&l.validated, &b);
+        let failed: Vec<_> = results.iter().filter(|r| !r.ok).collect();
+        if !failed.is_empty() {
+            refusals.push(format!(
+                "{:?}: the real tools refuse the rendered files:\n{}",
+                taken
+                    .iter()
+                    .map(|t| format!("{} with {}", t.0, t.3))
+                    .collect::<Vec<_>>(),
+                failed
+                    .iter()
+                    .map(|r| format!("{} {} ({}):\n{}", r.component, r.file, r.tool, r.output))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ));
+        }
+        checked += 1;
+        pending = rest;
     }
     assert!(refusals.is_empty(), "{}", refusals.join("\n\n"));
     eprintln!(

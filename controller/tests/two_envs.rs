@@ -124,16 +124,24 @@ fn the_root_topology_twice_side_by_side_with_live_and_plain_progress() {
     ] {
         support::require_tool(t);
     }
-    // Two offsets under which every default port is free: the copies differ in nothing else.
-    let (oa, ob) = (support::free_offset(), support::free_offset());
-    assert_ne!(oa, ob);
-    let a = Copy::new("bss-two-a", Some(oa));
-    let b = Copy::new("bss-two-b", Some(ob));
-
-    // A on a terminal: a status line redrawn in place (carriage return, erase line, spinner,
-    // elapsed time) while a long step such as a replica's base backup runs.
-    let (code, tty) = a.apply_on_a_tty();
-    assert_eq!(code, 0, "apply of A failed:\n{tty}");
+    // Offsets under which every default port is free: the copies differ in nothing else. Other
+    // test processes on this machine pick offsets too; one that takes ports between our check
+    // and the apply makes the preflight refuse (nothing started), and the copy moves on.
+    let claimed = |out: &str| out.contains("failed preflight checks") && out.contains("in use");
+    let mut tries = 0;
+    let (a, oa, tty) = loop {
+        let o = support::free_offset();
+        let a = Copy::new("bss-two-a", Some(o));
+        // A on a terminal: a status line redrawn in place (carriage return, erase line,
+        // spinner, elapsed time) while a long step such as a replica's base backup runs.
+        let (code, tty) = a.apply_on_a_tty();
+        tries += 1;
+        if code != 0 && claimed(&tty) && tries < 4 {
+            continue;
+        }
+        assert_eq!(code, 0, "apply of A failed:\n{tty}");
+        break (a, o, tty);
+    };
     assert!(tty.contains("\r\x1b[2K"), "no live status line:\n{tty}");
     let status_lines: Vec<&str> = tty
         .split("\r\x1b[2K")
@@ -154,8 +162,21 @@ fn the_root_topology_twice_side_by_side_with_live_and_plain_progress() {
     );
 
     // B through a pipe: plain lines, one per step, no control characters.
-    let (code, out, err) = b.bssctl(&["apply"]);
-    assert_eq!(code, 0, "apply of B failed:\n{out}\n{err}");
+    let mut tries = 0;
+    let (b, ob, err) = loop {
+        let o = support::free_offset();
+        if o == oa {
+            continue;
+        }
+        let b = Copy::new("bss-two-b", Some(o));
+        let (code, out, err) = b.bssctl(&["apply"]);
+        tries += 1;
+        if code != 0 && claimed(&err) && tries < 4 {
+            continue;
+        }
+        assert_eq!(code, 0, "apply of B failed:\n{out}\n{err}");
+        break (b, o, err);
+    };
     assert!(
         !err.contains('\r') && !err.contains('\x1b'),
         "control characters:\n{err:?}"
