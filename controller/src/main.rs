@@ -97,11 +97,19 @@ fn tool_version(path: &Path, args: &[&str]) -> String {
                 String::from_utf8_lossy(&o.stdout),
                 String::from_utf8_lossy(&o.stderr)
             );
-            text.lines()
+            let first = text
+                .lines()
                 .map(str::trim)
                 .find(|l| !l.is_empty())
-                .unwrap_or("(no version output)")
-                .to_string()
+                .unwrap_or("(no version output)");
+            // Some Go tools print their version as a log record: keep its message.
+            first
+                .split_once("msg=\"")
+                .and_then(|(_, m)| m.split_once('"'))
+                .map_or(first, |(m, _)| m)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
         }
         Err(e) => format!("failed to run {}: {e}", path.display()),
     }

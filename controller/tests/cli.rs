@@ -394,6 +394,7 @@ fn version_names_the_git_revision_and_the_tools_found() {
             .lines()
             .find(|l| l.trim_start().starts_with(&format!("{tool} ")))
             .unwrap_or_else(|| panic!("no line for {tool}:\n{long}"));
+        let first = first.split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(line.ends_with(&first), "{line} vs {first}");
     }
 }
