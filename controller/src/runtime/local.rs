@@ -40,6 +40,7 @@ pub fn programs(kind: Kind) -> &'static [&'static str] {
             "pg_controldata",
         ],
         Kind::Redis => &["redis-server"],
+        Kind::KafkaStore => &["bssctl"],
         Kind::Kafka => &["tansu"],
         Kind::Haproxy => &["haproxy"],
         Kind::Backend | Kind::StreamProcessor => &["bss-backend"],
@@ -65,6 +66,12 @@ pub fn ports_of(t: &ValidatedTopology, name: &str, kind: Kind) -> Vec<u16> {
             .redis
             .as_ref()
             .map(|r| vec![r.endpoint.port])
+            .unwrap_or_default(),
+        Kind::KafkaStore => t
+            .kafka
+            .as_ref()
+            .and_then(|k| k.store.as_ref())
+            .map(|s| vec![s.endpoint.port])
             .unwrap_or_default(),
         Kind::Kafka => t
             .kafka
@@ -213,6 +220,28 @@ pub fn health(t: &ValidatedTopology, name: &str, kind: Kind) -> Result<String, S
             };
             probe::redis_ping(&r.endpoint.host, r.endpoint.port, pw.as_deref(), to)
                 .map(|_| "PONG".into())
+        }
+        Kind::KafkaStore => {
+            let st = t
+                .kafka
+                .as_ref()
+                .and_then(|k| k.store.as_ref())
+                .ok_or("no store")?;
+            // ListObjectsV2 on the brokers' bucket: the server answers and the bucket is there.
+            let url = format!(
+                "{}/{}?list-type=2&max-keys=1",
+                local(st.endpoint.port),
+                st.bucket
+            );
+            match probe::http_get(&url, to) {
+                Ok((200, _)) => Ok(format!("bucket {} listed", st.bucket)),
+                Ok((c, b)) => Err(format!(
+                    "listing bucket {} answered {c}: {}",
+                    st.bucket,
+                    b.chars().take(200).collect::<String>()
+                )),
+                Err(e) => Err(e),
+            }
         }
         Kind::Kafka => {
             let port = *ports_of(t, name, kind).first().ok_or("no port")?;
