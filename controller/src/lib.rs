@@ -8,6 +8,7 @@ pub mod check;
 pub mod crd;
 pub mod diag;
 pub mod failover;
+pub mod kafka_lag;
 pub mod objstore;
 pub mod pgsql;
 pub mod plan;

@@ -370,9 +370,9 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
             listen,
             bucket,
             threads,
-        } => match controller::objstore::Store::open(root, bucket)
-            .and_then(|st| controller::objstore::serve(st, listen, *threads))
-        {
+        } => match controller::objstore::Store::open(root, bucket).and_then(|st| {
+            controller::objstore::serve(st, listen, *threads, controller::kafka_lag::metrics)
+        }) {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(e) => {
                 eprintln!("error: {e}");

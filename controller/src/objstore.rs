@@ -649,10 +649,25 @@ fn list_xml(bucket: &str, q: &ListQuery, l: &Listing) -> String {
     x
 }
 
+/// Extra text endpoints under `/-/` (no bucket name can start with '-'): `/-/metrics` gets the
+/// store root and returns Prometheus text.
+pub type MetricsFn = fn(&Path) -> String;
+
 /// Answers one request.
-pub fn handle(store: &Store, req: &mut tiny_http::Request) -> Resp {
+pub fn handle(store: &Store, metrics: MetricsFn, req: &mut tiny_http::Request) -> Resp {
     let url = req.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
+    match path {
+        "/-/metrics" => {
+            return respond(
+                200,
+                metrics(&store.root).into_bytes(),
+                &[("Content-Type", "text/plain; version=0.0.4".into())],
+            )
+        }
+        "/-/healthy" => return respond(200, b"ok\n".to_vec(), &[]),
+        _ => {}
+    }
     let params: BTreeMap<String, String> = query
         .split('&')
         .filter(|s| !s.is_empty())
@@ -776,7 +791,12 @@ pub fn handle(store: &Store, req: &mut tiny_http::Request) -> Resp {
 }
 
 /// Serves `store` on `addr` with `threads` workers until the process ends.
-pub fn serve(store: Store, addr: &str, threads: usize) -> Result<(), StoreError> {
+pub fn serve(
+    store: Store,
+    addr: &str,
+    threads: usize,
+    metrics: MetricsFn,
+) -> Result<(), StoreError> {
     let server = tiny_http::Server::http(addr).map_err(|e| StoreError::Listen {
         addr: addr.into(),
         detail: e.to_string(),
@@ -789,7 +809,7 @@ pub fn serve(store: Store, addr: &str, threads: usize) -> Result<(), StoreError>
             let (server, store) = (server.clone(), store.clone());
             std::thread::spawn(move || {
                 for mut req in server.incoming_requests() {
-                    let resp = handle(&store, &mut req);
+                    let resp = handle(&store, metrics, &mut req);
                     let _ = req.respond(resp);
                 }
             })

@@ -872,6 +872,10 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
         if let Some(b) = &backend {
             jobs.push(job("backend", vec![plain(&b.endpoint)], "/metrics"));
         }
+        if let Some(st) = kafka.as_ref().and_then(|k| k.store.as_ref()) {
+            // End and committed offsets of every partition, read from the brokers' store.
+            jobs.push(job("kafka-store", vec![plain(&st.endpoint)], "/-/metrics"));
+        }
         let builtin: BTreeSet<String> = jobs.iter().map(|j| j.name.clone()).collect();
         for (i, x) in p.extra_jobs.iter().enumerate() {
             let jp = index(&join(path, "extraJobs"), i);
