@@ -10,6 +10,8 @@ pub mod check;
 pub mod crd;
 pub mod diag;
 pub mod engine;
+pub mod kafka_lag;
+pub mod objstore;
 pub mod pgsql;
 pub mod plan;
 pub mod probe;

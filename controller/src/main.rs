@@ -198,6 +198,21 @@ enum Command {
         #[arg(value_enum)]
         shell: CompletionShell,
     },
+    /// Serve the S3 object store of the Kafka brokers (`kafka.storage: s3`; started by apply).
+    #[command(hide = true)]
+    KafkaStore {
+        /// Directory holding the objects, one subdirectory per bucket.
+        #[arg(long)]
+        root: PathBuf,
+        /// host:port to listen on.
+        #[arg(long)]
+        listen: String,
+        /// Bucket to create when missing (repeatable).
+        #[arg(long)]
+        bucket: Vec<String>,
+        #[arg(long, default_value_t = 8)]
+        threads: usize,
+    },
     /// Run the controller agent of an applied environment (started by `apply`).
     #[command(hide = true)]
     Agent {
@@ -450,6 +465,20 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
             clap_complete::generate(shell, &mut cmd, "bssctl", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+        Command::KafkaStore {
+            root,
+            listen,
+            bucket,
+            threads,
+        } => match controller::objstore::Store::open(root, bucket).and_then(|st| {
+            controller::objstore::serve(st, listen, *threads, controller::kafka_lag::metrics)
+        }) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) => {
+                eprintln!("error: {e}");
+                Err(ExitCode::from(1))
+            }
+        },
         Command::Agent { root } => {
             let stop = Arc::new(AtomicBool::new(false));
             let s2 = stop.clone();

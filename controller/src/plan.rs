@@ -302,6 +302,7 @@ fn decide(name: &str, old: &ComponentBundle, new: &ComponentBundle) -> (Action, 
             (Action::Reload, format!("{list} changed; /-/reload"))
         }
         Kind::Redis
+        | Kind::KafkaStore
         | Kind::Kafka
         | Kind::Backend
         | Kind::StreamProcessor
