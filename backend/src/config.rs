@@ -44,6 +44,29 @@ pub struct Config {
     pub outbox: OutboxConfig,
     #[serde(default)]
     pub streams: StreamsConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Overload protection: how much work may queue before requests are turned away.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// API requests in flight above which new ones get 429 + Retry-After at once.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Longest wait for a database connection before a request fails with 503 + Retry-After.
+    #[serde(default = "default_acquire_timeout")]
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: default_max_in_flight(),
+            acquire_timeout_ms: default_acquire_timeout(),
+        }
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -181,6 +204,12 @@ fn default_poll() -> u64 {
 fn default_batch() -> i64 {
     500
 }
+fn default_max_in_flight() -> usize {
+    512
+}
+fn default_acquire_timeout() -> u64 {
+    1000
+}
 
 /// Environment variables that override single fields of the file (documented in README.md).
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
@@ -210,6 +239,8 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("BSS_OUTBOX_POLL_INTERVAL_MS", "outbox.pollIntervalMs"),
     ("BSS_OUTBOX_BATCH_SIZE", "outbox.batchSize"),
     ("BSS_STREAMS_GROUP_PREFIX", "streams.groupPrefix"),
+    ("BSS_LIMITS_MAX_IN_FLIGHT", "limits.maxInFlight"),
+    ("BSS_LIMITS_ACQUIRE_TIMEOUT_MS", "limits.acquireTimeoutMs"),
 ];
 
 impl Config {
@@ -296,6 +327,12 @@ impl Config {
         }
         if let Some(v) = get("BSS_STREAMS_GROUP_PREFIX") {
             self.streams.group_prefix = v;
+        }
+        if let Some(v) = get("BSS_LIMITS_MAX_IN_FLIGHT") {
+            self.limits.max_in_flight = num("BSS_LIMITS_MAX_IN_FLIGHT", v)?;
+        }
+        if let Some(v) = get("BSS_LIMITS_ACQUIRE_TIMEOUT_MS") {
+            self.limits.acquire_timeout_ms = num("BSS_LIMITS_ACQUIRE_TIMEOUT_MS", v)?;
         }
         Ok(())
     }

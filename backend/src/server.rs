@@ -66,8 +66,10 @@ pub async fn redis_manager(cfg: &Config) -> Result<ConnectionManager, ServerErro
 
 pub async fn build_state(cfg: &Config) -> Result<Shared, ServerError> {
     let pw = cfg.database.password.as_deref();
-    let write = db::pool(&cfg.database.write_url, pw, cfg.database.max_connections)?;
-    let read = db::pool(cfg.read_url(), pw, cfg.database.max_connections)?;
+    let wait = Duration::from_millis(cfg.limits.acquire_timeout_ms.max(1));
+    let max = cfg.database.max_connections;
+    let write = db::pool_with(&cfg.database.write_url, pw, max, wait, true)?;
+    let read = db::pool_with(cfg.read_url(), pw, max, wait, true)?;
     let metrics = Metrics::new();
     let cache = Cache::new(
         redis_manager(cfg).await?,
@@ -90,6 +92,7 @@ pub async fn build_state(cfg: &Config) -> Result<Shared, ServerError> {
         brokers: cfg.kafka.brokers.clone(),
         producer: Some(producer),
         in_flight: AtomicUsize::new(0),
+        max_in_flight: cfg.limits.max_in_flight.max(1),
         replay_jobs: Default::default(),
     }))
 }
