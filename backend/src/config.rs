@@ -52,9 +52,10 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// API requests in flight above which new ones get 429 + Retry-After at once.
-    #[serde(default = "default_max_in_flight")]
-    pub max_in_flight: usize,
+    /// API requests in flight above which new ones get 429 + Retry-After at once. Default:
+    /// 32 per database connection (a queue the pool drains in well under a second).
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
     /// Longest wait for a database connection before a request fails with 503 + Retry-After.
     #[serde(default = "default_acquire_timeout")]
     pub acquire_timeout_ms: u64,
@@ -63,7 +64,7 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
-            max_in_flight: default_max_in_flight(),
+            max_in_flight: None,
             acquire_timeout_ms: default_acquire_timeout(),
         }
     }
@@ -204,9 +205,6 @@ fn default_poll() -> u64 {
 fn default_batch() -> i64 {
     500
 }
-fn default_max_in_flight() -> usize {
-    512
-}
 fn default_acquire_timeout() -> u64 {
     1000
 }
@@ -244,6 +242,14 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
 ];
 
 impl Config {
+    /// The in-flight limit in force (see `LimitsConfig::max_in_flight`).
+    pub fn max_in_flight(&self) -> usize {
+        self.limits
+            .max_in_flight
+            .unwrap_or(32 * self.database.max_connections as usize)
+            .max(1)
+    }
+
     /// Reads the file, applies environment overrides from the process environment, loads secrets.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -329,7 +335,7 @@ impl Config {
             self.streams.group_prefix = v;
         }
         if let Some(v) = get("BSS_LIMITS_MAX_IN_FLIGHT") {
-            self.limits.max_in_flight = num("BSS_LIMITS_MAX_IN_FLIGHT", v)?;
+            self.limits.max_in_flight = Some(num("BSS_LIMITS_MAX_IN_FLIGHT", v)?);
         }
         if let Some(v) = get("BSS_LIMITS_ACQUIRE_TIMEOUT_MS") {
             self.limits.acquire_timeout_ms = num("BSS_LIMITS_ACQUIRE_TIMEOUT_MS", v)?;
