@@ -8,6 +8,7 @@ pub mod check;
 pub mod crd;
 pub mod diag;
 pub mod failover;
+pub mod k8s;
 pub mod pgsql;
 pub mod plan;
 pub mod probe;
