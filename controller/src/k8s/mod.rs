@@ -8,5 +8,6 @@ pub mod cli;
 pub mod instance;
 pub mod labels;
 pub mod manifests;
+pub mod rbac;
 pub mod roles;
 pub mod secrets;
