@@ -10,6 +10,7 @@ pub mod check;
 pub mod crd;
 pub mod diag;
 pub mod engine;
+pub mod k8s;
 pub mod kafka_lag;
 pub mod objstore;
 pub mod pgsql;

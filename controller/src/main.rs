@@ -322,6 +322,14 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
             let start = Instant::now();
             let l = load(cli, file)?;
             let b = render_bundle(cli, &l)?;
+            if l.validated.runtime == RuntimeKind::Kubernetes {
+                return controller::k8s::cli::render_command(
+                    &l.validated,
+                    &b,
+                    out,
+                    cli.output == Output::Json,
+                );
+            }
             let n = b.write_to(out).map_err(|e| {
                 eprintln!("error: failed to write {}: {e}", out.display());
                 ExitCode::from(1)

@@ -117,7 +117,7 @@ pub fn existing_secret_values(t: &ValidatedTopology) -> Vec<(String, String)> {
         .collect()
 }
 
-fn random_string(len: usize) -> Result<String, std::io::Error> {
+pub fn random_string(len: usize) -> Result<String, std::io::Error> {
     const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     let mut buf = vec![0u8; len * 2];
     urandom(&mut buf)?;
