@@ -7,6 +7,7 @@ pub mod agent;
 pub mod check;
 pub mod crd;
 pub mod diag;
+pub mod docker;
 pub mod failover;
 pub mod pgsql;
 pub mod plan;

@@ -54,6 +54,9 @@ enum Command {
         file: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// `files` (default), or `compose`: also write DIR/compose.yaml (docker runtime).
+        #[arg(long, value_enum, default_value = "files")]
+        format: RenderFormat,
     },
     /// Render into a scratch directory and judge every file with the component's own tool.
     Check { file: PathBuf },
@@ -71,6 +74,11 @@ enum Command {
     Schema,
     /// Print the Kubernetes CustomResourceDefinition of the Topology resource.
     Crd,
+    /// Container images of the Docker runtime (built here from Debian packages, cached by content).
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+    },
     /// Bring the environment to the topology: execute the plan in dependency order, each step
     /// gated on a health check; then leave a controller agent managing it until `destroy`.
     Apply {
@@ -119,6 +127,20 @@ enum Command {
         #[arg(long)]
         root: PathBuf,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
+enum RenderFormat {
+    Files,
+    Compose,
+}
+
+#[derive(Subcommand, Debug)]
+enum ImagesCommand {
+    /// Build every missing image (or the named ones); present images with the same inputs are kept.
+    Build { names: Vec<String> },
+    /// Every image bssctl uses on this machine, its content tag and whether the engine has it.
+    List,
 }
 
 fn opts(cli: &Cli) -> ValidateOptions {
@@ -217,7 +239,7 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Render { file, out } => {
+        Command::Render { file, out, format } => {
             let start = Instant::now();
             let l = load(cli, file)?;
             let b = render_bundle(cli, &l)?;
@@ -225,6 +247,19 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
                 eprintln!("error: failed to write {}: {e}", out.display());
                 ExitCode::from(1)
             })?;
+            if *format == RenderFormat::Compose {
+                if l.validated.runtime != RuntimeKind::Docker {
+                    eprintln!("error: `--format compose` renders for the docker runtime: add `--runtime docker`");
+                    return Err(ExitCode::from(1));
+                }
+                let p = controller::docker::cli::render_compose(&l.validated, &b, out).map_err(
+                    |e| {
+                        eprintln!("error: {e}");
+                        ExitCode::from(1)
+                    },
+                )?;
+                eprintln!("wrote {}", p.display());
+            }
             if cli.output == Output::Json {
                 let files: Vec<String> = b
                     .components
@@ -326,6 +361,20 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::Images { command } => {
+            let json = cli.output == Output::Json;
+            let r = match command {
+                ImagesCommand::Build { names } => {
+                    controller::docker::cli::images_build(names, json).map(|_| ())
+                }
+                ImagesCommand::List => controller::docker::cli::images_list(json),
+            };
+            r.map_err(|e| {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            })?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {
             print!("{}", crd::schema_json());

@@ -126,4 +126,3 @@ pub fn open_journal(t: &ValidatedTopology) -> Option<std::fs::File> {
         .open(Path::new(&t.paths.root).join("journal.jsonl"))
         .ok()
 }
-
