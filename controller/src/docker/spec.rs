@@ -139,7 +139,7 @@ fn rel_to(dir: &str, path: &str) -> String {
 /// Docker's health check of a component: the component's own client where it has one, else an
 /// HTTP or TCP probe from inside the container.
 pub fn health_of(t: &ValidatedTopology, name: &str, kind: Kind) -> Option<Health> {
-    let ports = crate::runtime::local::ports_of(t, name, kind);
+    let ports = crate::engine::health::ports_of(t, name, kind);
     let port = *ports.first()?;
     let http = |path: &str, port: u16| {
         vec![
@@ -242,7 +242,7 @@ pub fn container_spec(
         network: network_name(&t.name),
         aliases: vec![],
         mounts,
-        ports: crate::runtime::local::ports_of(t, name, kind)
+        ports: crate::engine::health::ports_of(t, name, kind)
             .into_iter()
             .map(|p| (p, p))
             .collect(),
