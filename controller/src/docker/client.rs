@@ -722,6 +722,7 @@ fn observed(c: bollard::models::ContainerInspectResponse) -> Observed {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

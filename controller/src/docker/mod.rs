@@ -8,6 +8,7 @@ pub mod client;
 pub mod compose;
 pub mod files;
 pub mod images;
+pub mod runtime;
 pub mod spec;
 
 /// Label keys on everything bssctl creates in the engine (containers, networks, volumes).
