@@ -585,6 +585,8 @@ fn split_tag(tag: &str) -> (&str, &str) {
 /// A tar of a directory tree with owners, modes, symlinks and device files kept (a root fs).
 fn pack_dir(root: &Path) -> std::io::Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
+    // The engine's tar reader knows no GNU sparse entries.
+    b.sparse(false);
     b.follow_symlinks(false);
     b.mode(tar::HeaderMode::Complete);
     b.append_dir_all(".", root)?;
@@ -594,6 +596,7 @@ fn pack_dir(root: &Path) -> std::io::Result<Vec<u8>> {
 /// The build context of one image: Dockerfile, the host apt sources and entrypoint (base), binaries.
 fn context(host: &HostInputs, p: &Planned) -> std::io::Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
+    b.sparse(false);
     let add = |b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8], mode: u32| {
         let mut hd = tar::Header::new_gnu();
         hd.set_size(data.len() as u64);
