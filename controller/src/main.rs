@@ -77,6 +77,21 @@ enum Command {
     Schema,
     /// Print the Kubernetes CustomResourceDefinition of the Topology resource.
     Crd,
+    /// Apply on the Docker runtime (images built when missing). Stands in for `apply --runtime
+    /// docker` until `runtime::for_topology` returns the Docker runtime.
+    #[command(name = "docker-apply")]
+    DockerApply {
+        file: PathBuf,
+        #[arg(long, short = 'v')]
+        verbose: bool,
+    },
+    /// Remove every container, network and (unless --keep-data) volume of the environment on Docker.
+    #[command(name = "docker-destroy")]
+    DockerDestroy {
+        file: PathBuf,
+        #[arg(long)]
+        keep_data: bool,
+    },
     /// Container images of the Docker runtime (built here from Debian packages, cached by content).
     Images {
         #[command(subcommand)]
@@ -367,6 +382,62 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::DockerApply { file, verbose } => {
+            let mut o = opts(cli);
+            o.runtime = Some(RuntimeKind::Docker);
+            let l = topology::load(file, &o).map_err(|d| {
+                print_diags(&d, cli.output);
+                ExitCode::from(1)
+            })?;
+            let b = render_bundle(cli, &l)?;
+            let dir = controller::docker::cli::state_dir(file, cli.state_dir.as_deref(), &l);
+            let mut rep = reporter(cli, &l.validated, *verbose);
+            let templates = cli.templates.as_ref().map(|d| d.display().to_string());
+            let r = controller::docker::cli::apply(&l.validated, &b, &dir, rep.as_mut(), templates)
+                .map_err(|e| {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                })?;
+            let changed = r
+                .actions
+                .values()
+                .filter(|a| **a != plan::Action::None)
+                .count();
+            if cli.output == Output::Json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                eprintln!(
+                    "applied on docker: {changed} component(s) changed in {:.1}s",
+                    r.millis as f64 / 1000.0
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DockerDestroy { file, keep_data } => {
+            let mut o = opts(cli);
+            o.runtime = Some(RuntimeKind::Docker);
+            let l = topology::load(file, &o).map_err(|d| {
+                print_diags(&d, cli.output);
+                ExitCode::from(1)
+            })?;
+            let dir = controller::docker::cli::state_dir(file, cli.state_dir.as_deref(), &l);
+            let left =
+                controller::docker::cli::destroy(&l.validated, &dir, *keep_data).map_err(|e| {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                })?;
+            if left.is_empty() {
+                eprintln!(
+                    "destroyed: no container, network{} of {} left",
+                    if *keep_data { "" } else { " or volume" },
+                    l.validated.name
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("error: still there: {}", left.join(", "));
+                Err(ExitCode::from(1))
+            }
         }
         Command::Images { command } => {
             let json = cli.output == Output::Json;

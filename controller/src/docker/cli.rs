@@ -110,3 +110,107 @@ pub fn render_compose(
     })?;
     Ok(path)
 }
+
+/// The state directory of a topology on the Docker runtime: `--state-dir`, else
+/// `spec.runtime.stateDir` (relative to the topology file), else `.bssctl` beside the file.
+pub fn state_dir(
+    file: &std::path::Path,
+    cli_state_dir: Option<&std::path::Path>,
+    l: &crate::topology::Loaded,
+) -> std::path::PathBuf {
+    if let Some(d) = cli_state_dir {
+        return d.to_path_buf();
+    }
+    let base = file
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let rel = l
+        .topology
+        .spec
+        .runtime
+        .as_ref()
+        .and_then(|r| r.state_dir.clone())
+        .unwrap_or_else(|| ".bssctl".into());
+    base.join(rel)
+}
+
+/// The Docker runtime and its state store for a loaded topology (what `runtime::for_topology`
+/// and the binary's `FileStore::new` need on Docker: the store keeps the controller's state on
+/// the host, under `<stateDir>/<env>`, not at the container paths).
+pub fn runtime_and_store(
+    t: &crate::topology::model::ValidatedTopology,
+    state_dir: &std::path::Path,
+) -> (super::runtime::Docker, crate::engine::FileStore) {
+    let root = super::runtime::host_root(Some(state_dir), &t.name);
+    let host = super::runtime::host_view(t, &std::path::absolute(&root).unwrap_or(root.clone()));
+    (
+        super::runtime::Docker::new(t, &root),
+        crate::engine::FileStore::new(&host),
+    )
+}
+
+/// What `docker-apply` did.
+#[derive(Debug, serde::Serialize)]
+pub struct ApplyOutcome {
+    pub actions: std::collections::BTreeMap<String, crate::plan::Action>,
+    pub millis: u128,
+}
+
+/// `bssctl docker-apply FILE`: the plan executed by the engine on the Docker runtime (images built
+/// first when missing, with progress), then recorded as applied. Prints the plan summary.
+pub fn apply(
+    t: &crate::topology::model::ValidatedTopology,
+    bundle: &crate::render::Bundle,
+    state_dir: &std::path::Path,
+    rep: &mut dyn crate::progress::Reporter,
+    templates: Option<String>,
+) -> Result<ApplyOutcome, crate::engine::RuntimeError> {
+    use crate::engine::{Runtime, StateStore};
+    let (mut rt, store) = runtime_and_store(t, state_dir);
+    let applied = store
+        .applied()
+        .map_err(|e| crate::engine::RuntimeError::Prepare(e.to_string()))?;
+    let values: Vec<(String, String)> = t
+        .secrets
+        .keys()
+        .filter_map(|k| store.secret(k).ok().map(|v| (k.clone(), v)))
+        .collect();
+    let mut p = crate::plan::plan(
+        bundle,
+        applied.as_ref().map(|a| &a.bundle),
+        &crate::plan::Redactor::new(values),
+    );
+    crate::engine::converge::adjust_plan(&mut p, &rt.capabilities());
+    eprint!("{}", p.to_text(false));
+    let (_, host_store) = runtime_and_store(t, state_dir);
+    let cl = crate::engine::RealClients::new(t, std::sync::Arc::new(host_store));
+    let r = crate::engine::apply(
+        &mut rt,
+        &cl,
+        &store,
+        rep,
+        t,
+        bundle,
+        &p,
+        applied.as_ref(),
+        templates,
+    )?;
+    Ok(ApplyOutcome {
+        actions: r.actions,
+        millis: r.millis,
+    })
+}
+
+/// `bssctl docker-destroy FILE`: removes every container, network and (unless `keep_data`)
+/// volume of the environment; returns what is left (must be empty).
+pub fn destroy(
+    t: &crate::topology::model::ValidatedTopology,
+    state_dir: &std::path::Path,
+    keep_data: bool,
+) -> Result<Vec<String>, crate::engine::RuntimeError> {
+    use crate::engine::{Runtime, StateStore};
+    let (mut rt, store) = runtime_and_store(t, state_dir);
+    let applied = store.applied().ok().flatten();
+    rt.teardown(applied.as_ref().map(|a| &a.bundle), keep_data)
+}
