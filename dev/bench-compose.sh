@@ -67,7 +67,9 @@ if [ -f "$WORK/compose/secrets/redis/redis-auth.conf" ]; then
   chmod 0400 "$WORK/compose/secrets/redis/redis-auth.conf"
 fi
 cd "$WORK/compose"
-t0=$(now); docker-compose -p cmpbench up -d >/dev/null 2>&1; wait_healthy cmpbench; t1=$(now)
+t0=$(now)
+docker-compose -p cmpbench up -d >"$WORK/up.log" 2>&1 || { tail -n 20 "$WORK/up.log" >&2; docker-compose -p cmpbench logs --tail 20 >&2; exit 1; }
+wait_healthy cmpbench; t1=$(now)
 c_cold=$(secs "$t0" "$t1")
 t0=$(now); out=$(docker-compose -p cmpbench up -d 2>&1); t1=$(now)
 c_noop=$(secs "$t0" "$t1"); c_noop_recreated=$(grep -c -e Recreating -e Creating <<<"$out" || true)
@@ -75,13 +77,15 @@ rules=$(ls prometheus/rules/*.yml | head -n1)
 chmod u+w "$rules"; sed -i 's/^groups:/groups:\n  - name: bench-probe\n    rules:\n      - {alert: ComposeBenchProbe, expr: vector(1) > 2}/' "$rules"
 t0=$(now); out=$(docker-compose -p cmpbench up -d 2>&1); t1=$(now); sleep 3
 c_rule=$(secs "$t0" "$t1"); c_rule_loaded=$(rule_loaded ComposeBenchProbe)
-c_rule_said=$(grep -c -i prometheus <<<"$out" || true)
+c_rule_said=$(grep -i prometheus <<<"$out" | head -n1 | xargs || true)
 docker-compose -p cmpbench down -v >/dev/null 2>&1
 cd - >/dev/null
 
 # --- bssctl -----------------------------------------------------------------------------------
 topology bssbench > "$WORK/bss.yaml"
-t0=$(now); "$BSSCTL" docker-apply "$WORK/bss.yaml" >/dev/null 2>&1; wait_healthy bssbench; t1=$(now)
+t0=$(now)
+"$BSSCTL" docker-apply "$WORK/bss.yaml" >"$WORK/apply.log" 2>&1 || { tail -n 30 "$WORK/apply.log" >&2; exit 1; }
+wait_healthy bssbench; t1=$(now)
 b_cold=$(secs "$t0" "$t1")
 t0=$(now); out=$("$BSSCTL" docker-apply "$WORK/bss.yaml" 2>&1); t1=$(now)
 b_noop=$(secs "$t0" "$t1"); b_noop_changed=$(grep -o '[0-9]* component(s) changed' <<<"$out" || true)
@@ -97,4 +101,4 @@ printf '%-34s %-22s %s\n' "cold: up until all healthy (s)" "$c_cold" "$b_cold"
 printf '%-34s %-22s %s\n' "no-op re-apply (s)" "$c_noop ($c_noop_recreated recreated)" "$b_noop ($b_noop_changed)"
 printf '%-34s %-22s %s\n' "changed rule file: re-apply (s)" "$c_rule" "$b_rule"
 printf '%-34s %-22s %s\n' "  new rule served by Prometheus" "$c_rule_loaded" "$b_rule_loaded"
-printf '%-34s %-22s %s\n' "  what the tool said" "$c_rule_said line(s) naming prometheus" "${b_rule_said:-nothing}"
+printf '%-34s %-22s %s\n' "  what the tool said"  "${c_rule_said:-nothing}" "${b_rule_said:-nothing}"

@@ -61,7 +61,8 @@ pub fn compose(
         .collect();
     for (name, cb) in bundle.ordered() {
         let s = spec::container_spec(t, name, cb, &image_of(cb.kind), &dirs);
-        for f in spec::secret_files(t, cb.kind, cb, &empty) {
+        let secret_files = spec::secret_files(t, cb.kind, cb, &empty);
+        for f in &secret_files {
             header.push(format!(
                 "#   ./secrets/{name}/{}  (uid {})",
                 f.rel,
@@ -100,6 +101,10 @@ pub fn compose(
         let mut vols = Vec::new();
         for m in &s.mounts {
             match m {
+                // Compose needs every bind source to exist: no directory for what is not there.
+                MountSpec::ReadOnly { host, .. }
+                    if (host.starts_with("./config/") && cb.files.is_empty())
+                        || (host.starts_with("./secrets/") && secret_files.is_empty()) => {}
                 MountSpec::ReadOnly { host, target } => vols.push(json!({
                     "type": "bind", "source": host.replace("./config/", "./"), "target": target, "read_only": true
                 })),
