@@ -468,5 +468,21 @@ fn full_stack_on_docker_applies_serves_reloads_and_is_destroyed() {
     assert!(left.is_empty(), "{left:?}");
     assert!(c.containers(&name).unwrap().is_empty());
     assert!(c.volumes(&name).unwrap().is_empty());
+    // Also by name: a volume the engine made on the fly would carry no label.
+    let out = std::process::Command::new("docker")
+        .args([
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("name=bssctl-{name}-"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "",
+        "volumes left"
+    );
     assert!(c.networks(&name).unwrap().is_empty());
 }

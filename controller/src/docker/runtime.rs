@@ -198,6 +198,7 @@ impl Docker {
             s.health = None;
             s.labels
                 .insert(labels::COMPONENT.into(), format!("{name}-task"));
+            self.ensure_volume(name, kind)?;
             let client = self.client(name)?;
             let _ = client.remove(&s.name);
             client.create(&s).map_err(|e| step(name, what, e))?;
@@ -401,6 +402,20 @@ impl Docker {
         }
     }
 
+    /// The component's data volume, with our labels (created before any container names it:
+    /// a volume the engine creates on the fly would carry none, and `teardown` would miss it).
+    fn ensure_volume(&self, name: &str, kind: Kind) -> Result<(), RuntimeError> {
+        if !spec::has_data(kind) {
+            return Ok(());
+        }
+        let mut l = Client::env_labels(&self.t.name);
+        l.insert(labels::COMPONENT.into(), name.to_string());
+        self.client(name)?
+            .ensure_volume(&volume_name(&self.t.name, name), &l)
+            .map_err(|e| step(name, "create its volume", e))?;
+        Ok(())
+    }
+
     fn ensure_network(&self) -> Result<(), RuntimeError> {
         let c = self.client("network")?;
         c.ensure_network(&network_name(&self.t.name), &self.t.name)
@@ -551,14 +566,8 @@ impl Runtime for Docker {
         self.ensure_network()?;
         let mut s = self.spec_of(name, c)?;
         s.labels.insert(RESTARTS.into(), opts.restarts.to_string());
+        self.ensure_volume(name, c.kind)?;
         let client = self.client(name)?;
-        if spec::has_data(c.kind) {
-            let mut l = Client::env_labels(&self.t.name);
-            l.insert(labels::COMPONENT.into(), name.to_string());
-            client
-                .ensure_volume(&volume_name(&self.t.name, name), &l)
-                .map_err(|e| step(name, "create its volume", e))?;
-        }
         // A container is made from its spec each start: the labels then always tell the truth.
         client.remove(&s.name).map_err(|e| step(name, "start", e))?;
         client.create(&s).map_err(|e| step(name, "start", e))?;
@@ -817,6 +826,15 @@ impl Runtime for Docker {
         if !keep_data {
             for v in client.volumes(&env).map_err(err)? {
                 client.remove_volume(&v).map_err(err)?;
+            }
+            // Volumes of the bundle's components by name, labelled or not.
+            for name in bundle
+                .map(|b| b.components.keys().collect::<Vec<_>>())
+                .unwrap_or_default()
+            {
+                client
+                    .remove_volume(&volume_name(&env, name))
+                    .map_err(err)?;
             }
         }
         for n in client.networks(&env).map_err(err)? {
