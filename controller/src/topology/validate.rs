@@ -188,6 +188,16 @@ impl Ctx<'_> {
             .push(Diagnostic::error(path, msg).with_hint(hint).at(loc));
     }
 
+    /// `err`, or (for the empty path: an input from the command line, not the file) the same
+    /// error without a position.
+    fn err_at_field(&mut self, path: &str, msg: impl Into<String>, hint: impl Into<String>) {
+        if path.is_empty() {
+            self.diags.push(Diagnostic::error("", msg).with_hint(hint));
+        } else {
+            self.err(path, msg, hint);
+        }
+    }
+
     fn dur(&mut self, path: &str, v: Option<&String>, default: &str) -> Dur {
         let text = v.map(String::as_str).unwrap_or(default);
         match parse_duration(text) {
@@ -888,7 +898,7 @@ fn check_state_dir(rt: &RuntimeSpec, name: &str, opts: &ValidateOptions, cx: &mu
     let leaf = if is_dns_label(name, 40) { name } else { "env" };
     let root = dir.join(leaf);
     if let Some(r) = syntax::state_dir(&written, &dir, &root, &opts.base_dir) {
-        cx.err(
+        cx.err_at_field(
             field,
             format!("{what} `{}` {}", written.escape_debug(), r.reason),
             r.hint,
@@ -922,7 +932,7 @@ fn check_sockets(
     }
     if let Some(longest) = sockets.iter().max_by_key(|s| s.len()) {
         if let Some(r) = syntax::socket_path(longest) {
-            cx.err(field, format!("{what} {}", r.reason), r.hint);
+            cx.err_at_field(field, format!("{what} {}", r.reason), r.hint);
         }
     }
 }
