@@ -407,7 +407,10 @@ fn a_dangerous_state_dir_option_is_refused() {
     for dir in ["/", "/etc", "/usr/lib"] {
         let (code, _, err) = bssctl(&["validate", root.to_str().unwrap()], Path::new(dir));
         assert_eq!(code, 1, "{dir}: {err}");
-        assert!(err.starts_with("error: the state directory given by --state-dir"), "{err}");
+        assert!(
+            err.starts_with("error: the state directory given by --state-dir"),
+            "{err}"
+        );
         assert!(!err.contains("topology.yaml:"), "{err}");
         assert!(err.contains("hint:"), "{err}");
     }
