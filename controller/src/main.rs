@@ -9,9 +9,12 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use controller::diag::Diagnostic;
+use controller::engine::failover::{self, Services};
+use controller::engine::{self, FileStore, RealClients, RuntimeFactory};
+use controller::runtime::agent_process as agent;
 use controller::topology::types::RuntimeKind;
 use controller::topology::{self, Loaded, ValidateOptions};
-use controller::{agent, check, crd, plan, render, runtime, state};
+use controller::{check, crd, plan, render, runtime, state};
 
 #[derive(Parser, Debug)]
 #[command(name = "bssctl", version = version_short(), about = "Render, check, plan and run the BSS stack from one topology.yaml", long_about = None)]
@@ -194,6 +197,21 @@ enum Command {
     Completions {
         #[arg(value_enum)]
         shell: CompletionShell,
+    },
+    /// Serve the S3 object store of the Kafka brokers (`kafka.storage: s3`; started by apply).
+    #[command(hide = true)]
+    KafkaStore {
+        /// Directory holding the objects, one subdirectory per bucket.
+        #[arg(long)]
+        root: PathBuf,
+        /// host:port to listen on.
+        #[arg(long)]
+        listen: String,
+        /// Bucket to create when missing (repeatable).
+        #[arg(long)]
+        bucket: Vec<String>,
+        #[arg(long, default_value_t = 8)]
+        threads: usize,
     },
     /// Run the controller agent of an applied environment (started by `apply`).
     #[command(hide = true)]
@@ -398,7 +416,10 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
             };
             let b = render_bundle(cli, &l2)?;
             let redactor = plan::Redactor::new(state::existing_secret_values(&l.validated));
-            let p = plan::plan(&b, applied.as_ref().map(|a| &a.bundle), &redactor);
+            let mut p = plan::plan(&b, applied.as_ref().map(|a| &a.bundle), &redactor);
+            if let Ok(rt) = runtime::for_topology(&l2.validated) {
+                engine::converge::adjust_plan(&mut p, &rt.capabilities());
+            }
             if cli.output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&p).unwrap_or_default());
             } else {
@@ -444,11 +465,33 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
             clap_complete::generate(shell, &mut cmd, "bssctl", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+        Command::KafkaStore {
+            root,
+            listen,
+            bucket,
+            threads,
+        } => match controller::objstore::Store::open(root, bucket).and_then(|st| {
+            controller::objstore::serve(st, listen, *threads, controller::kafka_lag::metrics)
+        }) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) => {
+                eprintln!("error: {e}");
+                Err(ExitCode::from(1))
+            }
+        },
         Command::Agent { root } => {
             let stop = Arc::new(AtomicBool::new(false));
             let s2 = stop.clone();
             let _ = ctrlc::set_handler(move || s2.store(true, Ordering::SeqCst));
-            match agent::run(root, stop) {
+            let applied = state::read_applied_at(root).map_err(fail)?;
+            let Some(t) = applied.and_then(|a| a.topology) else {
+                return Err(fail(format!(
+                    "{} holds no applied topology; run `bssctl apply` again",
+                    root.display()
+                )));
+            };
+            agent::register_self(root);
+            match engine::agent::run(root, stop, services(&t)) {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -510,14 +553,11 @@ fn apply(
     let start = Instant::now();
     let (l, applied) = current(cli, file)?;
     let t = &l.validated;
-    if t.runtime != topology::types::RuntimeKind::Local {
-        return Err(fail(runtime::RuntimeError::Unsupported(
-            format!("{:?}", t.runtime).to_lowercase(),
-        )));
-    }
+    let mut rt = runtime::for_topology(t).map_err(fail)?;
     let b = render_bundle(cli, &l)?;
     let redactor = plan::Redactor::new(state::existing_secret_values(t));
-    let p = plan::plan(&b, applied.as_ref().map(|a| &a.bundle), &redactor);
+    let mut p = plan::plan(&b, applied.as_ref().map(|a| &a.bundle), &redactor);
+    engine::converge::adjust_plan(&mut p, &rt.capabilities());
     let root = agent::root_of(t);
     // The agent restarts crashed components; it must not race an apply that changes anything.
     // When nothing is to change and it runs healthy, it stays: replacing it would leave a gap in
@@ -531,7 +571,26 @@ fn apply(
         agent::stop(&root);
     }
     let mut rep = reporter(cli, t, verbose);
-    let report = runtime::apply_local(t, &b, &p, applied.as_ref(), rep.as_mut()).map_err(fail);
+    let store = FileStore::new(t);
+    let cl = RealClients::new(t, Arc::new(FileStore::new(t)));
+    let templates = cli.templates.as_ref().map(|d| {
+        std::path::absolute(d)
+            .unwrap_or_else(|_| d.clone())
+            .display()
+            .to_string()
+    });
+    let report = engine::apply(
+        rt.as_mut(),
+        &cl,
+        &store,
+        rep.as_mut(),
+        t,
+        &b,
+        &p,
+        applied.as_ref(),
+        templates,
+    )
+    .map_err(fail);
     let report = match report {
         Ok(r) => r,
         Err(code) => {
@@ -617,19 +676,31 @@ fn up(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
         "managing {} in the foreground; API on http://127.0.0.1:{}; Ctrl-C stops everything",
         l.validated.name, l.validated.agent.port
     );
-    let r = agent::run(&root, stop);
+    agent::register_self(&root);
+    let r = engine::agent::run(&root, stop, services(&l.validated));
     eprintln!("stopping {} ...", l.validated.name);
-    let mut rep = reporter(cli, &l.validated, false);
-    let mut rt = runtime::local::Local {
-        t: &l.validated,
-        reporter: rep.as_mut(),
-    };
-    let left = rt.destroy(Some(&b), true).map_err(fail)?;
+    let mut rt = runtime::for_topology(&l.validated).map_err(fail)?;
+    let left = rt.teardown(Some(&b), true).map_err(fail)?;
     if !left.is_empty() {
         return Err(fail(format!("processes still running: {left:?}")));
     }
     r.map_err(fail)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `writeln!` into a String (cannot fail).
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+/// Writes `text` to stdout; a reader that has gone away (broken pipe) is not an error.
+fn emit_stdout(text: &str) {
+    use std::io::Write as _;
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(text.as_bytes()).and_then(|()| o.flush());
 }
 
 fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
@@ -641,26 +712,47 @@ fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
             state::applied_path(&l.validated).display()
         )));
     };
-    let mut null = runtime::JsonReporter { journal: None };
-    let rt = runtime::local::Local {
+    let mut rt = runtime::for_topology(&l.validated).map_err(fail)?;
+    let store = FileStore::new(&l.validated);
+    let cl = RealClients::new(&l.validated, Arc::new(FileStore::new(&l.validated)));
+    let st = engine::Env {
         t: &l.validated,
-        reporter: &mut null,
-    };
-    let st = rt.status(&applied.bundle);
+        rt: rt.as_mut(),
+        cl: &cl,
+        store: &store,
+        rep: &mut engine::NullReporter,
+    }
+    .status(&applied.bundle);
     let agent_pid = agent::running(&agent::root_of(&l.validated));
+    let hist = engine::StateStore::history(&store);
+    // Written at once at the end: a closed pipe (`status | head -3`) ends it quietly.
+    let mut out = String::new();
     if cli.output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"environment": l.validated.name, "agent_pid": agent_pid, "primary": applied.primary, "components": st})).unwrap_or_default());
+        let doc = serde_json::json!({"environment": l.validated.name, "agent_pid": agent_pid, "primary": applied.primary, "components": st, "failover_history": hist});
+        outln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&doc).unwrap_or_default()
+        );
     } else {
-        println!(
+        outln!(
+            out,
             "environment {}  agent {}",
             l.validated.name,
             agent_pid
                 .map(|p| format!("pid {p} on 127.0.0.1:{}", l.validated.agent.port))
                 .unwrap_or_else(|| "not running".into())
         );
-        println!(
+        outln!(
+            out,
             "{:<20} {:<9} {:<8} {:<8} {:>8} {:<18} {:<12} detail",
-            "component", "state", "health", "role", "pid", "ports", "lag"
+            "component",
+            "state",
+            "health",
+            "role",
+            "pid",
+            "ports",
+            "lag"
         );
         for c in &st {
             let lag = c
@@ -674,10 +766,11 @@ fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
                 .map(|p| p.to_string())
                 .collect::<Vec<_>>()
                 .join(",");
-            println!(
+            outln!(
+                out,
                 "{:<20} {:<9} {:<8} {:<8} {:>8} {:<18} {:<12} {}",
                 c.name,
-                c.state,
+                c.state.as_str(),
                 if c.healthy { "healthy" } else { "DOWN" },
                 c.role.clone().unwrap_or_default(),
                 c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
@@ -691,31 +784,33 @@ fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
             );
         }
     }
-    if cli.output == Output::Text {
-        let hist = controller::failover::history(&agent::root_of(&l.validated));
-        if !hist.is_empty() {
-            println!("\nrole changes (ms after detection: fenced / promoted / rerouted / done)");
-            for e in hist.iter().rev().take(5).rev() {
-                let rel = |x: Option<u128>| {
-                    x.map(|v| v.saturating_sub(e.detected_ms).to_string())
-                        .unwrap_or_else(|| "-".into())
-                };
-                println!(
-                    "#{} {:<10} {} -> {}  {}  {} / {} / {} / {}  {}",
-                    e.id,
-                    e.kind,
-                    e.from,
-                    e.to,
-                    e.status,
-                    rel(e.fenced_ms),
-                    rel(e.promoted_ms),
-                    rel(e.rerouted_ms),
-                    rel(e.done_ms),
-                    e.reason
-                );
-            }
+    if cli.output == Output::Text && !hist.is_empty() {
+        outln!(
+            out,
+            "\nrole changes (ms after detection: fenced / promoted / rerouted / done)"
+        );
+        for e in hist.iter().rev().take(5).rev() {
+            let rel = |x: Option<u128>| {
+                x.map(|v| v.saturating_sub(e.detected_ms).to_string())
+                    .unwrap_or_else(|| "-".into())
+            };
+            outln!(
+                out,
+                "#{} {:<10} {} -> {}  {}  {} / {} / {} / {}  {}",
+                e.id,
+                e.kind.as_str(),
+                e.from,
+                e.to,
+                format!("{:?}", e.status).to_lowercase(),
+                rel(e.fenced_ms),
+                rel(e.promoted_ms),
+                rel(e.rerouted_ms),
+                rel(e.done_ms),
+                e.reason
+            );
         }
     }
+    emit_stdout(&out);
     let all = st.iter().all(|c| c.healthy);
     Ok(if all {
         ExitCode::SUCCESS
@@ -745,10 +840,11 @@ fn switchover(cli: &Cli, file: &Path, to: Option<&str>) -> Result<ExitCode, Exit
                 .unwrap_or(body);
             return Err(fail(format!("switchover failed: {detail}")));
         }
-        serde_json::from_str::<controller::failover::FailoverEvent>(&body).map_err(fail)?
+        serde_json::from_str::<failover::FailoverEvent>(&body).map_err(fail)?
     } else {
-        let mut journal = controller::failover::Journal::open(&root);
-        controller::failover::switchover(&root, to, &mut journal, &mut |_| {}).map_err(fail)?
+        let mut journal = failover::Journal::open(&root);
+        failover::switchover(&services(&l.validated), to, &mut journal, &mut |_| {})
+            .map_err(fail)?
     };
     if cli.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&ev).unwrap_or_default());
@@ -777,7 +873,7 @@ fn logs(
 ) -> Result<ExitCode, ExitCode> {
     use std::io::{Read, Seek, SeekFrom, Write};
     let (l, _) = current(cli, file)?;
-    let path = if component == agent::AGENT {
+    let path = if component == engine::agent::AGENT {
         agent::root_of(&l.validated).join("logs/agent.log")
     } else {
         runtime::local::log_path(&l.validated, component)
@@ -820,13 +916,9 @@ fn destroy(cli: &Cli, file: &Path, keep_data: bool) -> Result<ExitCode, ExitCode
     let (l, applied) = current(cli, file)?;
     let root = agent::root_of(&l.validated);
     agent::stop(&root);
-    let mut rep = reporter(cli, &l.validated, false);
-    let mut rt = runtime::local::Local {
-        t: &l.validated,
-        reporter: rep.as_mut(),
-    };
+    let mut rt = runtime::for_topology(&l.validated).map_err(fail)?;
     let left = rt
-        .destroy(applied.as_ref().map(|a| &a.bundle), keep_data)
+        .teardown(applied.as_ref().map(|a| &a.bundle), keep_data)
         .map_err(fail)?;
     if !left.is_empty() {
         return Err(fail(format!(
@@ -846,6 +938,21 @@ fn destroy(cli: &Cli, file: &Path, keep_data: bool) -> Result<ExitCode, ExitCode
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The engine's services for an environment: its file store, the real clients, the runtime the
+/// topology names (one per call, for the roles the caller has) and HAProxy as the write router.
+fn services(t: &topology::ValidatedTopology) -> Services {
+    let store: Arc<dyn engine::StateStore> = Arc::new(FileStore::new(t));
+    let make: RuntimeFactory = Arc::new(|t: &topology::ValidatedTopology| {
+        runtime::for_topology(t).unwrap_or_else(|_| Box::new(runtime::local::Local::new(t)))
+    });
+    Services {
+        store: store.clone(),
+        clients: Arc::new(RealClients::new(t, store)),
+        runtime: make,
+        router: Arc::new(failover::HaproxyRouter),
+    }
 }
 
 fn main() -> ExitCode {

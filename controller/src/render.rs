@@ -36,6 +36,8 @@ pub enum RenderError {
 pub enum Kind {
     Postgres,
     Redis,
+    /// The S3 store (s3s-fs) the brokers keep their log and group offsets in.
+    KafkaStore,
     Kafka,
     Haproxy,
     Backend,
@@ -54,7 +56,9 @@ impl Kind {
         match self {
             Kind::Postgres => 0,
             Kind::Redis => 1,
-            Kind::Kafka => 2,
+            Kind::KafkaStore => 2,
+            // Same step as HAProxy (independent of each other), after the store.
+            Kind::Kafka => 3,
             Kind::Haproxy => 3,
             Kind::Backend => 4,
             Kind::StreamProcessor => 5,
@@ -396,6 +400,9 @@ pub fn render(t: &ValidatedTopology, tera: &tera::Tera) -> Result<Bundle, Render
         );
     }
     if let Some(k) = &t.kafka {
+        if let Some(st) = &k.store {
+            add(&st.name, Kind::KafkaStore, vec![]);
+        }
         for br in &k.brokers {
             let extra = [("broker", json(br))];
             add(
@@ -563,6 +570,21 @@ pub fn launch(t: &ValidatedTopology, name: &str, kind: Kind) -> Launch {
         Kind::Redis => {
             l.program = s("redis-server");
             l.args = vec![format!("{cfg}/redis.conf")];
+        }
+        Kind::KafkaStore => {
+            l.program = s("bssctl");
+            if let Some(st) = t.kafka.as_ref().and_then(|k| k.store.as_ref()) {
+                l.args = vec![
+                    s("kafka-store"),
+                    s("--root"),
+                    st.data_dir.clone(),
+                    s("--listen"),
+                    format!("{}:{}", t.bind, st.endpoint.port),
+                    s("--bucket"),
+                    st.bucket.clone(),
+                ];
+                l.env.insert(s("RUST_LOG"), s("warn"));
+            }
         }
         Kind::Kafka => {
             l.program = s("tansu");

@@ -38,6 +38,10 @@ pub struct Applied {
     pub topology: Option<ValidatedTopology>,
     #[serde(default)]
     pub primary: Option<String>,
+    /// The `--templates` directory the bundle was rendered with (None: the embedded ones), so a
+    /// failover re-renders with the same templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub templates: Option<String>,
     /// Unix seconds.
     pub applied_at: u64,
 }
@@ -47,7 +51,12 @@ pub fn applied_path(t: &ValidatedTopology) -> PathBuf {
 }
 
 pub fn read_applied(t: &ValidatedTopology) -> Result<Option<Applied>, StateError> {
-    let p = applied_path(t);
+    read_applied_at(Path::new(&t.paths.root))
+}
+
+/// The applied record of the environment rooted at `root` (`<stateDir>/<name>`).
+pub fn read_applied_at(root: &Path) -> Result<Option<Applied>, StateError> {
+    let p = root.join("applied.json");
     match std::fs::read_to_string(&p) {
         Ok(s) => serde_json::from_str(&s)
             .map(Some)

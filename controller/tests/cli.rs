@@ -131,6 +131,7 @@ fn plan_shows_actions_diffs_and_detailed_exit_codes() {
             topology: None,
             primary: None,
             applied_at: 0,
+            templates: None,
         },
     )
     .unwrap();

@@ -589,12 +589,42 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
             cx.err(
                 &join(path, "brokers"),
                 format!("{n} brokers cannot share the in-memory storage engine: each would be a separate cluster"),
-                "use brokers: 1 with storage: memory, or storage: postgres (needs a tansu built with PostgreSQL storage)",
+                "use storage: s3 (the brokers share one store), or brokers: 1 with storage: memory",
             );
         }
-        if storage == KafkaStorage::Postgres && postgres.is_none() {
-            cx.err(&join(path, "storage"), "storage: postgres needs the postgres component", "add `postgres: {}` or use storage: memory");
-        }
+        let store = match storage {
+            KafkaStorage::Memory => {
+                if k.store.is_some() {
+                    cx.err(&join(path, "store"), "a store is only used with storage: s3", "remove `store`, or set storage: s3");
+                }
+                None
+            }
+            KafkaStorage::S3 => {
+                let spec = k.store.clone().unwrap_or_default();
+                let spath = join(path, "store");
+                let port = ports.port(cx, spec.port, 9000, &join(&spath, "port"), "kafka store");
+                let bucket = spec.bucket.unwrap_or_else(|| "tansu".into());
+                let b = bucket.as_bytes();
+                let valid = (3..=63).contains(&b.len())
+                    && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'.')
+                    && b.first().is_some_and(u8::is_ascii_alphanumeric)
+                    && b.last().is_some_and(u8::is_ascii_alphanumeric)
+                    && !bucket.contains("..");
+                if !valid {
+                    cx.err(
+                        &join(&spath, "bucket"),
+                        format!("`{bucket}` is not a valid S3 bucket name"),
+                        "use 3-63 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit",
+                    );
+                }
+                Some(KafkaStoreModel {
+                    name: "kafka-store".into(),
+                    endpoint: Endpoint { host: host_of("kafka-store"), port },
+                    bucket,
+                    data_dir: format!("{}/kafka-store", paths.data),
+                })
+            }
+        };
         let base = k.port.map(u32::from).unwrap_or(9092);
         let cluster_id = k.cluster_id.clone().unwrap_or_else(|| name.clone());
         check_plain_id(cx, &join(path, "clusterId"), "cluster id", &cluster_id);
@@ -602,13 +632,9 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
             .map(|i| {
                 let bname = format!("kafka-{i}");
                 let port = ports.claim(cx, base + i as u32, &join(path, "port"), &format!("broker {bname}"));
-                let storage_url = match storage {
-                    KafkaStorage::Memory => format!("memory://{cluster_id}/"),
-                    KafkaStorage::Postgres => postgres
-                        .as_ref()
-                        .and_then(|pg| pg.primary_member())
-                        .map(|m| format!("postgres://{}@{}:{}/tansu", pg_superuser(), m.host, m.port))
-                        .unwrap_or_default(),
+                let storage_url = match &store {
+                    None => format!("memory://{cluster_id}/"),
+                    Some(st) => format!("s3://{}/", st.bucket),
                 };
                 BrokerModel { name: bname.clone(), index: i, endpoint: Endpoint { host: host_of(&bname), port }, storage_url }
             })
@@ -642,7 +668,7 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
             topics.push(TopicModel { name: tp.name.clone(), partitions, retention });
         }
         let bootstrap = brokers.iter().map(|b| b.endpoint.addr()).collect::<Vec<_>>().join(",");
-        KafkaModel { cluster_id, storage, brokers, topics, bootstrap }
+        KafkaModel { cluster_id, storage, brokers, topics, bootstrap, store }
     });
 
     // --- Backend and processors ----------------------------------------------------------------
@@ -753,6 +779,10 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
             haproxy: haproxy.as_ref(),
             envoy: envoy.as_ref(),
             backend: backend.as_ref(),
+            kafka_store: kafka
+                .as_ref()
+                .and_then(|k| k.store.as_ref())
+                .map(|st| &st.endpoint),
         };
         build_prometheus(p, scraped, &paths, &host_of, &mut ports, cx)
     });
@@ -1128,6 +1158,7 @@ struct Scraped<'a> {
     haproxy: Option<&'a HaproxyModel>,
     envoy: Option<&'a EnvoyModel>,
     backend: Option<&'a BackendModel>,
+    kafka_store: Option<&'a Endpoint>,
 }
 
 /// Prometheus: a scrape job per component of the stack, then the extra jobs.
@@ -1147,6 +1178,7 @@ fn build_prometheus(
         haproxy,
         envoy,
         backend,
+        kafka_store,
     } = scraped;
     let path = "spec.prometheus";
     let port = ports.port(cx, p.port, 9090, &join(path, "port"), "prometheus");
@@ -1206,6 +1238,10 @@ fn build_prometheus(
     }
     if let Some(b) = &backend {
         jobs.push(job("backend", vec![plain(&b.endpoint)], "/metrics"));
+    }
+    if let Some(st) = kafka_store {
+        // End and committed offsets of every partition, read from the brokers' store.
+        jobs.push(job("kafka-store", vec![plain(st)], "/-/metrics"));
     }
     let builtin: BTreeSet<String> = jobs.iter().map(|j| j.name.clone()).collect();
     for (i, x) in p.extra_jobs.iter().enumerate() {
