@@ -252,6 +252,18 @@ fn finish(s: &Stack, load: Load, scenario: &str) -> Outcome {
         acked.len(),
         lost.len()
     );
+    let j = std::fs::read_to_string(s.env.root.join("journal.jsonl")).unwrap_or_default();
+    for l in j
+        .lines()
+        .filter(|l| !l.contains("\"health\""))
+        .rev()
+        .take(14)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+    {
+        eprintln!("CHAOS-DOCKER journal: {l}");
+    }
     if let Some(ev) = s.history().last() {
         let d = |x: Option<u128>| {
             x.map(|v| v.saturating_sub(ev.detected_ms) as i128)
