@@ -888,8 +888,18 @@ impl Runtime for Docker {
         }
         let client = self.client("teardown")?;
         let err = |e: super::client::ClientError| RuntimeError::Prepare(e.to_string());
-        for o in client.containers(&env).map_err(err)? {
-            client.remove(&o.name).map_err(err)?;
+        // A few passes: a task container (a rejoin still finishing) can appear after the first.
+        for pass in 0..3 {
+            let list = client.containers(&env).map_err(err)?;
+            if list.is_empty() {
+                break;
+            }
+            for o in list {
+                client.remove(&o.name).map_err(err)?;
+            }
+            if pass < 2 {
+                std::thread::sleep(Duration::from_millis(500));
+            }
         }
         if !keep_data {
             for v in client.volumes(&env).map_err(err)? {
