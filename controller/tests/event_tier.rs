@@ -102,7 +102,12 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let created = Arc::new(Mutex::new(Vec::new()));
         let failed = Arc::new(Mutex::new(Vec::new()));
-        let (s, c, f, tag) = (stop.clone(), created.clone(), failed.clone(), tag.to_string());
+        let (s, c, f, tag) = (
+            stop.clone(),
+            created.clone(),
+            failed.clone(),
+            tag.to_string(),
+        );
         let thread = std::thread::spawn(move || {
             let agent = ureq::AgentBuilder::new()
                 .timeout(Duration::from_secs(10))
@@ -255,7 +260,10 @@ fn assert_nothing_lost_or_double_counted(env: &StackEnv, created: &[String]) {
     );
     let got = created_events(env);
     let phantom: Vec<_> = got.iter().filter(|id| !want.contains(*id)).collect();
-    assert!(phantom.is_empty(), "events of customers the API never created: {phantom:?}");
+    assert!(
+        phantom.is_empty(),
+        "events of customers the API never created: {phantom:?}"
+    );
     wait_until(
         "the processor has counted every customer once and committed to the end",
         Duration::from_secs(60),
@@ -280,7 +288,10 @@ fn assert_nothing_lost_or_double_counted(env: &StackEnv, created: &[String]) {
         .map(|id| (id, a.get(id)))
         .take(5)
         .collect();
-    assert!(twice.is_empty(), "customers not counted exactly once: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "customers not counted exactly once: {twice:?}"
+    );
 }
 
 #[test]
@@ -403,9 +414,21 @@ fn three_broker_alert_rules_pass_their_promtool_tests() {
 fn impossible_event_tiers_are_refused_with_a_hint() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("kafka: {brokers: 3, storage: memory}", "spec.kafka.brokers", "storage: s3"),
-        ("kafka: {storage: memory, store: {port: 9010}}", "spec.kafka.store", "storage: s3"),
-        ("kafka: {store: {bucket: Bad_Bucket}}", "spec.kafka.store.bucket", "3-63 lowercase"),
+        (
+            "kafka: {brokers: 3, storage: memory}",
+            "spec.kafka.brokers",
+            "storage: s3",
+        ),
+        (
+            "kafka: {storage: memory, store: {port: 9010}}",
+            "spec.kafka.store",
+            "storage: s3",
+        ),
+        (
+            "kafka: {store: {bucket: Bad_Bucket}}",
+            "spec.kafka.store.bucket",
+            "3-63 lowercase",
+        ),
         ("kafka: {storage: postgres}", "spec.kafka.storage", "memory"),
     ];
     for (i, (spec, path, hint)) in cases.iter().enumerate() {
