@@ -2,6 +2,7 @@
 
 pub mod model;
 pub mod parse;
+pub mod syntax;
 pub mod types;
 pub mod validate;
 

@@ -95,10 +95,13 @@ pub struct RuntimeSpec {
     /// (relative paths are relative to the topology file). Default `.bssctl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<String>,
-    /// Added to every default port, so several environments can run side by side. Default 0.
+    /// Added to every port of the environment, the ones written in this file as well as the
+    /// defaults (`port: 5432` with `portOffset: 1000` listens on 6432), so a copy of a topology
+    /// with another offset and name runs side by side with the original. Addresses of things
+    /// outside the environment (cluster endpoints, scrape targets) are not shifted. Default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_offset: Option<u16>,
-    /// Port of the controller agent's HTTP API (loopback). Default 7070 (+ portOffset).
+    /// Port of the controller agent's HTTP API (loopback), before portOffset. Default 7070.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_port: Option<u16>,
 }
