@@ -904,7 +904,8 @@ fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
                 c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                 ports,
                 lag,
-                if c.healthy {
+                // A healthy broker still says what it is (entry point onto the store, no replication).
+                if c.healthy && c.kind != render::Kind::Kafka {
                     String::new()
                 } else {
                     c.health.lines().next().unwrap_or("").to_string()
