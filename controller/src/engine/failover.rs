@@ -1098,6 +1098,10 @@ pub fn monitor(
             s.unreachable_for_ms = if healthy { 0 } else { down_for.as_millis() };
             s.members = views.clone();
             s.replication = replication.clone();
+            if healthy {
+                // The outage that explained a non-promotion is over.
+                s.last_decision.clear();
+            }
         });
         if let (true, Verdict::Dead { fails, down_for }) = (fo.enabled, verdict) {
             let decision = match detect::primary_heard_by_replicas(&t, &views) {
