@@ -615,6 +615,24 @@ fn finish(env: &Env, load: Load, scenario: &str) -> Outcome {
         .fold(0.0, f64::max);
     let lost = acked.iter().filter(|(k, _)| !keys.contains(k)).count();
     let max_p = load.max_primaries.load(Ordering::SeqCst);
+    // How the agent decided (its last event's reason: "N failed probes over Mms ...").
+    let st = env.agent_status();
+    let reason = st["events"]
+        .as_array()
+        .and_then(|e| e.last())
+        .and_then(|e| e["reason"].as_str())
+        .unwrap_or("")
+        .to_string();
+    let detected_ms = reason
+        .split_whitespace()
+        .find_map(|w| {
+            w.trim_end_matches(':')
+                .strip_suffix("ms")
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| "-".into());
+    let corroborated = reason.contains("corroborated");
     // Commit rate outside the gap: acknowledged writes per second of the load.
     let mut per_sec = vec![0f64; secs.ceil() as usize + 1];
     for (_, t) in &acked {
@@ -623,7 +641,7 @@ fn finish(env: &Env, load: Load, scenario: &str) -> Outcome {
     let busy: Vec<f64> = per_sec.into_iter().filter(|n| *n > 0.0).collect();
     let rate = median(&mut busy.clone());
     eprintln!(
-        "CHAOS scenario={scenario} mode={} gap_s={gap_s:.3} client_gap_s={client_gap:.3} acked={} lost={lost} rate_per_s={rate:.0} client_errors={} timelines={timelines:?} max_primaries={max_p} zero_primary_samples={} samples={}",
+        "CHAOS scenario={scenario} mode={} gap_s={gap_s:.3} client_gap_s={client_gap:.3} acked={} lost={lost} rate_per_s={rate:.0} client_errors={} timelines={timelines:?} max_primaries={max_p} zero_primary_samples={} samples={} detected_after_ms={detected_ms} corroborated={corroborated}",
         env.mode,
         acked.len(),
         load.errors.load(Ordering::SeqCst),
