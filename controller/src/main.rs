@@ -809,10 +809,19 @@ fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
     .status(&applied.bundle);
     let agent_pid = agent::running(&agent::root_of(&l.validated));
     let hist = engine::StateStore::history(&store);
+    // Why the agent promoted nothing during an outage (maxLagOnFailover, quorum), when it runs.
+    let no_failover = agent_pid
+        .and_then(|_| {
+            let url = format!("http://127.0.0.1:{}/failover", l.validated.agent.port);
+            controller::probe::http_get(&url, std::time::Duration::from_secs(2)).ok()
+        })
+        .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+        .and_then(|v| v["last_decision"].as_str().map(String::from))
+        .filter(|d| !d.is_empty());
     // Written at once at the end: a closed pipe (`status | head -3`) ends it quietly.
     let mut out = String::new();
     if cli.output == Output::Json {
-        let doc = serde_json::json!({"environment": l.validated.name, "agent_pid": agent_pid, "primary": applied.primary, "components": st, "failover_history": hist});
+        let doc = serde_json::json!({"environment": l.validated.name, "agent_pid": agent_pid, "primary": applied.primary, "components": st, "failover_history": hist, "no_failover_because": no_failover});
         outln!(
             out,
             "{}",
@@ -868,6 +877,9 @@ fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
                 }
             );
         }
+    }
+    if let (Output::Text, Some(why)) = (cli.output, &no_failover) {
+        outln!(out, "\nprimary unreachable, nothing promoted: {why}");
     }
     if cli.output == Output::Text && !hist.is_empty() {
         outln!(
