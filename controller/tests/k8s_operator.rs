@@ -491,3 +491,56 @@ fn rbac_grants_nothing_the_operator_does_not_call() {
         "granted but never called: {unexplained:?}"
     );
 }
+
+#[tokio::test]
+async fn only_one_replica_holds_the_lease_and_a_stale_holder_is_replaced() {
+    use controller::k8s::leader::{self, LeaseConfig};
+    use k8s_openapi::api::coordination::v1::Lease;
+    let api = fake_api::shared();
+    let leases: kube::Api<Lease> = kube::Api::namespaced(fake_api::client(api.clone()), "ops");
+    let cfg = |id: &str, secs: u64| LeaseConfig {
+        name: "bssctl-operator".into(),
+        namespace: "ops".into(),
+        identity: id.into(),
+        duration: Duration::from_secs(secs),
+    };
+    assert!(
+        leader::step(&leases, &cfg("a", 15)).await.unwrap(),
+        "first replica acquires"
+    );
+    assert!(
+        !leader::step(&leases, &cfg("b", 15)).await.unwrap(),
+        "second replica must wait"
+    );
+    assert!(
+        leader::step(&leases, &cfg("a", 15)).await.unwrap(),
+        "holder renews"
+    );
+    // The holder stops renewing: make its renewTime old, then b takes over.
+    {
+        let mut a = api.lock().unwrap();
+        let coll = "/apis/coordination.k8s.io/v1/namespaces/ops/leases";
+        let mut l = a.get(coll, "bssctl-operator").unwrap().clone();
+        l["spec"]["renewTime"] = json!("2020-01-01T00:00:00.000000Z");
+        a.insert(coll, l);
+    }
+    assert!(
+        leader::step(&leases, &cfg("b", 15)).await.unwrap(),
+        "stale lease taken over"
+    );
+    let l = leases.get("bssctl-operator").await.unwrap();
+    let spec = l.spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("b"));
+    assert_eq!(spec.lease_transitions, Some(1));
+    assert!(
+        !leader::step(&leases, &cfg("a", 15)).await.unwrap(),
+        "the old holder now waits"
+    );
+    for (m, uri, _) in &api.lock().unwrap().requests {
+        let a = rbac::attributes(m, uri).unwrap();
+        assert!(
+            rbac::allows(rbac::LEADER_ELECTION, &a.group, &a.resource, &a.verb),
+            "Role does not grant {a:?}"
+        );
+    }
+}
