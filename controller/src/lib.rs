@@ -1,14 +1,19 @@
 //! bssctl: one `topology.yaml` to a rendered, checked, planned and running BSS stack.
 //!
-//! Pure core (`topology`, `render`, `plan`, `crd`) with no I/O beyond reading inputs; side effects
-//! live in `check` (real tools), `state` and the runtime.
+//! Dependency direction: the pure core (`topology`, `render`, `plan`, `crd`, `diag`) ← the engine
+//! (`engine`: converge, supervision, failover, agent — generic over the runtime, client and
+//! state-store seams) ← the runtime implementations (`runtime::local`) ← the `bssctl` binary.
+//! `check` (real tools on rendered files), `state` (files of the state directory), `pgsql` and
+//! `probe` (protocol clients) are leaves the engine and runtimes use.
 
-pub mod agent;
 pub mod check;
 pub mod crd;
 pub mod diag;
-pub mod failover;
+pub mod docker;
+pub mod engine;
 pub mod k8s;
+pub mod kafka_lag;
+pub mod objstore;
 pub mod pgsql;
 pub mod plan;
 pub mod probe;

@@ -9,12 +9,15 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use controller::diag::Diagnostic;
+use controller::engine::failover::{self, Services};
+use controller::engine::{self, FileStore, RealClients, RuntimeFactory};
+use controller::runtime::agent_process as agent;
 use controller::topology::types::RuntimeKind;
 use controller::topology::{self, Loaded, ValidateOptions};
-use controller::{agent, check, crd, plan, render, runtime, state};
+use controller::{check, crd, plan, render, runtime, state};
 
 #[derive(Parser, Debug)]
-#[command(name = "bssctl", version, about = "Render, check, plan and run the BSS stack from one topology.yaml", long_about = None)]
+#[command(name = "bssctl", version = version_short(), about = "Render, check, plan and run the BSS stack from one topology.yaml", long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,6 +42,82 @@ enum RuntimeArg {
     Kubernetes,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// `0.1.0 (git 1a2b3c4d5e6f)`: the crate version and the revision it was built from.
+fn version_short() -> &'static str {
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (git ",
+        env!("BSSCTL_GIT_REV"),
+        ")"
+    )
+}
+
+/// `--version` (`-V` prints the short form): the short version, then the version of every tool bssctl drives that is found
+/// (the first line each prints), or how to install it. Computed only when asked for.
+fn version_long() -> String {
+    let mut out = version_short().to_string();
+    out.push_str("\ntools:");
+    for (tool, args) in [
+        ("postgres", &["--version"][..]),
+        ("haproxy", &["-v"][..]),
+        ("envoy", &["--version"][..]),
+        ("redis-server", &["--version"][..]),
+        ("tansu", &["--version"][..]),
+        ("prometheus", &["--version"][..]),
+        ("promtool", &["--version"][..]),
+        ("prometheus-alertmanager", &["--version"][..]),
+        ("amtool", &["--version"][..]),
+        ("prometheus-node-exporter", &["--version"][..]),
+        ("prometheus-postgres-exporter", &["--version"][..]),
+        ("prometheus-redis-exporter", &["--version"][..]),
+    ] {
+        let line = match controller::tools::find(tool) {
+            Err(_) => format!("not found ({})", controller::tools::install_hint(tool)),
+            Ok(path) => tool_version(&path, args),
+        };
+        out.push_str(&format!("\n  {tool:<30} {line}"));
+    }
+    out
+}
+
+/// The first non-empty line a tool prints for its version flag (stdout, else stderr).
+fn tool_version(path: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(path)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output();
+    match out {
+        Ok(o) => {
+            let text = format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let first = text
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("(no version output)");
+            // Some Go tools print their version as a log record: keep its message.
+            first
+                .split_once("msg=\"")
+                .and_then(|(_, m)| m.split_once('"'))
+                .map_or(first, |(m, _)| m)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+        Err(e) => format!("failed to run {}: {e}", path.display()),
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
 enum Output {
     Text,
@@ -54,6 +133,9 @@ enum Command {
         file: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// `files` (default), or `compose`: also write DIR/compose.yaml (docker runtime).
+        #[arg(long, value_enum, default_value = "files")]
+        format: RenderFormat,
     },
     /// Render into a scratch directory and judge every file with the component's own tool.
     Check { file: PathBuf },
@@ -71,6 +153,26 @@ enum Command {
     Schema,
     /// Print the Kubernetes CustomResourceDefinition of the Topology resource.
     Crd,
+    /// Apply on the Docker runtime (images built when missing). Stands in for `apply --runtime
+    /// docker` until `runtime::for_topology` returns the Docker runtime.
+    #[command(name = "docker-apply")]
+    DockerApply {
+        file: PathBuf,
+        #[arg(long, short = 'v')]
+        verbose: bool,
+    },
+    /// Remove every container, network and (unless --keep-data) volume of the environment on Docker.
+    #[command(name = "docker-destroy")]
+    DockerDestroy {
+        file: PathBuf,
+        #[arg(long)]
+        keep_data: bool,
+    },
+    /// Container images of the Docker runtime (built here from Debian packages, cached by content).
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+    },
     /// Bring the environment to the topology: execute the plan in dependency order, each step
     /// gated on a health check; then leave a controller agent managing it until `destroy`.
     Apply {
@@ -115,6 +217,28 @@ enum Command {
     /// Run the Kubernetes operator: reconcile Topology resources in the cluster (kubeconfig or
     /// in-cluster config), with Lease leader election, /healthz and /metrics.
     Operator(controller::k8s::cli::OperatorArgs),
+    /// Print a shell completion script: `source <(bssctl completions bash)`, or write it to your
+    /// shell's completion directory (zsh: a `_bssctl` file in `$fpath`; fish:
+    /// `~/.config/fish/completions/bssctl.fish`).
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Serve the S3 object store of the Kafka brokers (`kafka.storage: s3`; started by apply).
+    #[command(hide = true)]
+    KafkaStore {
+        /// Directory holding the objects, one subdirectory per bucket.
+        #[arg(long)]
+        root: PathBuf,
+        /// host:port to listen on.
+        #[arg(long)]
+        listen: String,
+        /// Bucket to create when missing (repeatable).
+        #[arg(long)]
+        bucket: Vec<String>,
+        #[arg(long, default_value_t = 8)]
+        threads: usize,
+    },
     /// Run the controller agent of an applied environment (started by `apply`).
     #[command(hide = true)]
     Agent {
@@ -122,6 +246,20 @@ enum Command {
         #[arg(long)]
         root: PathBuf,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
+enum RenderFormat {
+    Files,
+    Compose,
+}
+
+#[derive(Subcommand, Debug)]
+enum ImagesCommand {
+    /// Build every missing image (or the named ones); present images with the same inputs are kept.
+    Build { names: Vec<String> },
+    /// Every image bssctl uses on this machine, its content tag and whether the engine has it.
+    List,
 }
 
 fn opts(cli: &Cli) -> ValidateOptions {
@@ -227,7 +365,7 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Render { file, out } => {
+        Command::Render { file, out, format } => {
             let start = Instant::now();
             let l = load(cli, file)?;
             let b = render_bundle(cli, &l)?;
@@ -243,6 +381,19 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
                 eprintln!("error: failed to write {}: {e}", out.display());
                 ExitCode::from(1)
             })?;
+            if *format == RenderFormat::Compose {
+                if l.validated.runtime != RuntimeKind::Docker {
+                    eprintln!("error: `--format compose` renders for the docker runtime: add `--runtime docker`");
+                    return Err(ExitCode::from(1));
+                }
+                let p = controller::docker::cli::render_compose(&l.validated, &b, out).map_err(
+                    |e| {
+                        eprintln!("error: {e}");
+                        ExitCode::from(1)
+                    },
+                )?;
+                eprintln!("wrote {}", p.display());
+            }
             if cli.output == Output::Json {
                 let files: Vec<String> = b
                     .components
@@ -365,7 +516,10 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
             };
             let b = render_bundle(cli, &l2)?;
             let redactor = plan::Redactor::new(state::existing_secret_values(&l.validated));
-            let p = plan::plan(&b, applied.as_ref().map(|a| &a.bundle), &redactor);
+            let mut p = plan::plan(&b, applied.as_ref().map(|a| &a.bundle), &redactor);
+            if let Ok(rt) = runtime::for_topology(&l2.validated) {
+                engine::converge::adjust_plan(&mut p, &rt.capabilities());
+            }
             if cli.output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&p).unwrap_or_default());
             } else {
@@ -376,6 +530,76 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::DockerApply { file, verbose } => {
+            let mut o = opts(cli);
+            o.runtime = Some(RuntimeKind::Docker);
+            let l = topology::load(file, &o).map_err(|d| {
+                print_diags(&d, cli.output);
+                ExitCode::from(1)
+            })?;
+            let b = render_bundle(cli, &l)?;
+            let dir = controller::docker::cli::state_dir(file, cli.state_dir.as_deref(), &l);
+            let mut rep = reporter(cli, &l.validated, *verbose);
+            let templates = cli.templates.as_ref().map(|d| d.display().to_string());
+            let r = controller::docker::cli::apply(&l.validated, &b, &dir, rep.as_mut(), templates)
+                .map_err(|e| {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                })?;
+            let changed = r
+                .actions
+                .values()
+                .filter(|a| **a != plan::Action::None)
+                .count();
+            if cli.output == Output::Json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                eprintln!(
+                    "applied on docker: {changed} component(s) changed in {:.1}s",
+                    r.millis as f64 / 1000.0
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DockerDestroy { file, keep_data } => {
+            let mut o = opts(cli);
+            o.runtime = Some(RuntimeKind::Docker);
+            let l = topology::load(file, &o).map_err(|d| {
+                print_diags(&d, cli.output);
+                ExitCode::from(1)
+            })?;
+            let dir = controller::docker::cli::state_dir(file, cli.state_dir.as_deref(), &l);
+            let left =
+                controller::docker::cli::destroy(&l.validated, &dir, *keep_data).map_err(|e| {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                })?;
+            if left.is_empty() {
+                eprintln!(
+                    "destroyed: no container, network{} of {} left",
+                    if *keep_data { "" } else { " or volume" },
+                    l.validated.name
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("error: still there: {}", left.join(", "));
+                Err(ExitCode::from(1))
+            }
+        }
+        Command::Images { command } => {
+            let json = cli.output == Output::Json;
+            let r = match command {
+                ImagesCommand::Build { names } => {
+                    controller::docker::cli::images_build(names, json).map(|_| ())
+                }
+                ImagesCommand::List => controller::docker::cli::images_list(json),
+            };
+            r.map_err(|e| {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            })?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {
             print!("{}", crd::schema_json());
@@ -401,11 +625,44 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
         } => logs(cli, file, component, *follow, *lines),
         Command::Destroy { file, keep_data } => destroy(cli, file, *keep_data),
         Command::Operator(args) => controller::k8s::cli::operator(args, cli.templates.as_deref()),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            let shell = match shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut cmd, "bssctl", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::KafkaStore {
+            root,
+            listen,
+            bucket,
+            threads,
+        } => match controller::objstore::Store::open(root, bucket).and_then(|st| {
+            controller::objstore::serve(st, listen, *threads, controller::kafka_lag::metrics)
+        }) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) => {
+                eprintln!("error: {e}");
+                Err(ExitCode::from(1))
+            }
+        },
         Command::Agent { root } => {
             let stop = Arc::new(AtomicBool::new(false));
             let s2 = stop.clone();
             let _ = ctrlc::set_handler(move || s2.store(true, Ordering::SeqCst));
-            match agent::run(root, stop) {
+            let applied = state::read_applied_at(root).map_err(fail)?;
+            let Some(t) = applied.and_then(|a| a.topology) else {
+                return Err(fail(format!(
+                    "{} holds no applied topology; run `bssctl apply` again",
+                    root.display()
+                )));
+            };
+            agent::register_self(root);
+            match engine::agent::run(root, stop, services(&t)) {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -443,6 +700,12 @@ fn reporter(
     let journal = runtime::open_journal(t);
     if cli.output == Output::Json {
         Box::new(runtime::JsonReporter { journal })
+    } else if controller::progress::stderr_is_live_terminal() {
+        Box::new(controller::progress::LiveReporter::new(
+            Instant::now(),
+            journal,
+            verbose,
+        ))
     } else {
         Box::new(runtime::TextReporter {
             start: Instant::now(),
@@ -461,19 +724,44 @@ fn apply(
     let start = Instant::now();
     let (l, applied) = current(cli, file)?;
     let t = &l.validated;
-    if t.runtime != topology::types::RuntimeKind::Local {
-        return Err(fail(runtime::RuntimeError::Unsupported(
-            format!("{:?}", t.runtime).to_lowercase(),
-        )));
-    }
+    let mut rt = runtime::for_topology(t).map_err(fail)?;
     let b = render_bundle(cli, &l)?;
     let redactor = plan::Redactor::new(state::existing_secret_values(t));
-    let p = plan::plan(&b, applied.as_ref().map(|a| &a.bundle), &redactor);
+    let mut p = plan::plan(&b, applied.as_ref().map(|a| &a.bundle), &redactor);
+    engine::converge::adjust_plan(&mut p, &rt.capabilities());
     let root = agent::root_of(t);
-    // The agent restarts crashed components; it must not race the apply.
-    agent::stop(&root);
+    // The agent restarts crashed components; it must not race an apply that changes anything.
+    // When nothing is to change and it runs healthy, it stays: replacing it would leave a gap in
+    // failover monitoring for nothing.
+    let kept_agent = if with_agent {
+        keepable_agent(t, &root, &b, &p)
+    } else {
+        None
+    };
+    if kept_agent.is_none() {
+        agent::stop(&root);
+    }
     let mut rep = reporter(cli, t, verbose);
-    let report = runtime::apply_local(t, &b, &p, applied.as_ref(), rep.as_mut()).map_err(fail);
+    let store = FileStore::new(t);
+    let cl = RealClients::new(t, Arc::new(FileStore::new(t)));
+    let templates = cli.templates.as_ref().map(|d| {
+        std::path::absolute(d)
+            .unwrap_or_else(|_| d.clone())
+            .display()
+            .to_string()
+    });
+    let report = engine::apply(
+        rt.as_mut(),
+        &cl,
+        &store,
+        rep.as_mut(),
+        t,
+        &b,
+        &p,
+        applied.as_ref(),
+        templates,
+    )
+    .map_err(fail);
     let report = match report {
         Ok(r) => r,
         Err(code) => {
@@ -484,7 +772,24 @@ fn apply(
             return Err(code);
         }
     };
-    if with_agent {
+    let changed = report
+        .actions
+        .values()
+        .filter(|a| **a != plan::Action::None)
+        .count();
+    let kept_agent = kept_agent.filter(|_| changed == 0);
+    if let Some(pid) = kept_agent {
+        rep.event(&runtime::Event::step(
+            "agent",
+            "keep",
+            "ok",
+            Duration::ZERO,
+            format!("pid {pid} unchanged, API http://127.0.0.1:{}", t.agent.port),
+        ));
+    } else if with_agent {
+        // Something changed after all (a crashed component restarted, a secret rotated): the
+        // agent starts afresh from the new applied record.
+        agent::stop(&root);
         match agent::start_detached(&root, t.agent.port) {
             Ok(pid) => rep.event(&runtime::Event::step(
                 "agent",
@@ -496,11 +801,7 @@ fn apply(
             Err(e) => return Err(fail(e)),
         }
     }
-    let changed = report
-        .actions
-        .values()
-        .filter(|a| **a != plan::Action::None)
-        .count();
+    drop(rep);
     if cli.output == Output::Text {
         eprintln!(
             "\napplied {} in {:.2}s: {changed} component(s) changed, {} unchanged",
@@ -510,6 +811,30 @@ fn apply(
         );
     }
     Ok((l, b))
+}
+
+/// The pid of the running agent when it can stay through this apply: the plan changes nothing,
+/// the agent answers `/health` on this topology's port and every component has a live process
+/// (a dead one is restarted by the apply, which must not race the agent doing the same).
+fn keepable_agent(
+    t: &topology::ValidatedTopology,
+    root: &Path,
+    b: &render::Bundle,
+    p: &plan::Plan,
+) -> Option<u32> {
+    if p.has_changes() {
+        return None;
+    }
+    let pid = agent::running(root)?;
+    let all_alive = b.components.keys().all(|name| {
+        runtime::process::read_record(&t.paths.run, name)
+            .is_some_and(|r| runtime::process::alive(&r))
+    });
+    let healthy = controller::probe::http_ok(
+        &format!("http://127.0.0.1:{}/health", t.agent.port),
+        Duration::from_millis(500),
+    );
+    (all_alive && healthy).then_some(pid)
 }
 
 fn up(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
@@ -522,19 +847,31 @@ fn up(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
         "managing {} in the foreground; API on http://127.0.0.1:{}; Ctrl-C stops everything",
         l.validated.name, l.validated.agent.port
     );
-    let r = agent::run(&root, stop);
+    agent::register_self(&root);
+    let r = engine::agent::run(&root, stop, services(&l.validated));
     eprintln!("stopping {} ...", l.validated.name);
-    let mut rep = reporter(cli, &l.validated, false);
-    let mut rt = runtime::local::Local {
-        t: &l.validated,
-        reporter: rep.as_mut(),
-    };
-    let left = rt.destroy(Some(&b), true).map_err(fail)?;
+    let mut rt = runtime::for_topology(&l.validated).map_err(fail)?;
+    let left = rt.teardown(Some(&b), true).map_err(fail)?;
     if !left.is_empty() {
         return Err(fail(format!("processes still running: {left:?}")));
     }
     r.map_err(fail)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `writeln!` into a String (cannot fail).
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+/// Writes `text` to stdout; a reader that has gone away (broken pipe) is not an error.
+fn emit_stdout(text: &str) {
+    use std::io::Write as _;
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(text.as_bytes()).and_then(|()| o.flush());
 }
 
 fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
@@ -546,26 +883,47 @@ fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
             state::applied_path(&l.validated).display()
         )));
     };
-    let mut null = runtime::JsonReporter { journal: None };
-    let rt = runtime::local::Local {
+    let mut rt = runtime::for_topology(&l.validated).map_err(fail)?;
+    let store = FileStore::new(&l.validated);
+    let cl = RealClients::new(&l.validated, Arc::new(FileStore::new(&l.validated)));
+    let st = engine::Env {
         t: &l.validated,
-        reporter: &mut null,
-    };
-    let st = rt.status(&applied.bundle);
+        rt: rt.as_mut(),
+        cl: &cl,
+        store: &store,
+        rep: &mut engine::NullReporter,
+    }
+    .status(&applied.bundle);
     let agent_pid = agent::running(&agent::root_of(&l.validated));
+    let hist = engine::StateStore::history(&store);
+    // Written at once at the end: a closed pipe (`status | head -3`) ends it quietly.
+    let mut out = String::new();
     if cli.output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"environment": l.validated.name, "agent_pid": agent_pid, "primary": applied.primary, "components": st})).unwrap_or_default());
+        let doc = serde_json::json!({"environment": l.validated.name, "agent_pid": agent_pid, "primary": applied.primary, "components": st, "failover_history": hist});
+        outln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&doc).unwrap_or_default()
+        );
     } else {
-        println!(
+        outln!(
+            out,
             "environment {}  agent {}",
             l.validated.name,
             agent_pid
                 .map(|p| format!("pid {p} on 127.0.0.1:{}", l.validated.agent.port))
                 .unwrap_or_else(|| "not running".into())
         );
-        println!(
+        outln!(
+            out,
             "{:<20} {:<9} {:<8} {:<8} {:>8} {:<18} {:<12} detail",
-            "component", "state", "health", "role", "pid", "ports", "lag"
+            "component",
+            "state",
+            "health",
+            "role",
+            "pid",
+            "ports",
+            "lag"
         );
         for c in &st {
             let lag = c
@@ -579,10 +937,11 @@ fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
                 .map(|p| p.to_string())
                 .collect::<Vec<_>>()
                 .join(",");
-            println!(
+            outln!(
+                out,
                 "{:<20} {:<9} {:<8} {:<8} {:>8} {:<18} {:<12} {}",
                 c.name,
-                c.state,
+                c.state.as_str(),
                 if c.healthy { "healthy" } else { "DOWN" },
                 c.role.clone().unwrap_or_default(),
                 c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
@@ -596,31 +955,33 @@ fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
             );
         }
     }
-    if cli.output == Output::Text {
-        let hist = controller::failover::history(&agent::root_of(&l.validated));
-        if !hist.is_empty() {
-            println!("\nrole changes (ms after detection: fenced / promoted / rerouted / done)");
-            for e in hist.iter().rev().take(5).rev() {
-                let rel = |x: Option<u128>| {
-                    x.map(|v| v.saturating_sub(e.detected_ms).to_string())
-                        .unwrap_or_else(|| "-".into())
-                };
-                println!(
-                    "#{} {:<10} {} -> {}  {}  {} / {} / {} / {}  {}",
-                    e.id,
-                    e.kind,
-                    e.from,
-                    e.to,
-                    e.status,
-                    rel(e.fenced_ms),
-                    rel(e.promoted_ms),
-                    rel(e.rerouted_ms),
-                    rel(e.done_ms),
-                    e.reason
-                );
-            }
+    if cli.output == Output::Text && !hist.is_empty() {
+        outln!(
+            out,
+            "\nrole changes (ms after detection: fenced / promoted / rerouted / done)"
+        );
+        for e in hist.iter().rev().take(5).rev() {
+            let rel = |x: Option<u128>| {
+                x.map(|v| v.saturating_sub(e.detected_ms).to_string())
+                    .unwrap_or_else(|| "-".into())
+            };
+            outln!(
+                out,
+                "#{} {:<10} {} -> {}  {}  {} / {} / {} / {}  {}",
+                e.id,
+                e.kind.as_str(),
+                e.from,
+                e.to,
+                format!("{:?}", e.status).to_lowercase(),
+                rel(e.fenced_ms),
+                rel(e.promoted_ms),
+                rel(e.rerouted_ms),
+                rel(e.done_ms),
+                e.reason
+            );
         }
     }
+    emit_stdout(&out);
     let all = st.iter().all(|c| c.healthy);
     Ok(if all {
         ExitCode::SUCCESS
@@ -650,10 +1011,11 @@ fn switchover(cli: &Cli, file: &Path, to: Option<&str>) -> Result<ExitCode, Exit
                 .unwrap_or(body);
             return Err(fail(format!("switchover failed: {detail}")));
         }
-        serde_json::from_str::<controller::failover::FailoverEvent>(&body).map_err(fail)?
+        serde_json::from_str::<failover::FailoverEvent>(&body).map_err(fail)?
     } else {
-        let mut journal = controller::failover::Journal::open(&root);
-        controller::failover::switchover(&root, to, &mut journal, &mut |_| {}).map_err(fail)?
+        let mut journal = failover::Journal::open(&root);
+        failover::switchover(&services(&l.validated), to, &mut journal, &mut |_| {})
+            .map_err(fail)?
     };
     if cli.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&ev).unwrap_or_default());
@@ -682,7 +1044,7 @@ fn logs(
 ) -> Result<ExitCode, ExitCode> {
     use std::io::{Read, Seek, SeekFrom, Write};
     let (l, _) = current(cli, file)?;
-    let path = if component == agent::AGENT {
+    let path = if component == engine::agent::AGENT {
         agent::root_of(&l.validated).join("logs/agent.log")
     } else {
         runtime::local::log_path(&l.validated, component)
@@ -725,13 +1087,9 @@ fn destroy(cli: &Cli, file: &Path, keep_data: bool) -> Result<ExitCode, ExitCode
     let (l, applied) = current(cli, file)?;
     let root = agent::root_of(&l.validated);
     agent::stop(&root);
-    let mut rep = reporter(cli, &l.validated, false);
-    let mut rt = runtime::local::Local {
-        t: &l.validated,
-        reporter: rep.as_mut(),
-    };
+    let mut rt = runtime::for_topology(&l.validated).map_err(fail)?;
     let left = rt
-        .destroy(applied.as_ref().map(|a| &a.bundle), keep_data)
+        .teardown(applied.as_ref().map(|a| &a.bundle), keep_data)
         .map_err(fail)?;
     if !left.is_empty() {
         return Err(fail(format!(
@@ -753,7 +1111,27 @@ fn destroy(cli: &Cli, file: &Path, keep_data: bool) -> Result<ExitCode, ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+/// The engine's services for an environment: its file store, the real clients, the runtime the
+/// topology names (one per call, for the roles the caller has) and HAProxy as the write router.
+fn services(t: &topology::ValidatedTopology) -> Services {
+    let store: Arc<dyn engine::StateStore> = Arc::new(FileStore::new(t));
+    let make: RuntimeFactory = Arc::new(|t: &topology::ValidatedTopology| {
+        runtime::for_topology(t).unwrap_or_else(|_| Box::new(runtime::local::Local::new(t)))
+    });
+    Services {
+        store: store.clone(),
+        clients: Arc::new(RealClients::new(t, store)),
+        runtime: make,
+        router: Arc::new(failover::HaproxyRouter),
+    }
+}
+
 fn main() -> ExitCode {
+    // Probing the tools takes a moment, so only `--version` itself pays for it.
+    if std::env::args().nth(1).as_deref() == Some("--version") {
+        println!("bssctl {}", version_long());
+        return ExitCode::SUCCESS;
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

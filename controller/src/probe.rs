@@ -112,7 +112,11 @@ pub fn haproxy_cmd(socket: &str, cmd: &str, timeout: Duration) -> Result<String,
 
 /// `show stat` as (proxy, server, status) rows.
 pub fn haproxy_servers(socket: &str) -> Result<Vec<(String, String, String)>, String> {
-    let text = haproxy_cmd(socket, "show stat", Duration::from_secs(2))?;
+    haproxy_stat_rows(&haproxy_cmd(socket, "show stat", Duration::from_secs(2))?)
+}
+
+/// Parses the CSV answer of `show stat` into (proxy, server, status) rows.
+pub fn haproxy_stat_rows(text: &str) -> Result<Vec<(String, String, String)>, String> {
     let mut lines = text.lines();
     let header = lines.next().ok_or("empty answer")?;
     let cols: Vec<&str> = header.trim_start_matches("# ").split(',').collect();
@@ -135,7 +139,11 @@ pub fn haproxy_servers(socket: &str) -> Result<Vec<(String, String, String)>, St
 
 /// The worker pid HAProxy reports (`show info`), to verify a reload replaced the worker.
 pub fn haproxy_worker_pid(socket: &str) -> Option<u32> {
-    let text = haproxy_cmd(socket, "show info", Duration::from_secs(2)).ok()?;
+    haproxy_info_pid(&haproxy_cmd(socket, "show info", Duration::from_secs(2)).ok()?)
+}
+
+/// The `Pid:` line of a `show info` answer.
+pub fn haproxy_info_pid(text: &str) -> Option<u32> {
     text.lines()
         .find_map(|l| l.strip_prefix("Pid: ").and_then(|p| p.trim().parse().ok()))
 }

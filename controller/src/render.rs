@@ -36,6 +36,8 @@ pub enum RenderError {
 pub enum Kind {
     Postgres,
     Redis,
+    /// The S3 store (s3s-fs) the brokers keep their log and group offsets in.
+    KafkaStore,
     Kafka,
     Haproxy,
     Backend,
@@ -54,7 +56,9 @@ impl Kind {
         match self {
             Kind::Postgres => 0,
             Kind::Redis => 1,
-            Kind::Kafka => 2,
+            Kind::KafkaStore => 2,
+            // Same step as HAProxy (independent of each other), after the store.
+            Kind::Kafka => 3,
             Kind::Haproxy => 3,
             Kind::Backend => 4,
             Kind::StreamProcessor => 5,
@@ -186,31 +190,116 @@ fn collect(dir: &'static Dir<'static>, out: &mut Vec<(String, &'static str)>) {
     }
 }
 
-fn register_filters(tera: &mut tera::Tera) {
-    // `x | pgquote` -> 'x' with embedded quotes doubled (postgresql.conf values).
-    tera.register_filter(
-        "pgquote",
-        |v: &tera::Value, _: &std::collections::HashMap<String, tera::Value>| {
-            let s = match v {
-                tera::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            Ok(tera::Value::String(format!("'{}'", s.replace('\'', "''"))))
-        },
-    );
-    // `x | yamlstr` -> a double-quoted YAML/JSON string.
-    tera.register_filter(
-        "yamlstr",
-        |v: &tera::Value, _: &std::collections::HashMap<String, tera::Value>| {
-            let s = match v {
-                tera::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            Ok(tera::Value::String(
-                serde_json::Value::String(s).to_string(),
+/// Escaping for every target format, in one place each. Validation (`topology::syntax`) keeps
+/// line breaks and control characters out of the topology; these functions make what remains
+/// (quotes, backslashes, `#`, `$`, `{{`) mean itself in the file it lands in, and refuse what a
+/// format cannot carry at all, so a template can never emit an injected line.
+pub mod escape {
+    use crate::topology::syntax;
+
+    /// A quoted postgresql.conf value: `'` doubled and `\` doubled (the server's configuration
+    /// lexer reads backslash escapes inside quotes). Refuses line breaks, which a quoted value
+    /// cannot hold.
+    pub fn pg_conf(s: &str) -> Result<String, String> {
+        if let Some(r) = syntax::single_line(s) {
+            return Err(format!("a postgresql.conf value {}", r.reason));
+        }
+        Ok(format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''")))
+    }
+
+    /// A double-quoted YAML scalar that every YAML reader of the stack (Go's yaml for
+    /// Prometheus and Alertmanager, yaml-cpp for Envoy, serde for the backend) reads back as
+    /// `s`: quotes and backslashes escaped, and every control character, NEL, the Unicode line
+    /// and paragraph separators and the BOM written as `\uXXXX` (YAML 1.1 readers fold them
+    /// as line breaks otherwise).
+    pub fn yaml_str(s: &str) -> String {
+        let mut out = String::with_capacity(s.len() + 2);
+        out.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                c if syntax::is_breaking(c) => out.push_str(&format!("\\u{:04X}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    /// A double-quoted redis.conf argument (Redis splits lines with `sdssplitargs`, which reads
+    /// `\"`, `\\` and `\xHH` inside double quotes). Refuses line breaks.
+    pub fn redis_str(s: &str) -> Result<String, String> {
+        if let Some(r) = syntax::single_line(s) {
+            return Err(format!("a redis.conf argument {}", r.reason));
+        }
+        Ok(format!(
+            "\"{}\"",
+            s.replace('\\', "\\\\").replace('"', "\\\"")
+        ))
+    }
+
+    /// A word of haproxy.cfg written as is: HAProxy splits on blanks and interprets quotes,
+    /// backslashes, `#` and `${...}` itself, so anything beyond a portable set is refused.
+    pub fn haproxy_word(s: &str) -> Result<String, String> {
+        let portable = !s.is_empty()
+            && s.chars().all(|c| {
+                c.is_ascii_alphanumeric()
+                    || matches!(c, '/' | '.' | '_' | '-' | '+' | '@' | ',' | '=' | '~' | ':')
+            });
+        if portable {
+            Ok(s.to_string())
+        } else {
+            Err(format!(
+                "`{}` cannot be written into haproxy.cfg",
+                s.escape_debug()
             ))
-        },
-    );
+        }
+    }
+
+    /// A field of a libpq password file line (`host:port:db:user:password`): `\\` and `:`
+    /// escaped with a backslash. Refuses line breaks, which would start another entry.
+    pub fn pgpass_field(s: &str) -> Result<String, String> {
+        if let Some(r) = syntax::single_line(s) {
+            return Err(format!("a pgpass field {}", r.reason));
+        }
+        Ok(s.replace('\\', "\\\\").replace(':', "\\:"))
+    }
+
+    /// The value of a KEY=VALUE env file line (read trimmed, split at the first `=`).
+    pub fn env_value(s: &str) -> Result<String, String> {
+        match syntax::env_value(s) {
+            None => Ok(s.to_string()),
+            Some(r) => Err(format!("an env file value {}", r.reason)),
+        }
+    }
+}
+
+fn register_filters(tera: &mut tera::Tera) {
+    type Filter = fn(&str) -> Result<String, String>;
+    let filters: [(&str, Filter); 5] = [
+        ("pgquote", escape::pg_conf),
+        ("yamlstr", |s| Ok(escape::yaml_str(s))),
+        ("redisquote", escape::redis_str),
+        ("hapword", escape::haproxy_word),
+        ("envvalue", escape::env_value),
+    ];
+    for (name, f) in filters {
+        tera.register_filter(
+            name,
+            move |v: &tera::Value, _: &std::collections::HashMap<String, tera::Value>| {
+                let s = match v {
+                    tera::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                f(&s).map(tera::Value::String).map_err(|e| {
+                    tera::Error::msg(format!("failed to escape a value for `{name}`: {e}"))
+                })
+            },
+        );
+    }
 }
 
 struct Renderer<'a> {
@@ -311,6 +400,9 @@ pub fn render(t: &ValidatedTopology, tera: &tera::Tera) -> Result<Bundle, Render
         );
     }
     if let Some(k) = &t.kafka {
+        if let Some(st) = &k.store {
+            add(&st.name, Kind::KafkaStore, vec![]);
+        }
         for br in &k.brokers {
             let extra = [("broker", json(br))];
             add(
@@ -479,6 +571,21 @@ pub fn launch(t: &ValidatedTopology, name: &str, kind: Kind) -> Launch {
             l.program = s("redis-server");
             l.args = vec![format!("{cfg}/redis.conf")];
         }
+        Kind::KafkaStore => {
+            l.program = s("bssctl");
+            if let Some(st) = t.kafka.as_ref().and_then(|k| k.store.as_ref()) {
+                l.args = vec![
+                    s("kafka-store"),
+                    s("--root"),
+                    st.data_dir.clone(),
+                    s("--listen"),
+                    format!("{}:{}", t.bind, st.endpoint.port),
+                    s("--bucket"),
+                    st.bucket.clone(),
+                ];
+                l.env.insert(s("RUST_LOG"), s("warn"));
+            }
+        }
         Kind::Kafka => {
             l.program = s("tansu");
             l.args = vec![s("broker")];
@@ -603,4 +710,29 @@ pub fn launch(t: &ValidatedTopology, name: &str, kind: Kind) -> Launch {
 pub fn envoy_base_id(env: &str) -> u32 {
     let h = Sha256::digest(env.as_bytes());
     1000 + (u32::from_be_bytes([h[0], h[1], h[2], h[3]]) % 60_000)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::escape;
+
+    #[test]
+    fn escaping_per_format() {
+        assert_eq!(escape::pg_conf(r"a\b'c").unwrap(), r"'a\\b''c'");
+        assert!(escape::pg_conf("a\nb").is_err());
+        assert_eq!(
+            escape::yaml_str("q\"b\\n\nl\u{2028}s\u{85}e\u{0}"),
+            r#""q\"b\\n\nl\u2028s\u0085e\u0000""#
+        );
+        assert_eq!(escape::redis_str(r#"a"b\c"#).unwrap(), r#""a\"b\\c""#);
+        assert!(escape::redis_str("a\rb").is_err());
+        assert_eq!(escape::haproxy_word("/run/x.sock").unwrap(), "/run/x.sock");
+        for bad in ["a b", "a#b", "${X}", "a\"", ""] {
+            assert!(escape::haproxy_word(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(escape::pgpass_field(r"p:w\d").unwrap(), r"p\:w\\d");
+        assert!(escape::env_value("x\nY=1").is_err());
+        assert_eq!(escape::env_value("x=y").unwrap(), "x=y");
+    }
 }

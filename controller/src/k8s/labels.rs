@@ -31,6 +31,7 @@ pub fn kind_name(kind: Kind) -> &'static str {
         Kind::Postgres => "postgres",
         Kind::Redis => "redis",
         Kind::Kafka => "kafka",
+        Kind::KafkaStore => "kafka-store",
         Kind::Haproxy => "haproxy",
         Kind::Backend => "backend",
         Kind::StreamProcessor => "stream-processor",

@@ -198,6 +198,7 @@ pub fn resources(kind: Kind) -> Resources {
         Kind::Postgres => r("250m", "512Mi", "1Gi"),
         Kind::Redis => r("100m", "128Mi", "384Mi"),
         Kind::Kafka => r("250m", "256Mi", "1Gi"),
+        Kind::KafkaStore => r("100m", "64Mi", "512Mi"),
         Kind::Haproxy => r("100m", "64Mi", "256Mi"),
         Kind::Backend => r("250m", "128Mi", "512Mi"),
         Kind::StreamProcessor => r("100m", "64Mi", "256Mi"),
@@ -214,6 +215,7 @@ pub fn resources(kind: Kind) -> Resources {
 fn storage(kind: Kind) -> Option<&'static str> {
     match kind {
         Kind::Postgres => Some("10Gi"),
+        Kind::KafkaStore => Some("10Gi"),
         Kind::Prometheus => Some("10Gi"),
         Kind::Alertmanager => Some("1Gi"),
         _ => None,
@@ -252,6 +254,12 @@ pub fn ports(t: &ValidatedTopology, name: &str, kind: Kind) -> Vec<(String, u16)
             .as_ref()
             .and_then(|k| k.brokers.iter().find(|b| b.name == name))
             .map(|b| one("kafka", b.endpoint.port))
+            .unwrap_or_default(),
+        Kind::KafkaStore => t
+            .kafka
+            .as_ref()
+            .and_then(|k| k.store.as_ref())
+            .map(|s| one("s3", s.endpoint.port))
             .unwrap_or_default(),
         Kind::Haproxy => t
             .haproxy
@@ -341,12 +349,6 @@ pub fn clients_of(t: &ValidatedTopology, bundle: &Bundle, target: &str) -> BTree
                 out.extend(of(Kind::Backend));
                 out.extend(of(Kind::StreamProcessor));
             }
-            if t.kafka
-                .as_ref()
-                .is_some_and(|k| k.storage == crate::topology::types::KafkaStorage::Postgres)
-            {
-                out.extend(of(Kind::Kafka));
-            }
         }
         Kind::Haproxy => {
             out.extend(of(Kind::Backend));
@@ -362,6 +364,8 @@ pub fn clients_of(t: &ValidatedTopology, bundle: &Bundle, target: &str) -> BTree
             out.extend(of(Kind::Backend));
             out.extend(of(Kind::StreamProcessor));
         }
+        // The brokers keep their log and group offsets in the store.
+        Kind::KafkaStore => out.extend(of(Kind::Kafka)),
         Kind::Backend => out.extend(of(Kind::Envoy)),
         Kind::Alertmanager => out.extend(of(Kind::Prometheus)),
         _ => {}
@@ -554,6 +558,11 @@ fn probes(
             Some(tcp_probe("kafka", 5, 6)),
             None,
         ),
+        Kind::KafkaStore => (
+            Some(tcp_probe("s3", 2, 3)),
+            Some(tcp_probe("s3", 5, 6)),
+            None,
+        ),
         Kind::Haproxy => (
             Some(tcp_probe("write", 2, 3)),
             Some(tcp_probe("write", 5, 6)),
@@ -702,6 +711,11 @@ impl Ctx<'_> {
             Kind::Prometheus => t.prometheus.as_ref().map(|p| p.data_dir.clone()),
             Kind::Alertmanager => t.alertmanager.as_ref().map(|a| a.data_dir.clone()),
             Kind::Kafka => Some(data_dir),
+            Kind::KafkaStore => t
+                .kafka
+                .as_ref()
+                .and_then(|k| k.store.as_ref())
+                .map(|s| s.data_dir.clone()),
             _ => None,
         };
         if let Some(d) = &data_path {

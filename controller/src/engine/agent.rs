@@ -3,29 +3,29 @@
 //! backoff (never the PostgreSQL primary: its loss belongs to failover), and serves a loopback HTTP
 //! API: `/status`, `/metrics`, `/health`, `/components/<name>`, `/failover`, `POST /switchover`
 //! and `/alerts/<receiver>` (the default Alertmanager webhook sink). PostgreSQL members are left
-//! to the failover monitor (`crate::failover`) when failover is enabled.
+//! to the failover monitor (`engine::failover`) when failover is enabled.
 //!
-//! It works from `applied.json` (bundle + validated topology), never from the user's file.
+//! It works from the applied record in the state store (bundle + validated topology), never from
+//! the user's file, and acts only through the runtime it is given.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::failover::{self, FailoverStatus, Request};
-use crate::plan::Action;
+use crate::engine::converge::ComponentStatus;
+use crate::engine::failover::{self, FailoverStatus, Request, Services};
+use crate::engine::supervise::{Decision, Seen, Supervisor};
+use crate::engine::{Env, NullReporter};
+use crate::progress::{Event, Reporter};
 use crate::render::Kind;
-use crate::runtime::local::{ComponentStatus, Local};
-use crate::runtime::process::{self, Record};
-use crate::runtime::{Event, Reporter};
-use crate::state::Applied;
 use crate::topology::model::Role;
 
-/// Component name of the agent's own process record.
+/// Component name of the agent (its log, its process record on runtimes that have them).
 pub const AGENT: &str = "agent";
 
 #[derive(Debug, Default, Serialize, Clone)]
@@ -42,12 +42,6 @@ pub struct Snapshot {
     pub alerts_received: BTreeMap<String, u64>,
     pub recent_alerts: VecDeque<serde_json::Value>,
     pub failover: FailoverStatus,
-}
-
-struct Backoff {
-    delay: Duration,
-    next: Instant,
-    healthy_since: Option<Instant>,
 }
 
 /// Collects events of restarts into the snapshot and the journal.
@@ -74,59 +68,48 @@ impl Reporter for AgentReporter<'_> {
     }
 }
 
-fn load(root: &Path) -> Result<Applied, String> {
-    let p = root.join("applied.json");
-    let text =
-        std::fs::read_to_string(&p).map_err(|e| format!("failed to read {}: {e}", p.display()))?;
-    let a: Applied =
-        serde_json::from_str(&text).map_err(|e| format!("failed to parse {}: {e}", p.display()))?;
-    if a.topology.is_none() {
-        return Err(format!(
-            "{} has no topology record; run `bssctl apply` again",
-            p.display()
-        ));
-    }
-    Ok(a)
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("failed to load the applied state: {0}")]
+    State(String),
+    #[error("failed to listen on {addr}: {detail}")]
+    Listen { addr: String, detail: String },
 }
 
-/// Runs until `stop` is set. `root` is the environment's state root.
-pub fn run(root: &Path, stop: Arc<AtomicBool>) -> Result<(), String> {
-    let mut applied = load(root)?;
-    let t0 = applied.topology.clone().ok_or("no topology")?;
+/// Runs until `stop` is set: supervision every second, the failover monitor on its own thread,
+/// the HTTP API on another. `journal_root` is where the journal of its steps goes.
+pub fn run(journal_root: &Path, stop: Arc<AtomicBool>, svc: Services) -> Result<(), AgentError> {
+    let store = svc.store.clone();
+    let mut applied = store
+        .applied()
+        .map_err(|e| AgentError::State(e.to_string()))?
+        .ok_or_else(|| AgentError::State("nothing applied yet".into()))?;
+    let t0 = applied.topology.clone().ok_or_else(|| {
+        AgentError::State("the applied record has no topology; run `bssctl apply` again".into())
+    })?;
     let snap = Arc::new(Mutex::new(Snapshot {
         environment: t0.name.clone(),
         agent_pid: std::process::id(),
-        started_at: process::now_secs(),
+        started_at: crate::engine::failover::now_ms() as u64 / 1000,
         ..Default::default()
     }));
     let addr = format!("{}:{}", t0.agent.host, t0.agent.port);
-    let server =
-        tiny_http::Server::http(&addr).map_err(|e| format!("failed to listen on {addr}: {e}"))?;
+    let server = tiny_http::Server::http(&addr).map_err(|e| AgentError::Listen {
+        addr: addr.clone(),
+        detail: e.to_string(),
+    })?;
     let server = Arc::new(server);
-    // A restarted agent (by hand or by a test) records itself so `destroy` finds it.
-    let run_dir = root.join("run").display().to_string();
-    if !process::read_record(&run_dir, AGENT).is_some_and(|r| process::alive(&r)) {
-        let me = std::process::id();
-        let _ = process::write_record(
-            &run_dir,
-            &Record {
-                component: AGENT.into(),
-                pid: me,
-                start_ticks: process::start_ticks(me).unwrap_or(0),
-                hash: String::new(),
-                epoch: 0,
-                started_at: process::now_secs(),
-                restarts: 0,
-                pgid: process::pgid(me).unwrap_or(me),
-                kind: None,
-            },
-        );
-    }
     let fo = Arc::new(Mutex::new(FailoverStatus::default()));
     let (tx, rx) = std::sync::mpsc::channel::<Request>();
     if t0.postgres.is_some() {
-        let (root2, stop2, fo2) = (root.to_path_buf(), stop.clone(), fo.clone());
-        std::thread::spawn(move || failover::monitor(&root2, stop2, rx, fo2));
+        let (svc2, root2, stop2, fo2) = (
+            svc.clone(),
+            journal_root.to_path_buf(),
+            stop.clone(),
+            fo.clone(),
+        );
+        std::thread::spawn(move || failover::monitor(svc2, &root2, stop2, rx, fo2));
     }
     {
         let snap = snap.clone();
@@ -134,14 +117,12 @@ pub fn run(root: &Path, stop: Arc<AtomicBool>) -> Result<(), String> {
         let fo = fo.clone();
         std::thread::spawn(move || serve(&server, &snap, &fo, &tx));
     }
-    let mut applied_mtime = std::fs::metadata(root.join("applied.json"))
-        .and_then(|m| m.modified())
-        .ok();
-    let mut backoff: BTreeMap<String, Backoff> = BTreeMap::new();
+    let mut token = store.applied_token();
+    let mut sup = Supervisor::default();
     let journal = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(root.join("journal.jsonl"))
+        .open(journal_root.join("journal.jsonl"))
         .ok();
     let mut reporter = AgentReporter {
         snap: &snap,
@@ -150,13 +131,11 @@ pub fn run(root: &Path, stop: Arc<AtomicBool>) -> Result<(), String> {
     while !stop.load(Ordering::SeqCst) {
         let loop_start = Instant::now();
         // Pick up a new apply.
-        let mtime = std::fs::metadata(root.join("applied.json"))
-            .and_then(|m| m.modified())
-            .ok();
-        if mtime != applied_mtime {
-            if let Ok(a) = load(root) {
+        let now_token = store.applied_token();
+        if now_token != token {
+            if let Ok(Some(a)) = store.applied() {
                 applied = a;
-                applied_mtime = mtime;
+                token = now_token;
             }
         }
         let Some(t) = applied.topology.clone() else {
@@ -166,66 +145,37 @@ pub fn run(root: &Path, stop: Arc<AtomicBool>) -> Result<(), String> {
             Some(p) => t.with_primary(p).unwrap_or(t),
             None => t,
         };
+        let mut rt = (svc.runtime)(&t);
+        let failover_on = t.postgres.as_ref().is_some_and(|p| p.failover.enabled);
         for (name, c) in applied.bundle.ordered() {
             if stop.load(Ordering::SeqCst) {
                 break;
             }
-            let rec: Option<Record> = process::read_record(&t.paths.run, name);
-            let alive = rec.as_ref().is_some_and(process::alive);
-            if alive {
-                let b = backoff.entry(name.clone()).or_insert(Backoff {
-                    delay: Duration::from_secs(1),
-                    next: Instant::now(),
-                    healthy_since: Some(Instant::now()),
-                });
-                let since = *b.healthy_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > Duration::from_secs(60) {
-                    b.delay = Duration::from_secs(1);
-                }
-                continue;
-            }
-            let is_primary = c.kind == Kind::Postgres
-                && t.postgres
-                    .as_ref()
-                    .and_then(|p| p.member(name))
-                    .is_some_and(|m| m.role == Role::Primary);
-            if is_primary {
-                // Failover decides what happens to a lost primary; restarting it blindly could
-                // bring back a second primary.
-                continue;
-            }
-            let failover_on = t.postgres.as_ref().is_some_and(|p| p.failover.enabled);
-            if c.kind == Kind::Postgres && failover_on {
-                // The failover monitor rejoins replicas (a former primary needs pg_rewind first).
-                continue;
-            }
-            let b = backoff.entry(name.clone()).or_insert(Backoff {
-                delay: Duration::from_secs(1),
-                next: Instant::now(),
-                healthy_since: None,
-            });
-            b.healthy_since = None;
-            if Instant::now() < b.next {
+            let observed = rt.observe(name);
+            let seen = Seen {
+                kind: c.kind,
+                running: observed.as_ref().is_some_and(|o| o.running),
+                is_primary: c.kind == Kind::Postgres
+                    && t.postgres
+                        .as_ref()
+                        .and_then(|p| p.member(name))
+                        .is_some_and(|m| m.role == Role::Primary),
+                failover_on,
+            };
+            if sup.decide(Instant::now(), name, seen) != Decision::Restart {
                 continue;
             }
             tracing::warn!(component = %name, "component is down; restarting");
-            let mut local = Local {
+            let restarts = observed.map(|o| o.restarts + 1).unwrap_or(1);
+            let result = Env {
                 t: &t,
-                reporter: &mut reporter,
-            };
-            let result = local.ensure(name, c, None, Action::Create);
-            let b = backoff.entry(name.clone()).or_insert(Backoff {
-                delay: Duration::from_secs(1),
-                next: Instant::now(),
-                healthy_since: None,
-            });
-            b.next = Instant::now() + b.delay;
-            b.delay = (b.delay * 2).min(Duration::from_secs(60));
-            let restarts = rec.map(|r| r.restarts + 1).unwrap_or(1);
-            if let Some(mut r) = process::read_record(&t.paths.run, name) {
-                r.restarts = restarts;
-                let _ = process::write_record(&t.paths.run, &r);
+                rt: rt.as_mut(),
+                cl: &*svc.clients,
+                store: &*store,
+                rep: &mut reporter,
             }
+            .restart_crashed(name, c, restarts);
+            sup.restarted(Instant::now(), name);
             if let Ok(mut s) = snap.lock() {
                 *s.restarts.entry(name.clone()).or_default() += 1;
             }
@@ -234,14 +184,15 @@ pub fn run(root: &Path, stop: Arc<AtomicBool>) -> Result<(), String> {
             }
         }
         let probe_start = Instant::now();
-        let statuses = {
-            let mut null = NullReporter;
-            Local {
-                t: &t,
-                reporter: &mut null,
-            }
-            .status(&applied.bundle)
-        };
+        let statuses = Env {
+            t: &t,
+            rt: rt.as_mut(),
+            cl: &*svc.clients,
+            store: &*store,
+            rep: &mut NullReporter,
+        }
+        .status(&applied.bundle);
+        drop(rt);
         if let Ok(mut s) = snap.lock() {
             s.components = statuses;
             s.primary = t.postgres.as_ref().map(|p| p.primary.clone());
@@ -256,11 +207,6 @@ pub fn run(root: &Path, stop: Arc<AtomicBool>) -> Result<(), String> {
     }
     server.unblock();
     Ok(())
-}
-
-struct NullReporter;
-impl Reporter for NullReporter {
-    fn event(&mut self, _: &Event) {}
 }
 
 fn problem(
@@ -437,7 +383,7 @@ pub fn metrics(s: &Snapshot) -> String {
             "bssctl_component_running{{component=\"{}\",kind=\"{}\"}} {}",
             esc(&c.name),
             kind(c.kind),
-            u8::from(c.state == "running")
+            u8::from(c.state == crate::engine::converge::RunState::Running)
         );
     }
     let _ = writeln!(o, "# HELP bssctl_component_restarts_total Restarts by the agent.\n# TYPE bssctl_component_restarts_total counter");
@@ -548,87 +494,4 @@ pub fn metrics(s: &Snapshot) -> String {
         );
     }
     o
-}
-
-/// Starts the agent detached (its own process group, output to logs/agent.log) and waits until
-/// its API answers.
-pub fn start_detached(root: &Path, agent_port: u16) -> Result<u32, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("failed to find bssctl itself: {e}"))?;
-    let log = root.join("logs").join("agent.log");
-    let root_s = root.display().to_string();
-    let child = process::spawn(process::Spawn {
-        component: AGENT,
-        program: exe,
-        args: vec!["agent".into(), "--root".into(), root_s.clone()],
-        env: vec![(
-            "BSSCTL_LOG".into(),
-            std::env::var("BSSCTL_LOG").unwrap_or_else(|_| "info".into()),
-        )],
-        log,
-        env_root: &root_s,
-        user: None,
-        cwd: Some(root.to_path_buf()),
-    })
-    .map_err(|e| e.to_string())?;
-    let pid = child.pid;
-    let run = root.join("run").display().to_string();
-    let rec = Record {
-        component: AGENT.into(),
-        pid,
-        start_ticks: process::start_ticks(pid).unwrap_or(0),
-        hash: String::new(),
-        epoch: 0,
-        started_at: process::now_secs(),
-        restarts: 0,
-        pgid: child.pgid,
-        kind: None,
-    };
-    process::write_record(&run, &rec).map_err(|e| e.to_string())?;
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        if crate::probe::http_ok(
-            &format!("http://127.0.0.1:{agent_port}/health"),
-            Duration::from_millis(500),
-        ) {
-            return Ok(pid);
-        }
-        if !process::alive(&rec) {
-            return Err(format!(
-                "the agent exited; see {}/logs/agent.log",
-                root.display()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(format!(
-        "the agent did not answer on 127.0.0.1:{agent_port} within 10s"
-    ))
-}
-
-/// Stops a running agent of this environment, if any.
-pub fn stop(root: &Path) {
-    let run = root.join("run").display().to_string();
-    if let Some(r) = process::read_record(&run, AGENT) {
-        if process::alive(&r) {
-            process::stop_group(r.pid, Duration::from_secs(5));
-        }
-        process::remove_record(&run, AGENT);
-    }
-}
-
-pub fn running(root: &Path) -> Option<u32> {
-    let run = root.join("run").display().to_string();
-    process::read_record(&run, AGENT)
-        .filter(process::alive)
-        .map(|r| r.pid)
-}
-
-/// Root of an environment from the validated topology.
-pub fn root_of(t: &crate::topology::ValidatedTopology) -> PathBuf {
-    PathBuf::from(&t.paths.root)
-}
-
-/// Current applied state (for `status` when no agent runs).
-pub fn applied(root: &Path) -> Option<Applied> {
-    load(root).ok()
 }

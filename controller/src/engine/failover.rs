@@ -1,13 +1,16 @@
-//! Automated failover, planned switchover and rejoin of the PostgreSQL members on the local
-//! runtime. Owns the decision (`choose`, pure), the sequence detect -> fence -> promote -> reroute
-//! -> record, and the persisted intent that lets a restarted agent finish a failover it started.
-//! It does not supervise other components (the agent does) and never starts a former primary
-//! except as a replica (through the runtime's rewind path).
+//! PostgreSQL failover, switchover and rejoin, over the engine's seams: the runtime (fence =
+//! kill every process of the member, files, tasks), the clients (promote, slots, probes), a
+//! `WriteRouter` (where writes go: HAProxy's runtime API, later a Kubernetes Service selector)
+//! and the state store (the intent written before anything is touched, the history, the
+//! members to rewind).
 //!
-//! The failure model is written down in docs/failover.md.
+//! Sequence of a failover: intent → fence the old primary (writes stopped at the router, every
+//! process killed, its files rendered as a replica, marked for rewind) → promote the chosen
+//! replica → route writes to it → record the new primary → re-point the others → history.
+//! Every step is idempotent: an agent killed half-way finishes from the intent.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -15,28 +18,84 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::clients::{Clients, PgOp, PgReply};
+use crate::engine::converge::{control_field, parse_lsn};
+use crate::engine::detect::{self, Detector, Verdict};
+use crate::engine::runtime::{Runtime, StopMode, Task};
+use crate::engine::store::StateStore;
+use crate::engine::{Env, RuntimeFactory};
 use crate::pgsql;
 use crate::plan::Action;
-use crate::probe;
+use crate::progress::{Event, Reporter};
 use crate::render::{self, Bundle, Kind};
-use crate::runtime::local::{self, Local};
-use crate::runtime::process;
-use crate::runtime::{Event, Reporter};
-use crate::state::{self, Applied};
+use crate::state::Applied;
 use crate::topology::model::{PgMember, Role, ValidatedTopology};
 use crate::topology::types::ReplicationMode;
+
+/// A failed failover step, with what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum FailoverError {
+    #[error("failed to load the applied state: {0}")]
+    State(String),
+    #[error("failed to render for the new primary: {0}")]
+    Render(String),
+    #[error("failed to fence {member}: {detail}")]
+    Fence { member: String, detail: String },
+    #[error("failed to promote {member}: {detail}")]
+    Promote { member: String, detail: String },
+    #[error("failed to route writes to {member}: {detail}")]
+    Route { member: String, detail: String },
+    #[error("failed to switch over: {0}")]
+    Switchover(String),
+    #[error("failed to rejoin {member}: {detail}")]
+    Rejoin { member: String, detail: String },
+    #[error("failed: {0}")]
+    Refused(String),
+}
+
+fn fence_err(member: &str, detail: impl std::fmt::Display) -> FailoverError {
+    FailoverError::Fence {
+        member: member.into(),
+        detail: detail.to_string(),
+    }
+}
+
+/// Failover (unplanned) or switchover (planned).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    #[default]
+    Failover,
+    Switchover,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Failover => "failover",
+            EventKind::Switchover => "switchover",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EventStatus {
+    #[default]
+    Running,
+    Done,
+    Failed,
+}
 
 /// One failover or switchover with its timeline (milliseconds since the Unix epoch).
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 pub struct FailoverEvent {
     pub id: u64,
-    /// failover | switchover
-    pub kind: String,
+    pub kind: EventKind,
     pub from: String,
     pub to: String,
     pub reason: String,
-    /// running | done | failed
-    pub status: String,
+    pub status: EventStatus,
     pub detected_ms: u128,
     pub fenced_ms: Option<u128>,
     pub promoted_ms: Option<u128>,
@@ -95,52 +154,114 @@ pub enum Request {
     },
 }
 
-fn now_ms() -> u128 {
+/// Where writes go. HAProxy's runtime API locally and on Docker; a Service selector on
+/// Kubernetes.
+pub trait WriteRouter: Send + Sync {
+    /// No new writes reach `member`; its sessions are cut.
+    fn fence(
+        &self,
+        rt: &mut dyn Runtime,
+        t: &ValidatedTopology,
+        member: &str,
+    ) -> Result<(), String>;
+    /// Writes go to `member` now.
+    fn route(
+        &self,
+        rt: &mut dyn Runtime,
+        t: &ValidatedTopology,
+        member: &str,
+    ) -> Result<(), String>;
+}
+
+/// HAProxy's runtime API (through the runtime's admin channel to the `haproxy` component).
+pub struct HaproxyRouter;
+
+fn haproxy_cmds(
+    rt: &mut dyn Runtime,
+    t: &ValidatedTopology,
+    cmds: &[String],
+) -> Result<(), String> {
+    if t.haproxy.is_none() {
+        return Ok(());
+    }
+    let mut errs = Vec::new();
+    for c in cmds {
+        match rt.exec("haproxy", &Task::HaproxyAdmin(c.clone())) {
+            Ok(out) if out.trim().is_empty() => {}
+            Ok(out) => errs.push(format!("`{c}`: {}", out.trim())),
+            Err(e) => errs.push(format!("`{c}`: {e}")),
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(errs.join("; "))
+    }
+}
+
+impl WriteRouter for HaproxyRouter {
+    fn fence(
+        &self,
+        rt: &mut dyn Runtime,
+        t: &ValidatedTopology,
+        member: &str,
+    ) -> Result<(), String> {
+        haproxy_cmds(
+            rt,
+            t,
+            &[
+                format!("set server postgres-write/{member} state maint"),
+                format!("shutdown sessions server postgres-write/{member}"),
+            ],
+        )
+    }
+
+    fn route(
+        &self,
+        rt: &mut dyn Runtime,
+        t: &ValidatedTopology,
+        member: &str,
+    ) -> Result<(), String> {
+        haproxy_cmds(
+            rt,
+            t,
+            &[
+                format!("set server postgres-write/{member} state ready"),
+                format!("set server postgres-write/{member} health up"),
+            ],
+        )
+    }
+}
+
+/// Everything failover needs besides the topology: made once by the agent (or the CLI).
+#[derive(Clone)]
+pub struct Services {
+    pub store: Arc<dyn StateStore>,
+    pub clients: Arc<dyn Clients>,
+    pub runtime: RuntimeFactory,
+    pub router: Arc<dyn WriteRouter>,
+}
+
+pub(crate) fn now_ms() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0)
 }
 
-fn intent_path(root: &Path) -> PathBuf {
-    root.join("failover-intent.json")
-}
-
-fn history_path(root: &Path) -> PathBuf {
-    root.join("failover-history.json")
-}
-
-/// Past failovers and switchovers (newest last), kept across agent restarts.
-pub fn history(root: &Path) -> Vec<FailoverEvent> {
-    std::fs::read_to_string(history_path(root))
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or_default()
-}
-
-fn push_history(root: &Path, e: &FailoverEvent) {
-    let mut h = history(root);
-    h.retain(|x| x.id != e.id);
-    h.push(e.clone());
-    let n = h.len().saturating_sub(100);
-    h.drain(..n);
-    if let Ok(json) = serde_json::to_vec_pretty(&h) {
-        let _ = state::write_atomic(&history_path(root), &json, 0o644);
-    }
-}
-
 /// The applied record with the validated topology it came from and the topology as it is now
 /// (roles as the record's primary says).
-pub fn load(root: &Path) -> Result<(Applied, ValidatedTopology, ValidatedTopology), String> {
-    let p = root.join("applied.json");
-    let text =
-        std::fs::read_to_string(&p).map_err(|e| format!("failed to read {}: {e}", p.display()))?;
-    let a: Applied =
-        serde_json::from_str(&text).map_err(|e| format!("failed to parse {}: {e}", p.display()))?;
+pub fn load(
+    store: &dyn StateStore,
+) -> Result<(Applied, ValidatedTopology, ValidatedTopology), FailoverError> {
+    let a = store
+        .applied()
+        .map_err(|e| FailoverError::State(e.to_string()))?
+        .ok_or_else(|| FailoverError::State("nothing applied yet".into()))?;
     let base = a
         .topology
         .clone()
-        .ok_or_else(|| format!("{} has no topology record", p.display()))?;
+        .ok_or_else(|| FailoverError::State("the applied record has no topology".into()))?;
     let cur = match a.primary.as_deref() {
         Some(pr) => base.with_primary(pr).unwrap_or_else(|| base.clone()),
         None => base.clone(),
@@ -148,64 +269,32 @@ pub fn load(root: &Path) -> Result<(Applied, ValidatedTopology, ValidatedTopolog
     Ok((a, base, cur))
 }
 
-fn su_password(t: &ValidatedTopology) -> Result<String, String> {
-    state::secret_value(t, "postgres-superuser-password").map_err(|e| e.to_string())
-}
-
-/// Probes one member with a hard deadline on the whole exchange.
-pub fn observe(t: &ValidatedTopology, m: &PgMember, timeout: Duration) -> MemberView {
-    let mut v = MemberView {
-        name: m.name.clone(),
-        priority: m.priority,
-        ..Default::default()
-    };
-    let Some(pg) = t.postgres.as_ref() else {
-        return v;
-    };
-    let pw = match su_password(t) {
-        Ok(p) => p,
-        Err(e) => {
-            v.error = e;
-            return v;
-        }
-    };
-    let r = pgsql::with_deadline(&m.host, m.port, &pg.superuser, &pw, timeout, |c| {
-        let rec = pgsql::in_recovery(c)?;
-        if rec {
-            Ok((true, None, Some(pgsql::standby(c)?)))
-        } else {
-            Ok((false, Some(pgsql::current_lsn(c)?), None))
-        }
-    });
-    match r {
-        Ok((rec, lsn, sb)) => {
-            v.reachable = true;
-            v.role = Some(if rec { "replica" } else { "primary" }.into());
-            v.current_lsn = lsn;
-            if let Some(s) = sb {
-                v.receive_lsn = s.receive_lsn;
-                v.replay_lsn = s.replay_lsn;
-                v.replay_delay_seconds = s.replay_delay_seconds;
-                v.wal_receiver_status = s.wal_receiver_status;
-                v.last_msg_age_seconds = s.last_msg_age_seconds;
-                v.sender_port = s.sender_port;
-            }
-        }
-        Err(e) => v.error = e,
-    }
-    v
+/// Renders the bundle for `t` with the templates the last apply used (`--templates`).
+pub fn render_for(a: &Applied, t: &ValidatedTopology) -> Result<Bundle, FailoverError> {
+    let tera = render::load_templates(a.templates.as_deref().map(Path::new))
+        .map_err(|e| FailoverError::Render(e.to_string()))?;
+    render::render(t, &tera).map_err(|e| FailoverError::Render(e.to_string()))
 }
 
 /// Every member, probed in parallel.
-pub fn observe_all(t: &ValidatedTopology, timeout: Duration) -> Vec<MemberView> {
+pub fn observe_all(
+    t: &ValidatedTopology,
+    rt: &dyn Runtime,
+    cl: &dyn Clients,
+    timeout: Duration,
+) -> Vec<MemberView> {
     let Some(pg) = t.postgres.as_ref() else {
         return Vec::new();
     };
+    let eps: Vec<_> = pg
+        .members
+        .iter()
+        .map(|m| (m, rt.endpoint(&m.name, m.port)))
+        .collect();
     std::thread::scope(|s| {
-        let hs: Vec<_> = pg
-            .members
+        let hs: Vec<_> = eps
             .iter()
-            .map(|m| s.spawn(move || observe(t, m, timeout)))
+            .map(|(m, ep)| s.spawn(move || cl.member_view(ep, m, timeout)))
             .collect();
         hs.into_iter()
             .zip(&pg.members)
@@ -305,7 +394,7 @@ pub fn choose(
         .ok_or_else(|| format!("no eligible replica: {}", why.join("; ")))
 }
 
-/// Journal + log sink for failover steps.
+/// Journal + log sink for failover steps (the state store's journal and tracing).
 pub struct Journal {
     file: Option<std::fs::File>,
 }
@@ -319,6 +408,10 @@ impl Journal {
                 .open(root.join("journal.jsonl"))
                 .ok(),
         }
+    }
+
+    pub fn none() -> Journal {
+        Journal { file: None }
     }
 }
 
@@ -337,7 +430,7 @@ impl Reporter for Journal {
 fn step(rep: &mut dyn Reporter, ev: &FailoverEvent, name: &str, detail: String) {
     let since = Duration::from_millis(now_ms().saturating_sub(ev.detected_ms) as u64);
     rep.event(&Event::step(
-        &format!("{}:{}", ev.kind, ev.id),
+        &format!("{}:{}", ev.kind.as_str(), ev.id),
         name,
         "ok",
         since,
@@ -345,225 +438,163 @@ fn step(rep: &mut dyn Reporter, ev: &FailoverEvent, name: &str, detail: String) 
     ));
 }
 
-fn haproxy(t: &ValidatedTopology, cmds: &[String]) -> Result<(), String> {
-    let Some(h) = t.haproxy.as_ref() else {
-        return Ok(());
-    };
-    let mut errs = Vec::new();
-    for c in cmds {
-        match probe::haproxy_cmd(&h.admin_socket, c, Duration::from_secs(2)) {
-            Ok(out) if out.trim().is_empty() => {}
-            Ok(out) => errs.push(format!("`{c}`: {}", out.trim())),
-            Err(e) => errs.push(format!("`{c}`: {e}")),
-        }
-    }
-    if errs.is_empty() {
-        Ok(())
-    } else {
-        Err(errs.join("; "))
-    }
-}
-
-/// Stops writes to `member` through HAProxy at once and cuts its sessions.
-pub fn haproxy_fence(t: &ValidatedTopology, member: &str) -> Result<(), String> {
-    haproxy(
-        t,
-        &[
-            format!("set server postgres-write/{member} state maint"),
-            format!("shutdown sessions server postgres-write/{member}"),
-        ],
-    )
-}
-
-fn haproxy_route(t: &ValidatedTopology, member: &str) -> Result<(), String> {
-    haproxy(
-        t,
-        &[
-            format!("set server postgres-write/{member} state ready"),
-            format!("set server postgres-write/{member} health up"),
-        ],
-    )
-}
-
-fn write_member_files(t: &ValidatedTopology, bundle: &Bundle, name: &str) -> Result<(), String> {
+/// Makes any later start of `m` a replica start: the files rendered for the new primary,
+/// standby.signal when it has a data directory, and the rewind marker.
+fn mark_replica(
+    rt: &mut dyn Runtime,
+    store: &dyn StateStore,
+    bundle: &Bundle,
+    m: &PgMember,
+) -> Result<(), FailoverError> {
     let c = bundle
         .components
-        .get(name)
-        .ok_or_else(|| format!("no component {name} in the bundle"))?;
-    for (rel, content) in &c.files {
-        let p = Path::new(&t.paths.config).join(name).join(rel);
-        state::write_atomic(&p, content.as_bytes(), 0o644).map_err(|e| e.to_string())?;
+        .get(&m.name)
+        .ok_or_else(|| fence_err(&m.name, "not in the bundle"))?;
+    rt.put_config(&m.name, c)
+        .map_err(|e| fence_err(&m.name, e))?;
+    store
+        .set_needs_rewind(&m.name, true)
+        .map_err(|e| fence_err(&m.name, e))?;
+    let initialized = rt
+        .exec(&m.name, &Task::PgDataState)
+        .map_err(|e| fence_err(&m.name, e))?;
+    if initialized.trim() == "initialized" {
+        rt.exec(&m.name, &Task::PgStandbySignal(true))
+            .map_err(|e| fence_err(&m.name, e))?;
     }
     Ok(())
 }
 
-/// Postmaster pid of a data directory (first line of postmaster.pid) when it runs.
-fn postmaster_of(data_dir: &str) -> Option<u32> {
-    let text = std::fs::read_to_string(Path::new(data_dir).join("postmaster.pid")).ok()?;
-    let pid: u32 = text.lines().next()?.trim().parse().ok()?;
-    (process::pid_alive(pid) && process::cmdline(pid).contains(data_dir)).then_some(pid)
-}
-
-/// Kills every process of `member` (its recorded group, and a postmaster someone else started on
-/// its data directory) and makes any later start a replica start: the configuration rendered for
-/// the new primary, standby.signal, and the rewind marker. Err when something still runs.
-fn fence_kill(t_new: &ValidatedTopology, bundle: &Bundle, member: &str) -> Result<String, String> {
-    let pg = t_new.postgres.as_ref().ok_or("no postgres")?;
-    let m = pg.member(member).ok_or("unknown member")?.clone();
-    let mut killed = Vec::new();
-    if let Some(r) = process::read_record(&t_new.paths.run, member) {
-        if process::alive(&r) {
-            if r.pgid > 1 {
-                process::signal_group(r.pgid, "KILL");
-            }
-            process::signal(r.pid, "KILL");
-            killed.push(r.pid);
-        }
+/// Kills every process of `member` and makes any later start a replica start. Err when
+/// something of it still runs.
+fn fence_kill(
+    rt: &mut dyn Runtime,
+    store: &dyn StateStore,
+    bundle: &Bundle,
+    m: &PgMember,
+) -> Result<String, FailoverError> {
+    let was = rt.observe(&m.name).filter(|o| o.running);
+    rt.stop(&m.name, Kind::Postgres, StopMode::Kill)
+        .map_err(|e| fence_err(&m.name, e))?;
+    mark_replica(rt, store, bundle, m)?;
+    if rt.observe(&m.name).is_some_and(|o| o.running) {
+        return Err(fence_err(&m.name, "still runs after SIGKILL"));
     }
-    if let Some(pid) = postmaster_of(&m.data_dir) {
-        if let Some(g) = process::pgid(pid) {
-            process::signal_group(g, "KILL");
-        }
-        process::signal(pid, "KILL");
-        killed.push(pid);
-    }
-    mark_replica(t_new, bundle, &m)?;
-    let start = Instant::now();
-    loop {
-        let rec_alive = process::read_record(&t_new.paths.run, member)
-            .as_ref()
-            .is_some_and(process::alive);
-        if !rec_alive && postmaster_of(&m.data_dir).is_none() {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(5) {
-            return Err(format!("{member} still runs after SIGKILL"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(if killed.is_empty() {
-        "was not running; files make it a replica".into()
-    } else {
-        format!("killed {killed:?}; files make it a replica")
+    Ok(match was {
+        None => "was not running; files make it a replica".into(),
+        Some(o) => format!(
+            "killed {}; files make it a replica",
+            o.pid.map(|p| format!("pid {p}")).unwrap_or(o.instance)
+        ),
     })
 }
 
-fn mark_replica(t_new: &ValidatedTopology, bundle: &Bundle, m: &PgMember) -> Result<(), String> {
-    write_member_files(t_new, bundle, &m.name)?;
-    let user = crate::tools::postgres_user();
-    let marker = local::rewind_marker(t_new, &m.name);
-    state::write_atomic(&marker, b"", 0o644).map_err(|e| e.to_string())?;
-    if Path::new(&m.data_dir).join("PG_VERSION").exists() {
-        let sig = Path::new(&m.data_dir).join("standby.signal");
-        std::fs::write(&sig, "").map_err(|e| format!("failed to write {}: {e}", sig.display()))?;
-        if let Some((u, g)) = user {
-            let _ = std::os::unix::fs::lchown(&sig, Some(u), Some(g));
-        }
-    }
-    Ok(())
-}
-
-fn client(t: &ValidatedTopology, m: &PgMember) -> Result<postgres::Client, String> {
-    let pg = t.postgres.as_ref().ok_or("no postgres")?;
-    pgsql::connect(
-        &m.host,
-        m.port,
-        &pg.superuser,
-        &su_password(t)?,
-        "postgres",
-        Duration::from_secs(3),
-    )
+fn pg_op(cl: &dyn Clients, rt: &dyn Runtime, m: &PgMember, op: PgOp) -> Result<PgReply, String> {
+    cl.pg(rt, m, &op, Duration::from_secs(3))
+        .map_err(|e| e.to_string())
 }
 
 /// After `from` is fenced: promote `to`, reroute writes, record the new primary, re-point the
 /// others. Idempotent, so a restarted agent can run it again from the persisted intent.
 fn take_over(
-    root: &Path,
+    svc: &Services,
     ev: &mut FailoverEvent,
     rep: &mut dyn Reporter,
     publish: &mut dyn FnMut(&FailoverEvent),
-) -> Result<(), String> {
-    let (mut applied, base, _cur) = load(root)?;
+) -> Result<(), FailoverError> {
+    let store = &*svc.store;
+    let (mut applied, base, _cur) = load(store)?;
     let t_new = base
         .with_primary(&ev.to)
-        .ok_or_else(|| format!("unknown member {}", ev.to))?;
-    let tera = render::load_templates(None).map_err(|e| e.to_string())?;
-    let bundle = render::render(&t_new, &tera).map_err(|e| e.to_string())?;
-    let pg = t_new.postgres.as_ref().ok_or("no postgres")?;
-    let to = pg.member(&ev.to).ok_or("unknown target")?.clone();
+        .ok_or_else(|| FailoverError::Refused(format!("unknown member {}", ev.to)))?;
+    let bundle = render_for(&applied, &t_new)?;
+    let pg = t_new
+        .postgres
+        .as_ref()
+        .ok_or_else(|| FailoverError::Refused("no postgres".into()))?;
+    let to = pg
+        .member(&ev.to)
+        .ok_or_else(|| FailoverError::Refused("unknown target".into()))?
+        .clone();
+    let mut rt = (svc.runtime)(&t_new);
+    let cl = &*svc.clients;
+    let promote_err = |detail: String| FailoverError::Promote {
+        member: to.name.clone(),
+        detail,
+    };
 
     // Promote: the primary configuration (synchronous_standby_names included, so no commit is
     // acknowledged before a standby has it) is in place before the server leaves recovery.
-    let mut c = client(&t_new, &to)?;
-    if pgsql::in_recovery(&mut c)? {
-        write_member_files(&t_new, &bundle, &to.name)?;
-        c.query("SELECT pg_reload_conf()", &[])
-            .map_err(|e| pgsql::describe(&e))?;
-        if !pgsql::promote(&mut c, 30)? {
-            return Err(format!("pg_promote() on {} did not finish in 30s", to.name));
+    if pg_op(cl, rt.as_ref(), &to, PgOp::InRecovery).map_err(promote_err)? == PgReply::Bool(true) {
+        if let Some(c) = bundle.components.get(&to.name) {
+            rt.put_config(&to.name, c)
+                .map_err(|e| promote_err(e.to_string()))?;
+        }
+        pg_op(cl, rt.as_ref(), &to, PgOp::ReloadConf).map_err(promote_err)?;
+        match pg_op(cl, rt.as_ref(), &to, PgOp::Promote { wait_seconds: 30 })
+            .map_err(promote_err)?
+        {
+            PgReply::Bool(true) => {}
+            _ => return Err(promote_err("pg_promote() did not finish in 30s".into())),
         }
     }
     ev.promoted_ms.get_or_insert_with(now_ms);
     step(rep, ev, "promoted", "pg_promote() done".into());
     publish(ev);
 
-    // Writes to the new primary at once (runtime API), then the slots the others need.
-    haproxy_route(&t_new, &to.name)?;
+    // Writes to the new primary at once, then the slots the others need.
+    svc.router
+        .route(rt.as_mut(), &t_new, &to.name)
+        .map_err(|detail| FailoverError::Route {
+            member: to.name.clone(),
+            detail,
+        })?;
     ev.rerouted_ms.get_or_insert_with(now_ms);
     ev.duration_ms = ev.rerouted_ms.map(|r| r.saturating_sub(ev.detected_ms));
-    step(
-        rep,
-        ev,
-        "rerouted",
-        "HAProxy writes go to the new primary".into(),
-    );
+    step(rep, ev, "rerouted", "writes go to the new primary".into());
     publish(ev);
     if pg.slots {
         for m in pg.members.iter().filter(|m| m.name != to.name) {
-            pgsql::ensure_slot(&mut c, &m.slot)?;
+            pg_op(cl, rt.as_ref(), &to, PgOp::EnsureSlot(m.slot.clone())).map_err(promote_err)?;
         }
     }
-    drop(c);
 
     // The record: a later apply or agent restart renders for the new primary.
     let old_bundle = applied.bundle.clone();
     applied.bundle = bundle.clone();
     applied.primary = Some(to.name.clone());
-    state::write_applied(&base, &applied).map_err(|e| e.to_string())?;
+    store
+        .write_applied(&applied)
+        .map_err(|e| FailoverError::State(e.to_string()))?;
 
-    // Re-point the running replicas and make the processes' records match the new files; the
-    // HAProxy config is rewritten and reloaded (verified) so a later reload keeps the routing.
+    // Re-point the running replicas and make what runs match the new files; the HAProxy config
+    // is rewritten and reloaded (verified) so a later reload keeps the routing.
     let mut problems = Vec::new();
     {
-        let mut lr = Local {
+        let mut env = Env {
             t: &t_new,
-            reporter: rep,
+            rt: rt.as_mut(),
+            cl,
+            store,
+            rep,
         };
         for m in &pg.members {
             if m.name == ev.from {
                 continue;
             }
-            if m.name == to.name {
-                // Its files were written and reloaded before the promotion; a verified reload
-                // would now report recovery_target_timeline (a restart-only setting that only
-                // replicas carry) and roll the primary back to replica files. Only the record's
-                // hash follows, so a later apply does not restart it.
-                if let (Some(mut r), Some(c_new)) = (
-                    process::read_record(&t_new.paths.run, &m.name),
-                    bundle.components.get(&m.name),
-                ) {
-                    r.hash = c_new.hash();
-                    let _ = process::write_record(&t_new.paths.run, &r);
-                }
-                continue;
-            }
-            let alive = process::read_record(&t_new.paths.run, &m.name)
-                .as_ref()
-                .is_some_and(process::alive);
-            let (Some(c_new), true) = (bundle.components.get(&m.name), alive) else {
+            let Some(c_new) = bundle.components.get(&m.name) else {
                 continue;
             };
-            if let Err(e) = lr.ensure(
+            if m.name == to.name {
+                // Its files were written and reloaded before the promotion; only the record of
+                // what runs follows, so a later apply does not restart it.
+                let _ = env.rt.mark_config(&m.name, &c_new.hash());
+                continue;
+            }
+            if !env.rt.observe(&m.name).is_some_and(|o| o.running) {
+                continue;
+            }
+            if let Err(e) = env.ensure(
                 &m.name,
                 c_new,
                 old_bundle.components.get(&m.name),
@@ -577,14 +608,14 @@ fn take_over(
             .iter()
             .filter(|(_, c)| c.kind == Kind::Haproxy)
         {
-            if let Err(e) = lr.ensure(name, c_new, old_bundle.components.get(name), Action::Reload)
+            if let Err(e) = env.ensure(name, c_new, old_bundle.components.get(name), Action::Reload)
             {
                 problems.push(e.to_string());
             }
         }
     }
     ev.done_ms = Some(now_ms());
-    ev.status = "done".into();
+    ev.status = EventStatus::Done;
     ev.detail = if problems.is_empty() {
         String::new()
     } else {
@@ -594,115 +625,140 @@ fn take_over(
     Ok(())
 }
 
-fn write_intent(root: &Path, ev: &FailoverEvent) -> Result<(), String> {
-    let json = serde_json::to_vec_pretty(ev).map_err(|e| e.to_string())?;
-    state::write_atomic(&intent_path(root), &json, 0o644).map_err(|e| e.to_string())
+fn next_id(store: &dyn StateStore) -> u64 {
+    store.history().iter().map(|e| e.id).max().unwrap_or(0) + 1
 }
 
-fn read_intent(root: &Path) -> Option<FailoverEvent> {
-    std::fs::read_to_string(intent_path(root))
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-}
-
-fn next_id(root: &Path) -> u64 {
-    history(root).iter().map(|e| e.id).max().unwrap_or(0) + 1
-}
-
-/// Fences `from`, then promotes `to` (see `take_over`). The intent is on disk before anything
+/// Fences `from`, then promotes `to` (see `take_over`). The intent is stored before anything
 /// is touched.
 pub fn failover(
-    root: &Path,
+    svc: &Services,
     ev: &mut FailoverEvent,
     rep: &mut dyn Reporter,
     publish: &mut dyn FnMut(&FailoverEvent),
-) -> Result<(), String> {
-    write_intent(root, ev)?;
+) -> Result<(), FailoverError> {
+    svc.store
+        .set_intent(Some(ev))
+        .map_err(|e| FailoverError::State(e.to_string()))?;
     publish(ev);
-    let r = fence_and_take_over(root, ev, rep, publish);
-    finish(root, ev, r)
+    let r = fence_and_take_over(svc, ev, rep, publish);
+    finish(&*svc.store, ev, r)
 }
 
 fn fence_and_take_over(
-    root: &Path,
+    svc: &Services,
     ev: &mut FailoverEvent,
     rep: &mut dyn Reporter,
     publish: &mut dyn FnMut(&FailoverEvent),
-) -> Result<(), String> {
-    let (_a, base, cur) = load(root)?;
+) -> Result<(), FailoverError> {
+    let store = &*svc.store;
+    let (a, base, cur) = load(store)?;
     let t_new = base
         .with_primary(&ev.to)
-        .ok_or_else(|| format!("unknown member {}", ev.to))?;
-    let tera = render::load_templates(None).map_err(|e| e.to_string())?;
-    let bundle = render::render(&t_new, &tera).map_err(|e| e.to_string())?;
+        .ok_or_else(|| FailoverError::Refused(format!("unknown member {}", ev.to)))?;
+    let bundle = render_for(&a, &t_new)?;
+    let from = t_new
+        .postgres
+        .as_ref()
+        .and_then(|p| p.member(&ev.from))
+        .ok_or_else(|| FailoverError::Refused(format!("unknown member {}", ev.from)))?
+        .clone();
+    let mut rt = (svc.runtime)(&cur);
     // Writes stop first (cheap, instant), then the processes die.
-    let hp = haproxy_fence(&cur, &ev.from).err();
-    let d = fence_kill(&t_new, &bundle, &ev.from)?;
+    let hp = svc.router.fence(rt.as_mut(), &cur, &ev.from).err();
+    let d = fence_kill(rt.as_mut(), store, &bundle, &from)?;
     ev.fenced_ms.get_or_insert_with(now_ms);
     step(
         rep,
         ev,
         "fenced",
         match hp {
-            Some(e) => format!("{d}; HAProxy: {e}"),
+            Some(e) => format!("{d}; router: {e}"),
             None => d,
         },
     );
-    write_intent(root, ev)?;
+    store
+        .set_intent(Some(ev))
+        .map_err(|e| FailoverError::State(e.to_string()))?;
     publish(ev);
-    take_over(root, ev, rep, publish)
+    drop(rt);
+    take_over(svc, ev, rep, publish)
 }
 
-fn finish(root: &Path, ev: &mut FailoverEvent, r: Result<(), String>) -> Result<(), String> {
+fn finish(
+    store: &dyn StateStore,
+    ev: &mut FailoverEvent,
+    r: Result<(), FailoverError>,
+) -> Result<(), FailoverError> {
     match r {
         Ok(()) => {
-            let _ = std::fs::remove_file(intent_path(root));
-            push_history(root, ev);
+            let _ = store.set_intent(None);
+            let _ = store.push_history(ev);
             Ok(())
         }
         Err(e) => {
             // The intent stays: the next loop (or a restarted agent) finishes the job.
-            ev.detail = e.clone();
-            let _ = write_intent(root, ev);
+            ev.detail = e.to_string();
+            let _ = store.set_intent(Some(ev));
             Err(e)
         }
     }
 }
 
-/// Planned role change with no lost write: writes stop at HAProxy, the primary checkpoints and
-/// shuts down cleanly (its WAL reaches the standbys), the target replays up to the shutdown
+/// Finishes a failover or switchover left unfinished by a killed agent, from its intent.
+pub fn resume(
+    svc: &Services,
+    ev: &mut FailoverEvent,
+    rep: &mut dyn Reporter,
+    publish: &mut dyn FnMut(&FailoverEvent),
+) -> Result<(), FailoverError> {
+    if ev.fenced_ms.is_some() || ev.kind == EventKind::Switchover {
+        let r = fence_and_take_over(svc, ev, rep, publish);
+        finish(&*svc.store, ev, r)
+    } else {
+        failover(svc, ev, rep, publish)
+    }
+}
+
+/// Planned role change with no lost write: writes stop at the router, the primary checkpoints
+/// and shuts down cleanly (its WAL reaches the standbys), the target replays up to the shutdown
 /// checkpoint, then it is promoted and the old primary rejoins as its replica via pg_rewind.
 pub fn switchover(
-    root: &Path,
+    svc: &Services,
     to: Option<&str>,
     rep: &mut dyn Reporter,
     publish: &mut dyn FnMut(&FailoverEvent),
-) -> Result<FailoverEvent, String> {
-    if let Some(i) = read_intent(root) {
-        return Err(format!(
+) -> Result<FailoverEvent, FailoverError> {
+    let store = &*svc.store;
+    let cl = &*svc.clients;
+    if let Some(i) = store.intent() {
+        return Err(FailoverError::Refused(format!(
             "a {} from {} to {} is unfinished; the agent completes it first",
-            i.kind, i.from, i.to
-        ));
+            i.kind.as_str(),
+            i.from,
+            i.to
+        )));
     }
-    let (_a, base, cur) = load(root)?;
+    let (a, base, cur) = load(store)?;
     let pg = cur
         .postgres
         .as_ref()
-        .ok_or("no postgres in this topology")?;
+        .ok_or_else(|| FailoverError::Refused("no postgres in this topology".into()))?;
     let from = pg.primary.clone();
-    let views = observe_all(&cur, Duration::from_secs(2));
+    let mut rt = (svc.runtime)(&cur);
+    let views = observe_all(&cur, rt.as_ref(), cl, Duration::from_secs(2));
     let pv = views.iter().find(|v| v.name == from);
     if pv.is_none_or(|v| v.role.as_deref() != Some("primary")) {
-        return Err(format!(
+        return Err(FailoverError::Refused(format!(
             "the primary {from} is not healthy; that is a failover, not a switchover"
-        ));
+        )));
     }
     let mut k = Knowledge {
         last_primary_lsn: pv.and_then(|v| v.current_lsn),
         ..Default::default()
     };
     if let Some(m) = pg.primary_member() {
-        if let Ok(rows) = client(&cur, m).and_then(|mut c| pgsql::replication(&mut c)) {
+        if let Ok(PgReply::Replication(rows)) = pg_op(cl, rt.as_ref(), m, PgOp::Replication) {
             k.sync_standbys = rows
                 .iter()
                 .filter(|r| r.sync_state == "sync" || r.sync_state == "quorum")
@@ -712,62 +768,69 @@ pub fn switchover(
     }
     let target = match to {
         Some(t) => {
-            let m = pg
-                .member(t)
-                .ok_or_else(|| format!("no member `{t}`; members: {}", names(&cur)))?;
+            let m = pg.member(t).ok_or_else(|| {
+                FailoverError::Refused(format!("no member `{t}`; members: {}", names(&cur)))
+            })?;
             if m.name == from {
-                return Err(format!("{t} is already the primary"));
+                return Err(FailoverError::Refused(format!(
+                    "{t} is already the primary"
+                )));
             }
             if m.priority == 0 {
-                return Err(format!("{t} has priority 0 and is never promoted"));
+                return Err(FailoverError::Refused(format!(
+                    "{t} has priority 0 and is never promoted"
+                )));
             }
             if !views
                 .iter()
                 .any(|v| v.name == t && v.role.as_deref() == Some("replica"))
             {
-                return Err(format!("{t} is not a healthy replica"));
+                return Err(FailoverError::Refused(format!(
+                    "{t} is not a healthy replica"
+                )));
             }
             t.to_string()
         }
-        None => choose(&cur, &from, &views, &k)?,
+        None => choose(&cur, &from, &views, &k).map_err(FailoverError::Refused)?,
     };
     let mut ev = FailoverEvent {
-        id: next_id(root),
-        kind: "switchover".into(),
+        id: next_id(store),
+        kind: EventKind::Switchover,
         from: from.clone(),
         to: target.clone(),
         reason: "requested".into(),
-        status: "running".into(),
+        status: EventStatus::Running,
         detected_ms: now_ms(),
         ..Default::default()
     };
     publish(&ev);
-    let t_new = base.with_primary(&target).ok_or("unknown member")?;
-    let tera = render::load_templates(None).map_err(|e| e.to_string())?;
-    let bundle = render::render(&t_new, &tera).map_err(|e| e.to_string())?;
-    let fm = pg.member(&from).ok_or("unknown primary")?.clone();
-    let tm = pg.member(&target).ok_or("unknown target")?.clone();
+    let t_new = base
+        .with_primary(&target)
+        .ok_or_else(|| FailoverError::Refused("unknown member".into()))?;
+    let bundle = render_for(&a, &t_new)?;
+    let fm = pg
+        .member(&from)
+        .ok_or_else(|| FailoverError::Refused("unknown primary".into()))?
+        .clone();
+    let tm = pg
+        .member(&target)
+        .ok_or_else(|| FailoverError::Refused("unknown target".into()))?
+        .clone();
     // 1. No new writes; cut the sessions.
-    haproxy_fence(&cur, &from)?;
+    svc.router
+        .fence(rt.as_mut(), &cur, &from)
+        .map_err(|e| FailoverError::Switchover(format!("failed to stop writes: {e}")))?;
     // 2. Checkpoint (a short shutdown checkpoint), 3. clean stop: WAL reaches the standbys.
-    if let Ok(mut c) = client(&cur, &fm) {
-        let _ = c.batch_execute("CHECKPOINT");
-    }
+    let _ = pg_op(cl, rt.as_ref(), &fm, PgOp::Checkpoint);
+    if rt.stop(&from, Kind::Postgres, StopMode::Fast).is_err()
+        || rt.observe(&from).is_some_and(|o| o.running)
     {
-        let mut null = Journal { file: None };
-        let mut lr = Local {
-            t: &cur,
-            reporter: &mut null,
-        };
-        lr.stop(&from, Kind::Postgres);
-    }
-    if postmaster_of(&fm.data_dir).is_some() {
-        let _ = haproxy_route(&cur, &from);
-        return Err(format!(
+        let _ = svc.router.route(rt.as_mut(), &cur, &from);
+        return Err(FailoverError::Switchover(format!(
             "{from} did not stop; switchover abandoned, writes resumed"
-        ));
+        )));
     }
-    mark_replica(&t_new, &bundle, &fm)?;
+    mark_replica(rt.as_mut(), store, &bundle, &fm)?;
     ev.fenced_ms = Some(now_ms());
     step(
         rep,
@@ -775,35 +838,47 @@ pub fn switchover(
         "fenced",
         "stopped cleanly; files make it a replica".into(),
     );
-    write_intent(root, &ev)?;
+    store
+        .set_intent(Some(&ev))
+        .map_err(|e| FailoverError::State(e.to_string()))?;
     // 4. The target replays everything up to the shutdown checkpoint.
-    let ckpt = local::checkpoint_lsn(&fm.data_dir, crate::tools::postgres_user(), &cur.paths.root)?;
+    let control = rt
+        .exec(&from, &Task::PgControlData)
+        .map_err(|e| FailoverError::Switchover(e.to_string()))?;
+    let ckpt = control_field(&control, "Latest checkpoint location:")
+        .and_then(|v| parse_lsn(&v))
+        .ok_or_else(|| {
+            FailoverError::Switchover("pg_controldata printed no checkpoint location".into())
+        })?;
     let start = Instant::now();
     loop {
-        let v = observe(&cur, &tm, Duration::from_secs(2));
+        let v = cl.member_view(&rt.endpoint(&tm.name, tm.port), &tm, Duration::from_secs(2));
         if v.replay_lsn.is_some_and(|r| r > ckpt) {
             break;
         }
         if start.elapsed() > Duration::from_secs(30) {
             // Give the primary its role back: it is stopped and fenced only by files.
-            let _ = std::fs::remove_file(intent_path(root));
-            let _ = std::fs::remove_file(local::rewind_marker(&cur, &from));
-            let _ = std::fs::remove_file(Path::new(&fm.data_dir).join("standby.signal"));
-            let (a, _, _) = load(root)?;
-            let mut null = Journal { file: None };
-            let mut lr = Local {
+            let _ = store.set_intent(None);
+            let _ = store.set_needs_rewind(&from, false);
+            let _ = rt.exec(&from, &Task::PgStandbySignal(false));
+            let (a, _, _) = load(store)?;
+            let mut null = Journal::none();
+            let mut env = Env {
                 t: &cur,
-                reporter: &mut null,
+                rt: rt.as_mut(),
+                cl,
+                store,
+                rep: &mut null,
             };
             if let Some(c) = a.bundle.components.get(&from) {
-                let _ = lr.write_files(&from, c);
-                let _ = lr.ensure(&from, c, None, Action::Create);
+                let _ = env.rt.put_config(&from, c);
+                let _ = env.ensure(&from, c, None, Action::Create);
             }
-            let _ = haproxy_route(&cur, &from);
-            return Err(format!(
+            let _ = svc.router.route(rt.as_mut(), &cur, &from);
+            return Err(FailoverError::Switchover(format!(
                 "{target} did not replay up to the shutdown checkpoint of {from} in 30s (at {:?}); switchover abandoned, {from} is primary again",
                 v.replay_lsn
-            ));
+            )));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -813,10 +888,11 @@ pub fn switchover(
         "caught-up",
         format!("{target} replayed past {ckpt:X}"),
     );
-    let r = take_over(root, &mut ev, rep, publish);
-    finish(root, &mut ev, r)?;
+    drop(rt);
+    let r = take_over(svc, &mut ev, rep, publish);
+    finish(store, &mut ev, r)?;
     // 5. The old primary rejoins as a replica of the new one.
-    match rejoin(root, &from, rep) {
+    match rejoin(svc, &from, rep) {
         Ok(()) => step(
             rep,
             &ev,
@@ -825,7 +901,7 @@ pub fn switchover(
         ),
         Err(e) => {
             ev.detail = format!("{from} did not rejoin yet: {e}");
-            push_history(root, &ev);
+            let _ = store.push_history(&ev);
         }
     }
     Ok(ev)
@@ -845,69 +921,91 @@ fn names(t: &ValidatedTopology) -> String {
 }
 
 /// Starts a stopped non-primary member as a replica of the current primary (rewinding a former
-/// primary first; see `Local::create_postgres`). Refuses to start the member the record names
-/// as primary.
-pub fn rejoin(root: &Path, member: &str, rep: &mut dyn Reporter) -> Result<(), String> {
-    let (a, _base, cur) = load(root)?;
-    let pg = cur.postgres.as_ref().ok_or("no postgres")?;
-    let m = pg.member(member).ok_or("unknown member")?;
+/// primary first). Refuses to start the member the record names as primary.
+pub fn rejoin(svc: &Services, member: &str, rep: &mut dyn Reporter) -> Result<(), FailoverError> {
+    let (a, _base, cur) = load(&*svc.store)?;
+    let rejoin_err = |detail: String| FailoverError::Rejoin {
+        member: member.into(),
+        detail,
+    };
+    let pg = cur
+        .postgres
+        .as_ref()
+        .ok_or_else(|| rejoin_err("no postgres".into()))?;
+    let m = pg
+        .member(member)
+        .ok_or_else(|| rejoin_err("unknown member".into()))?;
     if m.role != Role::Replica {
-        return Err(format!(
-            "{member} is the primary; it is never restarted blindly"
+        return Err(rejoin_err(
+            "it is the primary; it is never restarted blindly".into(),
         ));
     }
     let c = a
         .bundle
         .components
         .get(member)
-        .ok_or_else(|| format!("no component {member}"))?;
-    let mut lr = Local {
+        .ok_or_else(|| rejoin_err("not in the applied bundle".into()))?;
+    let mut rt = (svc.runtime)(&cur);
+    let mut env = Env {
         t: &cur,
-        reporter: rep,
+        rt: rt.as_mut(),
+        cl: &*svc.clients,
+        store: &*svc.store,
+        rep,
     };
-    lr.ensure(member, c, None, Action::Create)
+    env.ensure(member, c, None, Action::Create)
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| rejoin_err(e.to_string()))
+}
+
+/// What the monitor carries from one loop to the next.
+struct MonitorState {
+    detector: Detector,
+    k: Knowledge,
+    rejoin_at: BTreeMap<String, (Instant, Duration)>,
+    last_outage_note: String,
 }
 
 /// The monitor: probes every `probe_interval`, fails over after `detection_window`, rejoins
 /// stopped replicas, runs switchovers asked for through the API. Runs until `stop`.
 pub fn monitor(
-    root: &Path,
+    svc: Services,
+    journal_root: &Path,
     stop: Arc<AtomicBool>,
     requests: Receiver<Request>,
     shared: Arc<Mutex<FailoverStatus>>,
 ) {
-    let mut rep = Journal::open(root);
-    let started = Instant::now();
-    // A restarted agent has seen nothing yet: the window starts now, never earlier.
-    let mut last_ok = started;
-    let mut fails: u32 = 0;
-    let mut k = Knowledge::default();
-    let mut rejoin_at: BTreeMap<String, (Instant, Duration)> = BTreeMap::new();
+    let mut rep = Journal::open(journal_root);
+    let store = &*svc.store;
+    let mut st = MonitorState {
+        detector: Detector::new(Instant::now()),
+        k: Knowledge::default(),
+        rejoin_at: BTreeMap::new(),
+        last_outage_note: String::new(),
+    };
     let rejoining: Arc<Mutex<BTreeSet<String>>> = Arc::default();
-    let mut last_outage_note = String::new();
     let set = |f: &dyn Fn(&mut FailoverStatus)| {
         if let Ok(mut s) = shared.lock() {
             f(&mut s);
         }
     };
     {
-        let h = history(root);
+        let h = store.history();
         set(&|s| {
-            s.failovers_total = h.iter().filter(|e| e.kind == "failover").count() as u64;
-            s.switchovers_total = h.iter().filter(|e| e.kind == "switchover").count() as u64;
+            s.failovers_total = h.iter().filter(|e| e.kind == EventKind::Failover).count() as u64;
+            s.switchovers_total =
+                h.iter().filter(|e| e.kind == EventKind::Switchover).count() as u64;
             s.last_failover_duration_ms = h
                 .iter()
                 .rev()
-                .find(|e| e.kind == "failover")
+                .find(|e| e.kind == EventKind::Failover)
                 .and_then(|e| e.duration_ms);
             s.events = h.iter().rev().take(20).rev().cloned().collect();
         });
     }
     while !stop.load(Ordering::SeqCst) {
         let tick = Instant::now();
-        let Ok((_a, _base, t)) = load(root) else {
+        let Ok((_a, _base, t)) = load(store) else {
             std::thread::sleep(Duration::from_millis(500));
             continue;
         };
@@ -923,64 +1021,65 @@ pub fn monitor(
             }
         };
         // An unfinished failover (this agent was killed half-way) is finished first.
-        if let Some(mut ev) = read_intent(root) {
-            tracing::warn!(from = %ev.from, to = %ev.to, "finishing an interrupted {}", ev.kind);
-            let r = if ev.fenced_ms.is_some() || ev.kind == "switchover" {
-                let r = fence_and_take_over(root, &mut ev, &mut rep, &mut publish_ev);
-                finish(root, &mut ev, r)
-            } else {
-                failover(root, &mut ev, &mut rep, &mut publish_ev)
-            };
-            record(&shared, root, &ev, r.is_ok());
-            last_ok = Instant::now();
-            fails = 0;
+        if let Some(mut ev) = store.intent() {
+            tracing::warn!(from = %ev.from, to = %ev.to, "finishing an interrupted {}", ev.kind.as_str());
+            let r = resume(&svc, &mut ev, &mut rep, &mut publish_ev);
+            record(&shared, &ev, r.is_ok());
+            st.detector.reset(Instant::now());
             std::thread::sleep(interval);
             continue;
         }
         while let Ok(req) = requests.try_recv() {
             match req {
                 Request::Switchover { to, reply } => {
-                    let r = switchover(root, to.as_deref(), &mut rep, &mut publish_ev);
+                    let r = switchover(&svc, to.as_deref(), &mut rep, &mut publish_ev);
                     if let Ok(ev) = &r {
-                        record(&shared, root, ev, true);
+                        record(&shared, ev, true);
                     } else if let Ok(mut s) = shared.lock() {
                         s.in_progress = None;
                     }
-                    let _ = reply.send(r);
-                    last_ok = Instant::now();
-                    fails = 0;
+                    let _ = reply.send(r.map_err(|e| e.to_string()));
+                    st.detector.reset(Instant::now());
                 }
             }
         }
-        let Ok((_a, _base, t)) = load(root) else {
+        let Ok((_a, _base, t)) = load(store) else {
             continue;
         };
         let Some(pg) = t.postgres.clone() else {
             continue;
         };
+        let rt = (svc.runtime)(&t);
         let probe_timeout = Duration::from_millis((fo.probe_interval.ms * 2).clamp(500, 1000));
-        let views = observe_all(&t, probe_timeout);
+        let views = observe_all(&t, rt.as_ref(), &*svc.clients, probe_timeout);
         let pv = views.iter().find(|v| v.name == pg.primary).cloned();
         let healthy = pv
             .as_ref()
             .is_some_and(|v| v.role.as_deref() == Some("primary"));
         let mut replication = Vec::new();
+        // Corroborated death (process gone, every answering replica lost it): a third of the
+        // window. A stall, or a primary the replicas still hear, waits the whole window.
+        let corroborated = !healthy
+            && detect::primary_gone(
+                &t,
+                &views,
+                rt.observe(&pg.primary).is_some_and(|o| o.running),
+            );
+        let window = detect::effective_window(
+            Duration::from_millis(fo.detection_window.ms),
+            interval,
+            corroborated,
+        );
+        let verdict = st.detector.observe(Instant::now(), healthy, window);
         if healthy {
-            last_ok = Instant::now();
-            fails = 0;
-            last_outage_note.clear();
-            k.last_primary_lsn = pv.as_ref().and_then(|v| v.current_lsn);
+            st.last_outage_note.clear();
+            st.k.last_primary_lsn = pv.as_ref().and_then(|v| v.current_lsn);
             if let Some(m) = pg.primary_member() {
-                let pw = su_password(&t).unwrap_or_default();
-                if let Ok(rows) = pgsql::with_deadline(
-                    &m.host,
-                    m.port,
-                    &pg.superuser,
-                    &pw,
-                    probe_timeout,
-                    pgsql::replication,
-                ) {
-                    k.sync_standbys = rows
+                if let Ok(PgReply::Replication(rows)) =
+                    svc.clients
+                        .pg(rt.as_ref(), m, &PgOp::Replication, probe_timeout)
+                {
+                    st.k.sync_standbys = rows
                         .iter()
                         .filter(|r| r.sync_state == "sync" || r.sync_state == "quorum")
                         .map(|r| r.application_name.clone())
@@ -988,10 +1087,9 @@ pub fn monitor(
                     replication = rows;
                 }
             }
-        } else {
-            fails += 1;
         }
-        let down_for = last_ok.elapsed();
+        let down_for = st.detector.down_for(Instant::now());
+        let fails = st.detector.fails();
         set(&|s| {
             s.enabled = fo.enabled;
             s.primary = Some(pg.primary.clone());
@@ -1001,54 +1099,44 @@ pub fn monitor(
             s.members = views.clone();
             s.replication = replication.clone();
         });
-        if fo.enabled
-            && !healthy
-            && fails >= 2
-            && down_for.as_millis() >= fo.detection_window.ms as u128
-        {
-            // Replicas that heard from the primary just now prove it is alive: the problem is
-            // this controller's view of it, and killing a working primary is not the answer.
-            let heard = views.iter().any(|v| {
-                v.name != pg.primary
-                    && v.wal_receiver_status.as_deref() == Some("streaming")
-                    && v.last_msg_age_seconds.is_some_and(|a| a < 1.0)
-                    && pg
-                        .primary_member()
-                        .is_some_and(|m| v.sender_port == Some(i32::from(m.port)))
-            });
-            let decision = if heard {
-                Err("replicas still receive WAL from the primary; only this controller cannot reach it".to_string())
-            } else {
-                choose(&t, &pg.primary, &views, &k)
+        if let (true, Verdict::Dead { fails, down_for }) = (fo.enabled, verdict) {
+            let decision = match detect::primary_heard_by_replicas(&t, &views) {
+                Some(why) => Err(why),
+                None => choose(&t, &pg.primary, &views, &st.k),
             };
             match decision {
                 Ok(to) => {
                     let mut ev = FailoverEvent {
-                        id: next_id(root),
-                        kind: "failover".into(),
+                        id: next_id(store),
+                        kind: EventKind::Failover,
                         from: pg.primary.clone(),
                         to: to.clone(),
                         reason: format!(
-                            "{fails} failed probes over {}ms: {}",
+                            "{fails} failed probes over {}ms{}: {}",
                             down_for.as_millis(),
+                            if corroborated {
+                                " (corroborated: its process is gone and the replicas lost it)"
+                            } else {
+                                ""
+                            },
                             pv.as_ref().map(|v| v.error.clone()).unwrap_or_default()
                         ),
-                        status: "running".into(),
-                        detected_ms: now_ms().saturating_sub(0),
+                        status: EventStatus::Running,
+                        detected_ms: now_ms(),
                         ..Default::default()
                     };
                     step(&mut rep, &ev, "detected", ev.reason.clone());
-                    let r = failover(root, &mut ev, &mut rep, &mut publish_ev);
+                    drop(rt);
+                    let r = failover(&svc, &mut ev, &mut rep, &mut publish_ev);
                     if let Err(e) = &r {
                         tracing::error!(from = %ev.from, to = %ev.to, error = %e, "failover failed; will retry");
                     }
-                    record(&shared, root, &ev, r.is_ok());
-                    last_ok = Instant::now();
-                    fails = 0;
+                    record(&shared, &ev, r.is_ok());
+                    st.detector.reset(Instant::now());
                     continue;
                 }
                 Err(why) => {
-                    if why != last_outage_note {
+                    if why != st.last_outage_note {
                         tracing::error!(primary = %pg.primary, "primary unreachable for {}ms; no failover: {why}", down_for.as_millis());
                         rep.event(&Event::step(
                             "failover",
@@ -1057,7 +1145,7 @@ pub fn monitor(
                             down_for,
                             format!("no failover: {why}"),
                         ));
-                        last_outage_note = why.clone();
+                        st.last_outage_note = why.clone();
                     }
                     set(&|s| s.last_decision = why.clone());
                 }
@@ -1067,27 +1155,26 @@ pub fn monitor(
         // per member with backoff, only while the primary is healthy.
         if fo.enabled && healthy {
             for m in pg.members.iter().filter(|m| m.role == Role::Replica) {
-                let alive = process::read_record(&t.paths.run, &m.name)
-                    .as_ref()
-                    .is_some_and(process::alive);
+                let alive = rt.observe(&m.name).is_some_and(|o| o.running);
                 let busy = rejoining
                     .lock()
                     .map(|s| s.contains(&m.name))
                     .unwrap_or(true);
                 if alive || busy {
                     if alive {
-                        rejoin_at.remove(&m.name);
+                        st.rejoin_at.remove(&m.name);
                     }
                     continue;
                 }
-                let (at, delay) = rejoin_at
+                let (at, delay) = st
+                    .rejoin_at
                     .get(&m.name)
                     .copied()
                     .unwrap_or((Instant::now(), Duration::from_secs(1)));
                 if Instant::now() < at {
                     continue;
                 }
-                rejoin_at.insert(
+                st.rejoin_at.insert(
                     m.name.clone(),
                     (
                         Instant::now() + delay,
@@ -1097,16 +1184,17 @@ pub fn monitor(
                 if let Ok(mut s) = rejoining.lock() {
                     s.insert(m.name.clone());
                 }
-                let (root2, name, busy2, shared2) = (
-                    root.to_path_buf(),
+                let (svc2, name, busy2, shared2, root2) = (
+                    svc.clone(),
                     m.name.clone(),
                     rejoining.clone(),
                     shared.clone(),
+                    journal_root.to_path_buf(),
                 );
                 std::thread::spawn(move || {
                     let mut rep = Journal::open(&root2);
                     tracing::warn!(member = %name, "member is down; rejoining it as a replica");
-                    match rejoin(&root2, &name, &mut rep) {
+                    match rejoin(&svc2, &name, &mut rep) {
                         Ok(()) => {
                             if let Ok(mut s) = shared2.lock() {
                                 s.rejoins_total += 1;
@@ -1122,18 +1210,21 @@ pub fn monitor(
                 });
             }
         }
-        let spent = tick.elapsed();
-        if spent < interval {
-            std::thread::sleep(interval - spent);
+        drop(rt);
+        // The next probe lands when the window closes, not up to one interval after it.
+        let next = detect::next_probe_at(tick, interval, st.detector.deadline(window));
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
         }
     }
 }
 
-fn record(shared: &Mutex<FailoverStatus>, root: &Path, ev: &FailoverEvent, ok: bool) {
+fn record(shared: &Mutex<FailoverStatus>, ev: &FailoverEvent, ok: bool) {
     if let Ok(mut s) = shared.lock() {
         s.in_progress = None;
         if ok {
-            if ev.kind == "failover" {
+            if ev.kind == EventKind::Failover {
                 s.failovers_total += 1;
                 s.last_failover_duration_ms = ev.duration_ms;
             } else {
@@ -1145,9 +1236,7 @@ fn record(shared: &Mutex<FailoverStatus>, root: &Path, ev: &FailoverEvent, ok: b
             }
         }
     }
-    let _ = root;
 }
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -1,0 +1,302 @@
+//! What "healthy" means for each component kind, and the ports each one listens on. Probes go
+//! through the client seam at the runtime's endpoints, so the same checks gate an apply on every
+//! runtime.
+
+use std::time::{Duration, Instant};
+
+use crate::engine::clients::{Clients, Method};
+use crate::engine::runtime::{Observed, Runtime, Task};
+use crate::probe;
+use crate::render::Kind;
+use crate::topology::model::ValidatedTopology;
+
+/// Ports a component listens on (as the topology has them).
+pub fn ports_of(t: &ValidatedTopology, name: &str, kind: Kind) -> Vec<u16> {
+    match kind {
+        Kind::Postgres => t
+            .postgres
+            .as_ref()
+            .and_then(|p| p.member(name))
+            .map(|m| vec![m.port])
+            .unwrap_or_default(),
+        Kind::Redis => t
+            .redis
+            .as_ref()
+            .map(|r| vec![r.endpoint.port])
+            .unwrap_or_default(),
+        Kind::KafkaStore => t
+            .kafka
+            .as_ref()
+            .and_then(|k| k.store.as_ref())
+            .map(|s| vec![s.endpoint.port])
+            .unwrap_or_default(),
+        Kind::Kafka => t
+            .kafka
+            .as_ref()
+            .and_then(|k| k.brokers.iter().find(|b| b.name == name))
+            .map(|b| vec![b.endpoint.port])
+            .unwrap_or_default(),
+        Kind::Haproxy => t
+            .haproxy
+            .as_ref()
+            .map(|h| {
+                [
+                    Some(h.write.port),
+                    Some(h.read.port),
+                    h.stats.as_ref().map(|s| s.port),
+                ]
+                .into_iter()
+                .flatten()
+                .collect()
+            })
+            .unwrap_or_default(),
+        Kind::Backend => t
+            .backend
+            .as_ref()
+            .map(|b| vec![b.endpoint.port])
+            .unwrap_or_default(),
+        Kind::StreamProcessor => vec![],
+        Kind::Envoy => t
+            .envoy
+            .as_ref()
+            .map(|e| {
+                std::iter::once(e.admin.port)
+                    .chain(e.listeners.iter().map(|l| l.port))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Kind::NodeExporter => t
+            .exporters
+            .node
+            .as_ref()
+            .map(|e| vec![e.port])
+            .unwrap_or_default(),
+        Kind::PostgresExporter => t
+            .exporters
+            .postgres
+            .iter()
+            .find(|x| x.name == name)
+            .map(|x| vec![x.endpoint.port])
+            .unwrap_or_default(),
+        Kind::RedisExporter => t
+            .exporters
+            .redis
+            .as_ref()
+            .map(|e| vec![e.port])
+            .unwrap_or_default(),
+        Kind::Prometheus => t
+            .prometheus
+            .as_ref()
+            .map(|p| vec![p.endpoint.port])
+            .unwrap_or_default(),
+        Kind::Alertmanager => t
+            .alertmanager
+            .as_ref()
+            .map(|a| vec![a.endpoint.port])
+            .unwrap_or_default(),
+    }
+}
+
+/// HAProxy's servers as (proxy, server, status), read through its runtime API.
+pub fn haproxy_servers(
+    rt: &mut dyn Runtime,
+    name: &str,
+) -> Result<Vec<(String, String, String)>, String> {
+    let out = rt
+        .exec(name, &Task::HaproxyAdmin("show stat".into()))
+        .map_err(|e| e.to_string())?;
+    probe::haproxy_stat_rows(&out)
+}
+
+/// A probe of one component by its own protocol: Ok(detail) healthy, Err(why) not.
+pub fn health(
+    t: &ValidatedTopology,
+    rt: &mut dyn Runtime,
+    cl: &dyn Clients,
+    name: &str,
+    kind: Kind,
+) -> Result<String, String> {
+    let to = Duration::from_millis(1500);
+    let first_port = || {
+        ports_of(t, name, kind)
+            .first()
+            .copied()
+            .ok_or_else(|| "no port".to_string())
+    };
+    match kind {
+        Kind::Postgres => {
+            let pg = t.postgres.as_ref().ok_or("no postgres")?;
+            let m = pg.member(name).ok_or("unknown member")?;
+            let rec = cl
+                .pg(rt, m, &crate::engine::clients::PgOp::InRecovery, to)
+                .map_err(|e| e.to_string())?;
+            Ok(match rec {
+                crate::engine::clients::PgReply::Bool(true) => "replica".into(),
+                _ => "primary".into(),
+            })
+        }
+        Kind::Redis => {
+            let r = t.redis.as_ref().ok_or("no redis")?;
+            cl.redis_ping(rt, name, r.endpoint.port, r.password_secret.as_deref(), to)
+                .map(|_| "PONG".into())
+                .map_err(|e| e.to_string())
+        }
+        Kind::KafkaStore => {
+            let st = t
+                .kafka
+                .as_ref()
+                .and_then(|k| k.store.as_ref())
+                .ok_or("no store")?;
+            // ListObjectsV2 of the brokers' bucket: the server answers and the bucket is there.
+            let path = format!("/{}?list-type=2&max-keys=1", st.bucket);
+            match cl.http(rt, name, st.endpoint.port, Method::Get, &path, to) {
+                Ok((200, _)) => Ok(format!("bucket {} listed", st.bucket)),
+                Ok((c, body)) => Err(format!(
+                    "listing bucket {} answered {c}: {}",
+                    st.bucket,
+                    body.chars().take(200).collect::<String>()
+                )),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        Kind::Kafka => {
+            let port = first_port()?;
+            if cl.tcp(rt, name, port, to) {
+                // Say what a broker here is: several brokers are entry points onto one store.
+                Ok(match t.kafka.as_ref() {
+                    Some(k) if k.store.is_some() => format!(
+                        "accepting connections; 1 of {} entry points onto kafka-store, no partition replication",
+                        k.brokers.len()
+                    ),
+                    _ => "accepting connections; memory engine, events lost on restart".into(),
+                })
+            } else {
+                Err(format!("nothing answers on {}", rt.endpoint(name, port)))
+            }
+        }
+        Kind::Haproxy => {
+            let pg = t.postgres.as_ref().ok_or("no postgres")?;
+            let servers = haproxy_servers(rt, name)?;
+            let write_up = servers.iter().any(|(px, sv, st)| {
+                px == "postgres-write" && sv == &pg.primary && st.starts_with("UP")
+            });
+            if write_up {
+                let readers = servers
+                    .iter()
+                    .filter(|(px, sv, st)| {
+                        px == "postgres-read" && sv != "BACKEND" && st.starts_with("UP")
+                    })
+                    .count();
+                Ok(format!(
+                    "writes to {} UP, {readers} read servers UP",
+                    pg.primary
+                ))
+            } else {
+                Err(format!(
+                    "write server {} is not UP: {:?}",
+                    pg.primary,
+                    servers
+                        .iter()
+                        .filter(|s| s.0 == "postgres-write")
+                        .collect::<Vec<_>>()
+                ))
+            }
+        }
+        Kind::Backend => {
+            let b = t.backend.as_ref().ok_or("no backend")?;
+            match cl.http(rt, name, b.endpoint.port, Method::Get, "/health/ready", to) {
+                Ok((200, _)) => Ok("ready".into()),
+                Ok((c, body)) => Err(format!(
+                    "/health/ready answered {c}: {}",
+                    body.chars().take(200).collect::<String>()
+                )),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        Kind::StreamProcessor => match rt.observe(name) {
+            Some(o) if o.running => Ok("running".into()),
+            Some(_) => Err("not running".into()),
+            None => Err("not started".into()),
+        },
+        Kind::Envoy => {
+            let e = t.envoy.as_ref().ok_or("no envoy")?;
+            match cl.http(rt, name, e.admin.port, Method::Get, "/ready", to) {
+                Ok((200, body)) if body.trim() == "LIVE" => Ok("LIVE".into()),
+                Ok((c, body)) => Err(format!("/ready answered {c} {}", body.trim())),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        Kind::NodeExporter | Kind::PostgresExporter | Kind::RedisExporter => {
+            let port = first_port()?;
+            match cl.http(rt, name, port, Method::Get, "/metrics", to) {
+                Ok((200, body)) => {
+                    // The postgres and redis exporters answer 200 even when their target is down.
+                    let up = match kind {
+                        Kind::PostgresExporter => probe::metric_value(&body, "pg_up"),
+                        Kind::RedisExporter => probe::metric_value(&body, "redis_up"),
+                        _ => Some(1.0),
+                    };
+                    if up == Some(1.0) {
+                        Ok("serving metrics".into())
+                    } else {
+                        Err("serving metrics but its target is down".into())
+                    }
+                }
+                Ok((c, _)) => Err(format!("/metrics answered {c}")),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        Kind::Prometheus | Kind::Alertmanager => {
+            let port = first_port()?;
+            match cl.http(rt, name, port, Method::Get, "/-/ready", to) {
+                Ok((200, _)) => Ok("ready".into()),
+                Ok((c, _)) => Err(format!("/-/ready answered {c}")),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    }
+}
+
+/// Probes until healthy or `timeout`; fails at once when the started instance exits.
+pub fn wait_healthy(
+    t: &ValidatedTopology,
+    rt: &mut dyn Runtime,
+    cl: &dyn Clients,
+    name: &str,
+    kind: Kind,
+    timeout: Duration,
+    started: Option<&Observed>,
+) -> Result<String, String> {
+    let start = Instant::now();
+    let mut last = String::from("no answer yet");
+    while start.elapsed() < timeout {
+        if let Some(o) = started {
+            if !rt.instance_alive(o) {
+                return Err(format!(
+                    "exited during start-up; last log lines:\n{}",
+                    rt.logs(name, 15)
+                ));
+            }
+        }
+        match health(t, rt, cl, name, kind) {
+            Ok(d) => return Ok(d),
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!(
+        "not healthy after {}s: {last}\nlast log lines:\n{}",
+        timeout.as_secs(),
+        rt.logs(name, 15)
+    ))
+}
+
+/// How long a start may take to become healthy.
+pub fn gate_timeout(kind: Kind) -> Duration {
+    match kind {
+        Kind::Postgres => Duration::from_secs(60),
+        Kind::Backend => Duration::from_secs(60),
+        Kind::StreamProcessor => Duration::from_secs(3),
+        _ => Duration::from_secs(30),
+    }
+}
