@@ -214,6 +214,9 @@ enum Command {
         #[arg(long)]
         keep_data: bool,
     },
+    /// Run the Kubernetes operator: reconcile Topology resources in the cluster (kubeconfig or
+    /// in-cluster config), with Lease leader election, /healthz and /metrics.
+    Operator(controller::k8s::cli::OperatorArgs),
     /// Print a shell completion script: `source <(bssctl completions bash)`, or write it to your
     /// shell's completion directory (zsh: a `_bssctl` file in `$fpath`; fish:
     /// `~/.config/fish/completions/bssctl.fish`).
@@ -321,6 +324,13 @@ fn render_bundle(cli: &Cli, l: &Loaded) -> Result<render::Bundle, ExitCode> {
         eprintln!("error: {e}");
         ExitCode::from(1)
     })
+}
+
+/// Whether `file` is to be run on Kubernetes (`--runtime kubernetes` or `spec.runtime.kind`).
+fn on_kubernetes(cli: &Cli, file: &Path) -> bool {
+    matches!(cli.runtime, Some(RuntimeArg::Kubernetes))
+        || topology::load(file, &opts(cli))
+            .is_ok_and(|l| l.validated.runtime == RuntimeKind::Kubernetes)
 }
 
 fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
@@ -450,6 +460,38 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::Apply { file, .. } if on_kubernetes(cli, file) => {
+            controller::k8s::cli::apply(&load(cli, file)?, 600)
+        }
+        Command::Plan {
+            file,
+            detailed_exitcode,
+            no_diff,
+        } if on_kubernetes(cli, file) => {
+            let l = load(cli, file)?;
+            let b = render_bundle(cli, &l)?;
+            controller::k8s::cli::plan(
+                &l,
+                &b,
+                *detailed_exitcode,
+                *no_diff,
+                cli.output == Output::Json,
+            )
+        }
+        Command::Status { file } if on_kubernetes(cli, file) => {
+            controller::k8s::cli::status(&load(cli, file)?)
+        }
+        Command::Logs {
+            file,
+            component,
+            lines,
+            ..
+        } if on_kubernetes(cli, file) => {
+            controller::k8s::cli::logs(&load(cli, file)?, component, *lines)
+        }
+        Command::Destroy { file, .. } if on_kubernetes(cli, file) => {
+            controller::k8s::cli::destroy(&load(cli, file)?)
+        }
         Command::Plan {
             file,
             detailed_exitcode,
@@ -538,6 +580,7 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
             }
             destroy(cli, file, *keep_data)
         }
+        Command::Operator(args) => controller::k8s::cli::operator(args, cli.templates.as_deref()),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

@@ -354,7 +354,11 @@ fn render_writes_manifests_and_a_0600_secret_file_that_keeps_its_values() {
 fn building_for_another_runtime_is_refused() {
     let l = controller::topology::load(
         &k8s_support::repo_root().join("controller/tests/fixtures/valid/minimal.yaml"),
-        &controller::topology::ValidateOptions::default(),
+        &controller::topology::ValidateOptions {
+            // Short: the local runtime's socket paths must fit in 107 bytes.
+            state_dir: Some("/tmp/bssctl-k8s-test".into()),
+            ..controller::topology::ValidateOptions::default()
+        },
     )
     .unwrap();
     let err = manifests::build(&l.validated, &k8s_support::bundle(&l)).unwrap_err();

@@ -41,7 +41,12 @@ ln -sf "$k8s_dir/kubectl/kubectl" "$TOOLS/bin/kubectl"
 
 if ! dpkg-query -W -f='${Status}' etcd-server 2>/dev/null | grep -q "install ok installed"; then
   log "installing Debian package etcd-server"
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends etcd-server >/dev/null
+  # Keep the package's service stopped: tests start their own etcd on free loopback ports.
+  k8s_policy=/usr/sbin/policy-rc.d
+  [ -e "$k8s_policy" ] || { printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$k8s_policy" >/dev/null; $SUDO chmod 755 "$k8s_policy"; k8s_policy_made=1; }
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends etcd-server >/dev/null \
+    || { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends etcd-server >/dev/null; }
+  [ "${k8s_policy_made:-0}" = 1 ] && $SUDO rm -f "$k8s_policy"
   [ -x /etc/init.d/etcd ] && $SUDO /etc/init.d/etcd stop >/dev/null 2>&1 || true
 fi
 

@@ -88,3 +88,199 @@ pub fn render_command(
         }
     }
 }
+
+/// Flags of `bssctl operator`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OperatorArgs {
+    /// Address of /healthz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    pub listen: String,
+    /// Lease used for leader election (in the operator's namespace, `POD_NAMESPACE`).
+    #[arg(long, default_value = "bssctl-operator")]
+    pub lease_name: String,
+    /// Namespace of the Lease (default: `POD_NAMESPACE`, else `default`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Identity in the Lease (default: `POD_NAME`, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Watch only this namespace (default: all).
+    #[arg(long)]
+    pub watch_namespace: Option<String>,
+}
+
+/// `bssctl operator`.
+pub fn operator(
+    args: &OperatorArgs,
+    templates: Option<&Path>,
+) -> Result<std::process::ExitCode, std::process::ExitCode> {
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("error: {e}");
+        std::process::ExitCode::from(1)
+    };
+    let tera = crate::render::load_templates(templates).map_err(|e| fail(&e))?;
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| format!("bssctl-operator-{}", std::process::id()))
+    });
+    let opts = super::serve::OperatorOptions {
+        listen: args.listen.clone(),
+        lease_name: args.lease_name.clone(),
+        lease_namespace: args.lease_namespace.clone(),
+        identity,
+        watch_namespace: args.watch_namespace.clone(),
+    };
+    super::serve::main(opts, tera).map_err(|e| fail(&e))?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn block_on<T>(
+    f: impl std::future::Future<Output = Result<T, super::client::ClientError>>,
+) -> Result<T, std::process::ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: failed to start the async runtime: {e}");
+            std::process::ExitCode::from(1)
+        })?;
+    rt.block_on(f).map_err(|e| {
+        eprintln!("error: {e}");
+        std::process::ExitCode::from(1)
+    })
+}
+
+/// `bssctl apply --runtime kubernetes`: Secret (if missing), Topology, then follow to Available.
+pub fn apply(
+    l: &crate::topology::Loaded,
+    timeout_secs: u64,
+) -> Result<std::process::ExitCode, std::process::ExitCode> {
+    let t = &l.validated;
+    block_on(async {
+        let c = super::client::connect().await?;
+        if super::client::ensure_secret(&c, l).await? {
+            println!(
+                "created Secret {}/{} (values not shown)",
+                t.namespace,
+                manifests::names::secret(&t.name)
+            );
+        }
+        let generation = super::client::submit(&c, l).await?;
+        println!(
+            "applied Topology {}/{} (generation {generation}); waiting for the operator",
+            t.namespace, t.name
+        );
+        let start = Instant::now();
+        super::client::follow(
+            &c,
+            &t.namespace,
+            &t.name,
+            generation,
+            std::time::Duration::from_secs(timeout_secs),
+            &mut |line| {
+                println!("[{:>6.1}s] {line}", start.elapsed().as_secs_f64());
+            },
+        )
+        .await?;
+        println!(
+            "{} is Available ({:.1} s)",
+            t.name,
+            start.elapsed().as_secs_f64()
+        );
+        Ok(std::process::ExitCode::SUCCESS)
+    })
+}
+
+/// `bssctl plan --runtime kubernetes`: per object create/update/unchanged/remove, with diffs.
+pub fn plan(
+    l: &crate::topology::Loaded,
+    b: &Bundle,
+    detailed_exitcode: bool,
+    no_diff: bool,
+    json: bool,
+) -> Result<std::process::ExitCode, std::process::ExitCode> {
+    let t = &l.validated;
+    let m = manifests::build(t, b).map_err(|e| {
+        eprintln!("error: {e}");
+        std::process::ExitCode::from(1)
+    })?;
+    let p = block_on(async {
+        let c = super::client::connect().await?;
+        super::client::plan(&c, t, &m).await
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&p).unwrap_or_default());
+    } else {
+        for o in &p {
+            println!("{:<10} {}", o.action, o.id);
+            if !no_diff && !o.diff.is_empty() {
+                print!("{}", o.diff);
+            }
+        }
+    }
+    let changes = p.iter().any(|o| o.action != "unchanged");
+    Ok(if detailed_exitcode && changes {
+        std::process::ExitCode::from(2)
+    } else {
+        std::process::ExitCode::SUCCESS
+    })
+}
+
+pub fn status(
+    l: &crate::topology::Loaded,
+) -> Result<std::process::ExitCode, std::process::ExitCode> {
+    let t = &l.validated;
+    let s = block_on(async {
+        let c = super::client::connect().await?;
+        super::client::status_text(&c, &t.namespace, &t.name).await
+    })?;
+    print!("{s}");
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+pub fn logs(
+    l: &crate::topology::Loaded,
+    component: &str,
+    lines: usize,
+) -> Result<std::process::ExitCode, std::process::ExitCode> {
+    let t = &l.validated;
+    let s = block_on(async {
+        let c = super::client::connect().await?;
+        super::client::logs(
+            &c,
+            &t.namespace,
+            &t.name,
+            component,
+            i64::try_from(lines).unwrap_or(100),
+        )
+        .await
+    })?;
+    print!("{s}");
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+pub fn destroy(
+    l: &crate::topology::Loaded,
+) -> Result<std::process::ExitCode, std::process::ExitCode> {
+    let t = &l.validated;
+    let gone = block_on(async {
+        let c = super::client::connect().await?;
+        super::client::destroy(
+            &c,
+            &t.namespace,
+            &t.name,
+            std::time::Duration::from_secs(300),
+        )
+        .await
+    })?;
+    println!(
+        "{}",
+        if gone {
+            format!("deleted Topology {}/{}", t.namespace, t.name)
+        } else {
+            format!("Topology {}/{} does not exist", t.namespace, t.name)
+        }
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -1,13 +1,19 @@
-//! The Kubernetes runtime: pure manifest builders (`manifests`, `labels`, `roles`, `instance`),
-//! Secret handling (`secrets`) and the command-line entry points (`cli`).
+//! The Kubernetes runtime: pure manifest builders (`manifests`, `labels`, `roles`, `instance`,
+//! `rbac`), Secret handling (`secrets`), the operator (`operator`, `leader`, `serve`, `resource`)
+//! and the command-line entry points (`cli`).
 //!
-//! Everything here except `cli` is pure: no client, no I/O beyond the render's secret file.
-//! Not here: rendering config files (`render`), validation (`topology`).
+//! The builders are pure; API calls live in `operator`, `leader` and `serve` only.
+//! Not here: rendering config files (`render`), validation (`topology`), failure detection.
 
 pub mod cli;
+pub mod client;
 pub mod instance;
 pub mod labels;
+pub mod leader;
 pub mod manifests;
+pub mod operator;
 pub mod rbac;
+pub mod resource;
 pub mod roles;
 pub mod secrets;
+pub mod serve;

@@ -10,14 +10,18 @@ pub struct Rule {
     pub verbs: &'static [&'static str],
 }
 
-const OWNED: &[&str] = &["get", "list", "watch", "create", "patch", "delete"];
+/// Applied server-side (patch; create when the apply creates), listed and deleted as orphans.
+const APPLIED: &[&str] = &["list", "create", "patch", "delete"];
+/// The same, and watched by the Controller (`owns`): a pod becoming ready triggers a reconcile.
+const APPLIED_WATCHED: &[&str] = &["list", "watch", "create", "patch", "delete"];
 
 /// Cluster-wide: Topology resources and every kind the manifests builder produces.
 pub const CLUSTER: &[Rule] = &[
+    // Watched by the Controller; the finalizer is added and removed with a JSON patch.
     Rule {
         group: "bssctl.io",
         resources: &["topologies"],
-        verbs: &["get", "list", "watch", "patch"],
+        verbs: &["list", "watch", "patch"],
     },
     Rule {
         group: "bssctl.io",
@@ -33,7 +37,7 @@ pub const CLUSTER: &[Rule] = &[
     Rule {
         group: "",
         resources: &["configmaps", "services", "serviceaccounts"],
-        verbs: OWNED,
+        verbs: APPLIED,
     },
     // Generated once: read to keep existing values, created when missing, never listed or changed.
     Rule {
@@ -49,18 +53,23 @@ pub const CLUSTER: &[Rule] = &[
     },
     Rule {
         group: "apps",
-        resources: &["statefulsets", "deployments", "daemonsets"],
-        verbs: OWNED,
+        resources: &["statefulsets", "deployments"],
+        verbs: APPLIED_WATCHED,
+    },
+    Rule {
+        group: "apps",
+        resources: &["daemonsets"],
+        verbs: APPLIED,
     },
     Rule {
         group: "policy",
         resources: &["poddisruptionbudgets"],
-        verbs: OWNED,
+        verbs: APPLIED,
     },
     Rule {
         group: "networking.k8s.io",
         resources: &["networkpolicies"],
-        verbs: OWNED,
+        verbs: APPLIED,
     },
     Rule {
         group: "events.k8s.io",
@@ -179,6 +188,7 @@ mod tests {
         );
         assert_eq!(a("GET", "/healthz"), None);
         assert!(allows(CLUSTER, "apps", "deployments", "patch"));
+        assert!(!allows(CLUSTER, "", "configmaps", "get"));
         assert!(!allows(CLUSTER, "", "secrets", "list"));
     }
 }

@@ -184,6 +184,7 @@ pub fn label_moves(current: &BTreeMap<String, Option<String>>, next: &RoleState)
         }
     }
     if current.contains_key(&next.primary)
+        && !next.fenced.contains(&next.primary)
         && current.get(&next.primary).and_then(|r| r.as_deref()) != Some(PRIMARY)
     {
         out.push(LabelMove {

@@ -2,6 +2,8 @@
 //! validators (kubernetes-validate, helm), each failing with its install step when missing.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod fake_api;
+
 use std::path::{Path, PathBuf};
 
 use controller::render::{self, Bundle};
