@@ -533,3 +533,108 @@ fn symlink_plants_in_config_data_and_secrets_are_not_followed() {
     let mode = std::fs::metadata(&real).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o640, "write_atomic created {mode:o}");
 }
+
+fn http(url: &str, method: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<String>) {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build();
+    let mut r = agent.request(method, url);
+    for (k, v) in headers {
+        r = r.set(k, v);
+    }
+    let resp = match r.call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let code = resp.status();
+    let names = resp.headers_names();
+    (code, resp.into_string().unwrap_or_default(), names)
+}
+
+#[test]
+fn prometheus_has_no_lifecycle_api_reloads_by_sighup_and_scrapes_the_agent_with_its_token() {
+    for t in [
+        "prometheus",
+        "prometheus-alertmanager",
+        "prometheus-node-exporter",
+    ] {
+        support::require_tool(t);
+    }
+    let env = support::StackEnv::new(
+        "bssctl-sec-",
+        "sec-prom",
+        "  exporters: {node: {}}\n  prometheus: {scrapeInterval: 1s, evaluationInterval: 1s}\n  alertmanager: {}\n",
+    );
+    let (code, out, err) = env.run(&["apply"], &[]);
+    assert_eq!(code, 0, "apply failed:\n{out}\n{err}");
+    let prom = format!("http://127.0.0.1:{}", env.port(9090));
+
+    // The agent's scrape job carries the token: the target is up.
+    let start = Instant::now();
+    loop {
+        let (_, body, _) = http(
+            &format!("{prom}/api/v1/query?query=up%7Bjob%3D%22bssctl%22%7D"),
+            "GET",
+            &[],
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if v["data"]["result"][0]["value"][1] == "1" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the agent's scrape is not up: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // No lifecycle API: a page cannot quit or reload it; no CORS for foreign origins.
+    for path in ["/-/quit", "/-/reload"] {
+        let (code, body, _) = http(&format!("{prom}{path}"), "POST", &[]);
+        assert_ne!(code, 200, "{path} answered 200: {body}");
+    }
+    let (code, _, _) = http(&format!("{prom}/-/ready"), "GET", &[]);
+    assert_eq!(code, 200, "Prometheus went away after POST /-/quit");
+    let (_, _, names) = http(
+        &format!("{prom}/api/v1/status/buildinfo"),
+        "GET",
+        &[("Origin", "http://evil.example")],
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case("access-control-allow-origin")),
+        "CORS granted to a foreign origin: {names:?}"
+    );
+
+    // A changed scrape interval is reloaded in place by SIGHUP (same process), and taken.
+    let pid = |name: &str| {
+        let v: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(env.root.join(format!("run/{name}.json"))).unwrap(),
+        )
+        .unwrap();
+        v["pid"].as_u64().unwrap()
+    };
+    let before = pid("prometheus");
+    let text = std::fs::read_to_string(&env.file).unwrap();
+    std::fs::write(
+        &env.file,
+        text.replace("scrapeInterval: 1s", "scrapeInterval: 2s"),
+    )
+    .unwrap();
+    let (code, out, err) = env.run(&["apply"], &[]);
+    assert_eq!(code, 0, "re-apply failed:\n{out}\n{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains("prometheus") && l.contains("SIGHUP reload ok")),
+        "{err}"
+    );
+    assert_eq!(
+        pid("prometheus"),
+        before,
+        "Prometheus was restarted, not reloaded"
+    );
+    let (_, cfg, _) = http(&format!("{prom}/api/v1/status/config"), "GET", &[]);
+    assert!(cfg.contains("scrape_interval: 2s"), "{cfg}");
+}
