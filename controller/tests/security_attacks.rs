@@ -638,3 +638,89 @@ fn prometheus_has_no_lifecycle_api_reloads_by_sighup_and_scrapes_the_agent_with_
     let (_, cfg, _) = http(&format!("{prom}/api/v1/status/config"), "GET", &[]);
     assert!(cfg.contains("scrape_interval: 2s"), "{cfg}");
 }
+
+/// A fake PostgreSQL on a dead member's port that asks for a cleartext password: the probes
+/// (the same client the agent and the failover monitor use) send it nothing.
+#[test]
+fn a_fake_postgres_asking_for_a_cleartext_password_receives_no_password() {
+    use controller::engine::clients::{Clients, PgOp};
+    use controller::engine::runtime::Endpoint;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("topology.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: bssctl.io/v1alpha1\nkind: Topology\nmetadata: {name: sec-fake}\nspec:\n  postgres: {replicas: 1}\n",
+    )
+    .unwrap();
+    let l = support::load_with_state(&file, &dir.path().join("state"));
+    let t = l.validated;
+    let secret = "fake-server-must-never-see-this-0123456789";
+    let sfile = &t.secrets["postgres-superuser-password"].file;
+    std::fs::create_dir_all(Path::new(sfile).parent().unwrap()).unwrap();
+    std::fs::write(sfile, secret).unwrap();
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let (g2, stop) = (
+        got.clone(),
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    );
+    let s2 = stop.clone();
+    let server = std::thread::spawn(move || {
+        listener.set_nonblocking(true).unwrap();
+        let mut connections = 0;
+        while !s2.load(std::sync::atomic::Ordering::SeqCst) {
+            let Ok((mut c, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            connections += 1;
+            c.set_nonblocking(false).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            // Startup message, then AuthenticationCleartextPassword, then whatever comes.
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(2) {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => g2.lock().unwrap().extend_from_slice(&buf[..n]),
+                }
+            }
+        }
+        connections
+    });
+
+    let store: std::sync::Arc<dyn controller::engine::StateStore> =
+        std::sync::Arc::new(controller::engine::FileStore::new(&t));
+    let clients = controller::engine::RealClients::new(&t, store);
+    let member = t.postgres.as_ref().unwrap().members[0].clone();
+    let ep = Endpoint {
+        host: "127.0.0.1".into(),
+        port,
+    };
+    let view = clients.member_view(&ep, &member, Duration::from_secs(2));
+    assert!(!view.reachable, "{view:?}");
+    assert!(view.error.contains("cleartext"), "{}", view.error);
+    let rt = controller::runtime::local::Local::new(&{
+        let mut t2 = t.clone();
+        t2.postgres.as_mut().unwrap().members[0].port = port;
+        t2
+    });
+    let mut m2 = member.clone();
+    m2.port = port;
+    let r = clients.pg(&rt, &m2, &PgOp::InRecovery, Duration::from_secs(2));
+    assert!(r.is_err(), "{r:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let connections = server.join().unwrap();
+    assert!(connections >= 2, "the probes never reached the fake server");
+    let got = got.lock().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&got).contains(secret) && !got.contains(&b'p'),
+        "the fake server received a password message: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+}
