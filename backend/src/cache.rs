@@ -1,19 +1,32 @@
-//! Read-through Redis cache with database-driven invalidation.
+//! Read-through Redis cache with generation-checked invalidation.
 //!
-//! Owns cache keys, generation counters and single-flight loading. Values are stored with the
-//! generation counters read *before* the database load; a hit requires the stored generations to
-//! equal the current ones (fetched in the same MGET). The invalidation listener (`invalidate.rs`)
-//! bumps generations and deletes keys, so a load racing with a write can never re-insert a stale
-//! value. When Redis fails, or while the invalidation listener is disconnected, reads bypass the
-//! cache and go to the database.
+//! Owns cache keys, generation counters, single-flight loading and the admission policy (which
+//! caches are worth using). Values are stored with the generation counters read *before* the
+//! database load; a hit requires the stored generations to equal the current ones (fetched in
+//! the same MGET). Invalidation bumps generations and deletes keys, so a load racing with a
+//! write can never re-insert a stale value: the API invalidates its own writes right after
+//! commit (`invalidate_many`), the listener (`invalidate.rs`) those of other database clients.
+//! When Redis fails, or while the listener is disconnected, reads bypass the cache.
+//!
+//! Single flight: the first miss of a key spawns the load as its own task and later callers
+//! await that task. A caller that gives up (client timeout, dropped request) therefore never
+//! cancels a load half-way (which used to strand a pool permit and the flight forever); the
+//! task finishes, stores the value and removes itself from the map.
+//!
+//! Policy: a cache that is invalidated faster than it is read costs a Redis round trip and a
+//! store per read and saves little. Each cache kind measures its hit ratio over windows of
+//! lookups; below `MIN_HIT_RATIO` the kind is switched off except for a fixed sample of keys
+//! (one in `SAMPLE_EVERY` by hash) that keeps using it, so the ratio keeps being measured
+//! without bias, and the kind switches back on when the sample shows it pays again.
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
@@ -21,8 +34,14 @@ use crate::error::{ApiResult, AppError};
 use crate::metrics::Metrics;
 
 const GLOBAL_GEN: &str = "bss:g:all";
+/// Hit ratio below which a cache kind costs more (MGET + SET on every miss) than it saves.
+pub const MIN_HIT_RATIO: f64 = 0.35;
+/// Lookups per measurement window of a cache kind.
+const WINDOW: u64 = 2000;
+/// While a kind is off, one key in this many (by hash) still uses the cache as a sample.
+const SAMPLE_EVERY: u64 = 8;
 
-type Flight = Shared<BoxFuture<'static, Result<Option<Arc<String>>, Arc<String>>>>;
+type Flight = Shared<BoxFuture<'static, Result<Option<Arc<String>>, Arc<AppError>>>>;
 
 #[derive(Clone)]
 pub struct Cache {
@@ -35,7 +54,57 @@ struct Inner {
     metrics: Metrics,
     /// False until the invalidation listener has subscribed and resynchronised.
     live: AtomicBool,
+    /// Set when an invalidation could not be applied: the listener resynchronises.
+    resync_needed: AtomicBool,
     inflight: Mutex<HashMap<String, Flight>>,
+    policy: Mutex<HashMap<&'static str, Arc<KindPolicy>>>,
+}
+
+/// Hit-ratio bookkeeping of one cache kind.
+#[derive(Default)]
+struct KindPolicy {
+    hits: AtomicU64,
+    lookups: AtomicU64,
+    off: AtomicBool,
+}
+
+impl KindPolicy {
+    /// Records one lookup; at the end of a window decides whether the kind stays on.
+    fn record(&self, hit: bool) -> Option<bool> {
+        if hit {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        let n = self.lookups.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < WINDOW {
+            return None;
+        }
+        let hits = self.hits.swap(0, Ordering::Relaxed);
+        self.lookups.store(0, Ordering::Relaxed);
+        let off = decide_off(hits, n);
+        self.off.store(off, Ordering::Relaxed);
+        Some(off)
+    }
+}
+
+/// The policy decision, pure: a window with a hit ratio below `MIN_HIT_RATIO` turns a kind off.
+pub fn decide_off(hits: u64, lookups: u64) -> bool {
+    lookups > 0 && (hits as f64) / (lookups as f64) < MIN_HIT_RATIO
+}
+
+/// Whether `key` belongs to the sample that keeps using a switched-off cache kind.
+pub fn in_sample(key: &str) -> bool {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish() % SAMPLE_EVERY == 0
+}
+
+/// One committed change the cache must forget: an entity row and, when it has one, its
+/// customer (whose cached lists depend on it).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Change {
+    pub entity: &'static str,
+    pub id: Uuid,
+    pub customer: Option<Uuid>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -53,11 +122,17 @@ pub fn entity_gen(entity: &str, id: Uuid) -> String {
 pub fn customer_gen(customer: Uuid) -> String {
     format!("bss:g:cust:{customer}")
 }
-pub fn customer_deps(customer: Uuid) -> String {
-    format!("bss:d:cust:{customer}")
-}
 pub fn customer_list_key(customer: Uuid, entity: &str, suffix: &str) -> String {
     format!("bss:c:cust:{customer}:{entity}:{suffix}")
+}
+
+/// What a read should do with the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Look up, and fill on a miss.
+    Use,
+    /// The kind does not pay for itself (or the cache is down): go to the database.
+    Skip,
 }
 
 impl Cache {
@@ -68,7 +143,9 @@ impl Cache {
                 ttl_seconds,
                 metrics,
                 live: AtomicBool::new(false),
+                resync_needed: AtomicBool::new(false),
                 inflight: Mutex::new(HashMap::new()),
+                policy: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -85,6 +162,28 @@ impl Cache {
         self.inner.live.load(Ordering::SeqCst)
     }
 
+    /// Asks the listener to resynchronise (an invalidation was lost); until it has, reads
+    /// bypass the cache.
+    pub fn request_resync(&self) {
+        self.inner.resync_needed.store(true, Ordering::SeqCst);
+        self.set_live(false);
+    }
+
+    /// Takes the pending resync request, if any.
+    pub fn take_resync_request(&self) -> bool {
+        self.inner.resync_needed.swap(false, Ordering::SeqCst)
+    }
+
+    /// Number of loads in flight (single-flight map size), for tests and diagnostics.
+    pub fn flights(&self) -> usize {
+        self.inner.inflight.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Counts a lookup result (`hit`, `miss`, `bypass`, `error`) of a cache kind.
+    pub fn note(&self, cache: &str, result: &str) {
+        self.count(cache, result)
+    }
+
     fn count(&self, cache: &str, result: &str) {
         self.inner
             .metrics
@@ -93,15 +192,40 @@ impl Cache {
             .inc();
     }
 
+    fn policy(&self, cache: &'static str) -> Option<Arc<KindPolicy>> {
+        let mut map = self.inner.policy.lock().ok()?;
+        Some(map.entry(cache).or_default().clone())
+    }
+
+    /// Whether a read of `key` (of kind `cache`) should use the cache right now.
+    pub fn admission(&self, cache: &'static str, key: &str) -> Admission {
+        if !self.is_live() {
+            return Admission::Skip;
+        }
+        match self.policy(cache) {
+            Some(p) if p.off.load(Ordering::Relaxed) && !in_sample(key) => Admission::Skip,
+            _ => Admission::Use,
+        }
+    }
+
+    fn record(&self, cache: &'static str, hit: bool) {
+        if let Some(decided) = self.policy(cache).and_then(|p| p.record(hit)) {
+            self.inner
+                .metrics
+                .cache_enabled
+                .with_label_values(&[cache])
+                .set(i64::from(!decided));
+        }
+    }
+
     /// Returns the cached value of `key`, or loads it with `load` (once per key and process at a
     /// time: concurrent callers share one load) and stores it. `gens` are the generation keys the
-    /// value depends on; `deps_set` registers the key for deletion with its customer.
+    /// value depends on. Reads of a kind the policy has switched off go straight to `load`.
     pub async fn get_or_load<T, F, Fut>(
         &self,
         cache: &'static str,
         key: String,
         gens: Vec<String>,
-        deps_set: Option<String>,
         load: F,
     ) -> ApiResult<Option<T>>
     where
@@ -109,7 +233,7 @@ impl Cache {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = ApiResult<Option<T>>> + Send + 'static,
     {
-        if !self.is_live() {
+        if self.admission(cache, &key) == Admission::Skip {
             self.count(cache, "bypass");
             return load().await;
         }
@@ -132,54 +256,63 @@ impl Cache {
                 if stored.g == token {
                     if let Ok(v) = serde_json::from_value::<T>(stored.v) {
                         self.count(cache, "hit");
+                        self.record(cache, true);
                         return Ok(Some(v));
                     }
                 }
             }
         }
         self.count(cache, "miss");
-        // Single flight: the first caller loads, the others await the same future.
+        self.record(cache, false);
+        // Single flight: the first caller spawns the load, the others await the same task.
         let flight_key = format!("{key}#{token}");
-        let (flight, leader) = {
+        let flight = {
             let mut map = self
                 .inner
                 .inflight
                 .lock()
                 .map_err(|_| AppError::internal("cache single-flight map poisoned"))?;
-            if let Some(f) = map.get(&flight_key) {
-                (f.clone(), false)
-            } else {
-                let this = self.clone();
-                let key2 = key.clone();
-                let token2 = token.clone();
-                let loads = self
-                    .inner
-                    .metrics
-                    .cache_loads_total
-                    .with_label_values(&[cache]);
-                let fut = async move {
-                    loads.inc();
-                    let loaded = load().await.map_err(|e| Arc::new(e.to_string()))?;
-                    let Some(v) = loaded else { return Ok(None) };
-                    let json = serde_json::to_value(&v).map_err(|e| Arc::new(e.to_string()))?;
-                    let text = serde_json::to_string(&Stored { g: token2, v: json })
-                        .map_err(|e| Arc::new(e.to_string()))?;
-                    this.store(&key2, &text, deps_set).await;
-                    Ok(Some(Arc::new(text)))
+            match map.get(&flight_key) {
+                Some(f) => f.clone(),
+                None => {
+                    let this = self.clone();
+                    let loads = self
+                        .inner
+                        .metrics
+                        .cache_loads_total
+                        .with_label_values(&[cache]);
+                    let (key2, token2, fk) = (key.clone(), token.clone(), flight_key.clone());
+                    let task = tokio::spawn(async move {
+                        loads.inc();
+                        let out = async {
+                            let loaded = load().await.map_err(Arc::new)?;
+                            let Some(v) = loaded else { return Ok(None) };
+                            let json = serde_json::to_value(&v)
+                                .map_err(|e| Arc::new(AppError::internal(e)))?;
+                            let text = serde_json::to_string(&Stored { g: token2, v: json })
+                                .map_err(|e| Arc::new(AppError::internal(e)))?;
+                            this.store(&key2, &text).await;
+                            Ok(Some(Arc::new(text)))
+                        }
+                        .await;
+                        if let Ok(mut map) = this.inner.inflight.lock() {
+                            map.remove(&fk);
+                        }
+                        out
+                    });
+                    let fut: Flight = async move {
+                        task.await.map_err(|e| {
+                            Arc::new(AppError::internal(format!("cache load task failed: {e}")))
+                        })?
+                    }
+                    .boxed()
+                    .shared();
+                    map.insert(flight_key.clone(), fut.clone());
+                    fut
                 }
-                .boxed()
-                .shared();
-                map.insert(flight_key.clone(), fut.clone());
-                (fut, true)
             }
         };
-        let result = flight.await;
-        if leader {
-            if let Ok(mut map) = self.inner.inflight.lock() {
-                map.remove(&flight_key);
-            }
-        }
-        match result {
+        match flight.await {
             Ok(None) => Ok(None),
             Ok(Some(text)) => {
                 let stored: Stored = serde_json::from_str(&text).map_err(AppError::internal)?;
@@ -187,53 +320,64 @@ impl Cache {
                     serde_json::from_value(stored.v).map_err(AppError::internal)?,
                 ))
             }
-            Err(e) => Err(AppError::Internal(e.to_string())),
+            Err(e) => Err(AppError::shared(&e)),
         }
     }
 
-    async fn store(&self, key: &str, text: &str, deps_set: Option<String>) {
+    async fn store(&self, key: &str, text: &str) {
         let mut conn = self.inner.conn.clone();
-        let mut pipe = redis::pipe();
-        pipe.set_ex(key, text, self.inner.ttl_seconds).ignore();
-        if let Some(set) = &deps_set {
-            pipe.sadd(set, key).ignore();
-            pipe.expire(set, (self.inner.ttl_seconds * 2) as i64)
-                .ignore();
-        }
-        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+        if let Err(e) = conn
+            .set_ex::<_, _, ()>(key, text, self.inner.ttl_seconds)
+            .await
+        {
             tracing::debug!(error = %e, "failed to store cache entry");
         }
+    }
+
+    /// Invalidates committed changes in one pipeline (one Redis round trip): bumps the
+    /// generation of every entity and customer involved and deletes the entity values. A
+    /// customer's cached lists carry its generation in their token, so bumping it is enough;
+    /// their values expire by TTL (and LRU) instead of costing a set lookup per write.
+    pub async fn invalidate_many(&self, changes: &[Change]) -> redis::RedisResult<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let gen_ttl = (self.inner.ttl_seconds * 4).max(60) as i64;
+        let mut entities = BTreeSet::new();
+        let mut customers = BTreeSet::new();
+        for c in changes {
+            entities.insert((c.entity, c.id));
+            if let Some(cust) = c.customer {
+                customers.insert(cust);
+            }
+        }
+        let mut pipe = redis::pipe();
+        for (entity, id) in &entities {
+            let g = entity_gen(entity, *id);
+            pipe.incr(&g, 1).ignore().expire(&g, gen_ttl).ignore();
+            pipe.del(entity_key(entity, *id)).ignore();
+        }
+        for c in &customers {
+            let cg = customer_gen(*c);
+            pipe.incr(&cg, 1).ignore().expire(&cg, gen_ttl).ignore();
+        }
+        let mut conn = self.inner.conn.clone();
+        pipe.query_async::<()>(&mut conn).await
     }
 
     /// Invalidates one entity row and everything that depends on its customer.
     pub async fn invalidate(
         &self,
-        entity: &str,
+        entity: &'static str,
         id: Uuid,
         customer: Option<Uuid>,
     ) -> redis::RedisResult<()> {
-        let mut conn = self.inner.conn.clone();
-        let gen_ttl = (self.inner.ttl_seconds * 4).max(60) as i64;
-        let mut pipe = redis::pipe();
-        let g = entity_gen(entity, id);
-        pipe.incr(&g, 1).ignore().expire(&g, gen_ttl).ignore();
-        pipe.del(entity_key(entity, id)).ignore();
-        if let Some(c) = customer {
-            let cg = customer_gen(c);
-            pipe.incr(&cg, 1).ignore().expire(&cg, gen_ttl).ignore();
-        }
-        pipe.query_async::<()>(&mut conn).await?;
-        if let Some(c) = customer {
-            let set = customer_deps(c);
-            let members: Vec<String> = conn.smembers(&set).await?;
-            let mut pipe = redis::pipe();
-            for m in &members {
-                pipe.del(m).ignore();
-            }
-            pipe.del(&set).ignore();
-            pipe.query_async::<()>(&mut conn).await?;
-        }
-        Ok(())
+        self.invalidate_many(&[Change {
+            entity,
+            id,
+            customer,
+        }])
+        .await
     }
 
     /// After a (re)connect of the listener: notifications may have been missed, so every cached
@@ -273,5 +417,42 @@ impl Cache {
             .query_async::<String>(&mut conn)
             .await
             .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kind_is_switched_off_below_the_hit_ratio_and_back_on_above() {
+        assert!(decide_off(10, 100));
+        assert!(!decide_off(50, 100));
+        assert!(!decide_off(0, 0));
+        let p = KindPolicy::default();
+        for i in 0..WINDOW {
+            let r = p.record(i % 10 == 0);
+            assert_eq!(r.is_some(), i == WINDOW - 1);
+        }
+        assert!(
+            p.off.load(Ordering::Relaxed),
+            "10 % hits must switch the kind off"
+        );
+        for i in 0..WINDOW {
+            p.record(i % 10 != 0);
+        }
+        assert!(
+            !p.off.load(Ordering::Relaxed),
+            "90 % hits must switch it on again"
+        );
+    }
+
+    #[test]
+    fn the_sample_is_a_stable_fraction_of_keys() {
+        let n = (0..8000)
+            .filter(|i| in_sample(&format!("bss:c:order:{i}")))
+            .count();
+        assert!((600..1400).contains(&n), "{n} of 8000 keys sampled");
+        assert_eq!(in_sample("bss:c:x"), in_sample("bss:c:x"));
     }
 }

@@ -44,6 +44,30 @@ pub struct Config {
     pub outbox: OutboxConfig,
     #[serde(default)]
     pub streams: StreamsConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Overload protection: how much work may queue before requests are turned away.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// API requests in flight above which new ones get 429 + Retry-After at once. Default:
+    /// 32 per database connection (a queue the pool drains in well under a second).
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
+    /// Longest wait for a database connection before a request fails with 503 + Retry-After.
+    #[serde(default = "default_acquire_timeout")]
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: None,
+            acquire_timeout_ms: default_acquire_timeout(),
+        }
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -181,6 +205,9 @@ fn default_poll() -> u64 {
 fn default_batch() -> i64 {
     500
 }
+fn default_acquire_timeout() -> u64 {
+    1000
+}
 
 /// Environment variables that override single fields of the file (documented in README.md).
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
@@ -210,9 +237,19 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("BSS_OUTBOX_POLL_INTERVAL_MS", "outbox.pollIntervalMs"),
     ("BSS_OUTBOX_BATCH_SIZE", "outbox.batchSize"),
     ("BSS_STREAMS_GROUP_PREFIX", "streams.groupPrefix"),
+    ("BSS_LIMITS_MAX_IN_FLIGHT", "limits.maxInFlight"),
+    ("BSS_LIMITS_ACQUIRE_TIMEOUT_MS", "limits.acquireTimeoutMs"),
 ];
 
 impl Config {
+    /// The in-flight limit in force (see `LimitsConfig::max_in_flight`).
+    pub fn max_in_flight(&self) -> usize {
+        self.limits
+            .max_in_flight
+            .unwrap_or(32 * self.database.max_connections as usize)
+            .max(1)
+    }
+
     /// Reads the file, applies environment overrides from the process environment, loads secrets.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -296,6 +333,12 @@ impl Config {
         }
         if let Some(v) = get("BSS_STREAMS_GROUP_PREFIX") {
             self.streams.group_prefix = v;
+        }
+        if let Some(v) = get("BSS_LIMITS_MAX_IN_FLIGHT") {
+            self.limits.max_in_flight = Some(num("BSS_LIMITS_MAX_IN_FLIGHT", v)?);
+        }
+        if let Some(v) = get("BSS_LIMITS_ACQUIRE_TIMEOUT_MS") {
+            self.limits.acquire_timeout_ms = num("BSS_LIMITS_ACQUIRE_TIMEOUT_MS", v)?;
         }
         Ok(())
     }

@@ -75,6 +75,20 @@ impl AppError {
         }])
     }
 
+    /// A copy of an error shared by several waiters (a single-flight load): the status and
+    /// code survive, internal causes are not repeated.
+    pub fn shared(e: &AppError) -> Self {
+        match e {
+            AppError::Unavailable(m) => AppError::Unavailable(m.clone()),
+            AppError::TooManyRequests => AppError::TooManyRequests,
+            AppError::NotFound { entity, id } => AppError::NotFound {
+                entity,
+                id: id.clone(),
+            },
+            other => AppError::Internal(other.to_string()),
+        }
+    }
+
     pub fn internal(e: impl std::fmt::Display) -> Self {
         AppError::Internal(e.to_string())
     }
@@ -147,6 +161,10 @@ impl AppError {
     }
 }
 
+/// `Retry-After` of shed (429) and unavailable (503) responses: overload and failover both
+/// clear within about a second here.
+pub const RETRY_AFTER_SECONDS: &str = "1";
+
 impl From<sqlx::Error> for AppError {
     fn from(e: sqlx::Error) -> Self {
         if let sqlx::Error::Database(db) = &e {
@@ -197,6 +215,12 @@ impl IntoResponse for AppError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if matches!(self, AppError::TooManyRequests | AppError::Unavailable(_)) {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
         if matches!(self, AppError::Unauthenticated) {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("ApiKey"));

@@ -1,6 +1,8 @@
-//! Cache invalidation driven by the database: LISTEN on `bss_cache` (fed by triggers), delete the
-//! affected keys and their customer's dependents; reconnect with backoff and resynchronise
-//! (invalidate everything) after every (re)connect, since notifications sent meanwhile are lost.
+//! Cache invalidation of changes made outside the API: LISTEN on `bss_cache` (fed by triggers
+//! for every session that is not the API's own; the API invalidates its writes itself after
+//! commit), delete the affected keys and bump their customer's generation; reconnect with
+//! backoff and resynchronise (invalidate everything) after every (re)connect, since
+//! notifications sent meanwhile are lost, and whenever the API reports a lost invalidation.
 
 use serde::Deserialize;
 use sqlx::postgres::PgListener;
@@ -52,9 +54,24 @@ pub async fn run(
                 backoff = Duration::from_millis(100);
                 cache.set_live(true);
                 tracing::info!("cache invalidation listener subscribed and resynchronised");
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
                 loop {
                     tokio::select! {
                         _ = shutdown.changed() => return,
+                        _ = tick.tick() => {
+                            if cache.take_resync_request() {
+                                match cache.resync().await {
+                                    Ok(n) => {
+                                        tracing::info!(deleted = n, "cache resynchronised after a lost invalidation");
+                                        cache.set_live(true);
+                                    }
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "cache resync failed; retrying");
+                                        cache.request_resync();
+                                    }
+                                }
+                            }
+                        }
                         r = listener.try_recv() => match r {
                             Ok(Some(n)) => {
                                 if let Err(e) = handle(&cache, &metrics, n.payload()).await {
@@ -93,6 +110,7 @@ async fn connect(pool: &PgPool, cache: &Cache) -> Result<PgListener, String> {
         .map_err(|e| e.to_string())?;
     l.listen(CHANNEL).await.map_err(|e| e.to_string())?;
     // Subscribe first, then resync: any change after this point is notified.
+    cache.take_resync_request();
     let n = cache.resync().await.map_err(|e| e.to_string())?;
     tracing::debug!(deleted = n, "cache resynchronised");
     Ok(l)

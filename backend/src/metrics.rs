@@ -18,6 +18,10 @@ pub struct Metrics {
     pub outbox_pending: IntGauge,
     pub event_publish_duration_seconds: HistogramVec,
     pub db_pool_connections: IntGaugeVec,
+    /// 1 while a cache kind pays for itself and is used, 0 while the policy skips it.
+    pub cache_enabled: IntGaugeVec,
+    /// API requests shed before any work (in-flight limit), by route.
+    pub shed_total: IntCounterVec,
     pub cache_invalidations_total: IntCounterVec,
     pub cache_loads_total: IntCounterVec,
     pub outbox_publish_failures_total: IntCounterVec,
@@ -63,7 +67,22 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic!("static gauge definition: {e}"));
         let _ = r.register(Box::new(db_pool_connections.clone()));
+        let cache_enabled = IntGaugeVec::new(
+            Opts::new(
+                "bss_cache_enabled",
+                "Whether a cache kind is used (1) or skipped because its hit ratio is too low (0)",
+            ),
+            &["cache"],
+        )
+        .unwrap_or_else(|e| panic!("static gauge definition: {e}"));
+        let _ = r.register(Box::new(cache_enabled.clone()));
         Metrics {
+            shed_total: counter(
+                &r,
+                "bss_http_shed_total",
+                "API requests shed with 429 because too many were in flight",
+                &["route"],
+            ),
             events_total: counter(&r, "bss_events_total", "Events published", &["type"]),
             http_requests_total: counter(
                 &r,
@@ -117,6 +136,7 @@ impl Metrics {
             outbox_pending,
             event_publish_duration_seconds,
             db_pool_connections,
+            cache_enabled,
             registry: r,
         }
     }

@@ -66,8 +66,10 @@ pub async fn redis_manager(cfg: &Config) -> Result<ConnectionManager, ServerErro
 
 pub async fn build_state(cfg: &Config) -> Result<Shared, ServerError> {
     let pw = cfg.database.password.as_deref();
-    let write = db::pool(&cfg.database.write_url, pw, cfg.database.max_connections)?;
-    let read = db::pool(cfg.read_url(), pw, cfg.database.max_connections)?;
+    let wait = Duration::from_millis(cfg.limits.acquire_timeout_ms.max(1));
+    let max = cfg.database.max_connections;
+    let write = db::pool_with(&cfg.database.write_url, pw, max, wait, true)?;
+    let read = db::pool_with(cfg.read_url(), pw, max, wait, true)?;
     let metrics = Metrics::new();
     let cache = Cache::new(
         redis_manager(cfg).await?,
@@ -90,6 +92,7 @@ pub async fn build_state(cfg: &Config) -> Result<Shared, ServerError> {
         brokers: cfg.kafka.brokers.clone(),
         producer: Some(producer),
         in_flight: AtomicUsize::new(0),
+        max_in_flight: cfg.max_in_flight(),
         replay_jobs: Default::default(),
     }))
 }
@@ -140,8 +143,12 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
         }));
     }
     if let Some(p) = &state.producer {
+        // The relay and the listener have connections of their own: the relay holds its
+        // connection while a batch is being acknowledged by the broker, and the listener
+        // keeps one for good; neither may take a slot the API's requests queue for.
+        let relay_pool = db::pool(&cfg.database.write_url, cfg.database.password.as_deref(), 2)?;
         let relay = outbox::Relay {
-            pool: state.write.clone(),
+            pool: relay_pool,
             brokers: cfg.kafka.brokers.clone(),
             topics: kafka::entity_topics(&cfg.kafka.topic_prefix),
             producer: p.clone(),
@@ -151,8 +158,9 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
         };
         tasks.push(tokio::spawn(relay.run(rx.clone())));
     }
+    let listen_pool = db::pool(&cfg.database.write_url, cfg.database.password.as_deref(), 1)?;
     tasks.push(tokio::spawn(invalidate::run(
-        state.write.clone(),
+        listen_pool,
         state.cache.clone(),
         state.metrics.clone(),
         rx.clone(),

@@ -1,21 +1,27 @@
 //! Stream processors. `customer-analytics` keeps per-customer aggregates from customer and
 //! order events; `order-processor` keeps per-order aggregates (status durations, items, totals).
 //!
-//! Exactly-once effects: each event is applied in one database transaction together with the
-//! record of its id (`stream_processed_events`), so a redelivered event (outbox retry, restart
-//! before an offset commit, replay) changes nothing. After the transaction the aggregate's
-//! snapshot is published to `bss.analytics.events` with an id derived from (processor,
-//! aggregate, aggregate version), so a re-publish after a crash carries the same id; only then
-//! is the message's offset stored for commit.
+//! Batches: the processor takes what the broker has ready (up to `BATCH_MAX` messages, waiting
+//! at most `BATCH_WAIT` after the first) and applies the whole batch in ONE database transaction
+//! (one commit per batch instead of one per event), then produces every snapshot without
+//! waiting for each acknowledgement, awaits them together, and only then stores the batch's
+//! offsets for commit.
+//!
+//! Exactly-once effects: the batch's event ids are recorded (`stream_processed_events`) in the
+//! same transaction as their effects, so a redelivered event (outbox retry, restart before an
+//! offset commit, replay) changes nothing. Each snapshot published to `bss.analytics.events`
+//! has an id derived from (processor, aggregate, aggregate version), so a re-publish after a
+//! crash carries the same id.
 
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -106,11 +112,11 @@ pub async fn run(
     let analytics = format!("{prefix}.analytics.events");
     tracing::info!(processor = p.name(), group = %p.group(&cfg.streams.group_prefix), "stream processor started");
     loop {
-        let msg = tokio::select! {
+        let first = tokio::select! {
             _ = shutdown.changed() => break,
             m = consumer.recv() => m,
         };
-        let m = match msg {
+        let first = match first {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "consumer error");
@@ -118,13 +124,58 @@ pub async fn run(
                 continue;
             }
         };
-        // Retry the message until it is applied and published: skipping it would lose it.
+        let mut batch = vec![first];
+        let until = tokio::time::Instant::now() + BATCH_WAIT;
+        while batch.len() < BATCH_MAX {
+            match tokio::time::timeout_at(until, consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(m),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let events: Vec<Option<CloudEvent>> = batch
+            .iter()
+            .map(|m| {
+                let ev = m
+                    .payload()
+                    .and_then(|b| serde_json::from_slice::<CloudEvent>(b).ok());
+                if ev.is_none() {
+                    tracing::warn!(
+                        offset = m.offset(),
+                        "skipping a message that is not a CloudEvent"
+                    );
+                }
+                ev
+            })
+            .collect();
+        // Retry the batch until it is applied and published: skipping it would lose events.
+        let mut backoff = Duration::from_millis(100);
+        let snapshots = loop {
+            match apply_batch(p, &pool, &events).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::warn!(error = %e, messages = batch.len(), "applying a batch failed, retrying");
+                    tokio::select! {
+                        _ = shutdown.changed() => return Ok(()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let records: Vec<(String, String)> = snapshots
+            .into_iter()
+            .map(|snap| snapshot_record(p, snap))
+            .collect::<Result<_, _>>()?;
         let mut backoff = Duration::from_millis(100);
         loop {
-            match handle(p, &pool, &producer, &analytics, &m).await {
+            match publish_all(&producer, &analytics, &records).await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, offset = m.offset(), "processing failed, retrying");
+                    tracing::warn!(error = %e, "publishing snapshots failed, retrying");
                     tokio::select! {
                         _ = shutdown.changed() => return Ok(()),
                         _ = tokio::time::sleep(backoff) => {}
@@ -133,81 +184,113 @@ pub async fn run(
                 }
             }
         }
-        consumer.store_offset_from_message(&m)?;
+        for m in &batch {
+            consumer.store_offset_from_message(m)?;
+        }
     }
     let _ = consumer.commit_consumer_state(CommitMode::Sync);
     tracing::info!(processor = p.name(), "stream processor stopped");
     Ok(())
 }
 
-async fn handle(
+/// Most messages applied in one transaction.
+const BATCH_MAX: usize = 500;
+/// Longest wait for more messages once one has arrived.
+const BATCH_WAIT: Duration = Duration::from_millis(20);
+
+/// Applies a batch of events in one transaction; returns the snapshots to publish, in order.
+async fn apply_batch(
     p: Processor,
     pool: &PgPool,
-    producer: &FutureProducer,
-    analytics: &str,
-    m: &BorrowedMessage<'_>,
-) -> Result<(), StreamError> {
-    let Some(ev) = m
-        .payload()
-        .and_then(|b| serde_json::from_slice::<CloudEvent>(b).ok())
-    else {
-        tracing::warn!(
-            offset = m.offset(),
-            "skipping a message that is not a CloudEvent"
-        );
-        return Ok(());
-    };
+    events: &[Option<CloudEvent>],
+) -> Result<Vec<(Uuid, &'static str, Value)>, StreamError> {
+    let ids: Vec<String> = events.iter().flatten().map(|e| e.id.clone()).collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut tx = pool.begin().await?;
-    let fresh = sqlx::query(
-        "INSERT INTO stream_processed_events (processor, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    // Which of the batch's events are new to this processor (one statement for the batch).
+    let fresh: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO stream_processed_events (processor, event_id) SELECT $1, unnest($2::text[]) \
+         ON CONFLICT DO NOTHING RETURNING event_id",
     )
     .bind(p.name())
-    .bind(&ev.id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    let snapshot = match p {
-        Processor::CustomerAnalytics => customer_analytics(&mut tx, &ev, fresh).await?,
-        Processor::OrderProcessor => order_processor(&mut tx, &ev, fresh).await?,
-    };
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut fresh: HashSet<String> = fresh.into_iter().collect();
+    let mut out = Vec::new();
+    for ev in events.iter().flatten() {
+        // An id seen twice in one batch is applied once: the first occurrence takes it.
+        let is_fresh = fresh.remove(&ev.id);
+        let snapshot = match p {
+            Processor::CustomerAnalytics => customer_analytics(&mut tx, ev, is_fresh).await?,
+            Processor::OrderProcessor => order_processor(&mut tx, ev, is_fresh).await?,
+        };
+        out.extend(snapshot);
+    }
     tx.commit().await?;
-    if let Some((aggregate, kind, snap)) = snapshot {
-        let version = snap
-            .get("aggregateVersion")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
-        let id = Uuid::new_v5(
-            &Uuid::NAMESPACE_OID,
-            format!("{}:{aggregate}:{version}", p.name()).as_bytes(),
-        );
-        let mut out = CloudEvent::new(
-            "analytics",
-            aggregate,
-            &format!("{kind}.updated"),
-            snap,
-            Some(version),
-            None,
-        );
-        out.id = id.to_string();
-        out.source = format!("urn:bss:analytics:{}:{aggregate}", p.name());
-        let payload =
-            serde_json::to_string(&out).map_err(|e| StreamError::Publish(e.to_string()))?;
-        let key = aggregate.to_string();
+    Ok(out)
+}
+
+/// The analytics CloudEvent of a snapshot: (key, payload).
+fn snapshot_record(
+    p: Processor,
+    (aggregate, kind, snap): (Uuid, &'static str, Value),
+) -> Result<(String, String), StreamError> {
+    let version = snap
+        .get("aggregateVersion")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    let id = Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("{}:{aggregate}:{version}", p.name()).as_bytes(),
+    );
+    let mut out = CloudEvent::new(
+        "analytics",
+        aggregate,
+        &format!("{kind}.updated"),
+        snap,
+        Some(version),
+        None,
+    );
+    out.id = id.to_string();
+    out.source = format!("urn:bss:analytics:{}:{aggregate}", p.name());
+    let payload = serde_json::to_string(&out).map_err(|e| StreamError::Publish(e.to_string()))?;
+    Ok((aggregate.to_string(), payload))
+}
+
+/// Produces every record, then awaits all acknowledgements together.
+async fn publish_all(
+    producer: &FutureProducer,
+    topic: &str,
+    records: &[(String, String)],
+) -> Result<(), StreamError> {
+    let mut pending = Vec::with_capacity(records.len());
+    for (key, payload) in records {
         let headers = OwnedHeaders::new().insert(Header {
             key: "content-type",
             value: Some("application/cloudevents+json; charset=UTF-8"),
         });
-        producer
-            .send(
-                FutureRecord::to(analytics)
-                    .key(&key)
-                    .payload(&payload)
-                    .headers(headers),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| StreamError::Publish(e.to_string()))?;
+        let rec = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
+        match producer.send_result(rec) {
+            Ok(f) => pending.push(f),
+            Err((e, _)) => {
+                // Queue full or similar: let what was queued finish, then report.
+                let _ = futures::future::join_all(pending).await;
+                return Err(StreamError::Publish(e.to_string()));
+            }
+        }
+    }
+    for r in futures::future::join_all(pending).await {
+        match r {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(StreamError::Publish(e.to_string())),
+            Err(_) => return Err(StreamError::Publish("delivery canceled".into())),
+        }
     }
     Ok(())
 }

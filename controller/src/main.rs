@@ -17,7 +17,7 @@ use controller::topology::{self, Loaded, ValidateOptions};
 use controller::{check, crd, plan, render, runtime, state};
 
 #[derive(Parser, Debug)]
-#[command(name = "bssctl", version, about = "Render, check, plan and run the BSS stack from one topology.yaml", long_about = None)]
+#[command(name = "bssctl", version = version_short(), about = "Render, check, plan and run the BSS stack from one topology.yaml", long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,6 +40,82 @@ enum RuntimeArg {
     Local,
     Docker,
     Kubernetes,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// `0.1.0 (git 1a2b3c4d5e6f)`: the crate version and the revision it was built from.
+fn version_short() -> &'static str {
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (git ",
+        env!("BSSCTL_GIT_REV"),
+        ")"
+    )
+}
+
+/// `--version` (`-V` prints the short form): the short version, then the version of every tool bssctl drives that is found
+/// (the first line each prints), or how to install it. Computed only when asked for.
+fn version_long() -> String {
+    let mut out = version_short().to_string();
+    out.push_str("\ntools:");
+    for (tool, args) in [
+        ("postgres", &["--version"][..]),
+        ("haproxy", &["-v"][..]),
+        ("envoy", &["--version"][..]),
+        ("redis-server", &["--version"][..]),
+        ("tansu", &["--version"][..]),
+        ("prometheus", &["--version"][..]),
+        ("promtool", &["--version"][..]),
+        ("prometheus-alertmanager", &["--version"][..]),
+        ("amtool", &["--version"][..]),
+        ("prometheus-node-exporter", &["--version"][..]),
+        ("prometheus-postgres-exporter", &["--version"][..]),
+        ("prometheus-redis-exporter", &["--version"][..]),
+    ] {
+        let line = match controller::tools::find(tool) {
+            Err(_) => format!("not found ({})", controller::tools::install_hint(tool)),
+            Ok(path) => tool_version(&path, args),
+        };
+        out.push_str(&format!("\n  {tool:<30} {line}"));
+    }
+    out
+}
+
+/// The first non-empty line a tool prints for its version flag (stdout, else stderr).
+fn tool_version(path: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(path)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output();
+    match out {
+        Ok(o) => {
+            let text = format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let first = text
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("(no version output)");
+            // Some Go tools print their version as a log record: keep its message.
+            first
+                .split_once("msg=\"")
+                .and_then(|(_, m)| m.split_once('"'))
+                .map_or(first, |(m, _)| m)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+        Err(e) => format!("failed to run {}: {e}", path.display()),
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
@@ -114,6 +190,28 @@ enum Command {
         /// Keep data directories and secrets (the next apply reuses them).
         #[arg(long)]
         keep_data: bool,
+    },
+    /// Print a shell completion script: `source <(bssctl completions bash)`, or write it to your
+    /// shell's completion directory (zsh: a `_bssctl` file in `$fpath`; fish:
+    /// `~/.config/fish/completions/bssctl.fish`).
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Serve the S3 object store of the Kafka brokers (`kafka.storage: s3`; started by apply).
+    #[command(hide = true)]
+    KafkaStore {
+        /// Directory holding the objects, one subdirectory per bucket.
+        #[arg(long)]
+        root: PathBuf,
+        /// host:port to listen on.
+        #[arg(long)]
+        listen: String,
+        /// Bucket to create when missing (repeatable).
+        #[arg(long)]
+        bucket: Vec<String>,
+        #[arg(long, default_value_t = 8)]
+        threads: usize,
     },
     /// Run the controller agent of an applied environment (started by `apply`).
     #[command(hide = true)]
@@ -224,6 +322,14 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
             let start = Instant::now();
             let l = load(cli, file)?;
             let b = render_bundle(cli, &l)?;
+            if l.validated.runtime == RuntimeKind::Kubernetes {
+                return controller::k8s::cli::render_command(
+                    &l.validated,
+                    &b,
+                    out,
+                    cli.output == Output::Json,
+                );
+            }
             let n = b.write_to(out).map_err(|e| {
                 eprintln!("error: failed to write {}: {e}", out.display());
                 ExitCode::from(1)
@@ -356,6 +462,31 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
             lines,
         } => logs(cli, file, component, *follow, *lines),
         Command::Destroy { file, keep_data } => destroy(cli, file, *keep_data),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            let shell = match shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut cmd, "bssctl", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::KafkaStore {
+            root,
+            listen,
+            bucket,
+            threads,
+        } => match controller::objstore::Store::open(root, bucket).and_then(|st| {
+            controller::objstore::serve(st, listen, *threads, controller::kafka_lag::metrics)
+        }) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) => {
+                eprintln!("error: {e}");
+                Err(ExitCode::from(1))
+            }
+        },
         Command::Agent { root } => {
             let stop = Arc::new(AtomicBool::new(false));
             let s2 = stop.clone();
@@ -406,6 +537,12 @@ fn reporter(
     let journal = runtime::open_journal(t);
     if cli.output == Output::Json {
         Box::new(runtime::JsonReporter { journal })
+    } else if controller::progress::stderr_is_live_terminal() {
+        Box::new(controller::progress::LiveReporter::new(
+            Instant::now(),
+            journal,
+            verbose,
+        ))
     } else {
         Box::new(runtime::TextReporter {
             start: Instant::now(),
@@ -430,8 +567,17 @@ fn apply(
     let mut p = plan::plan(&b, applied.as_ref().map(|a| &a.bundle), &redactor);
     engine::converge::adjust_plan(&mut p, &rt.capabilities());
     let root = agent::root_of(t);
-    // The agent restarts crashed components; it must not race the apply.
-    agent::stop(&root);
+    // The agent restarts crashed components; it must not race an apply that changes anything.
+    // When nothing is to change and it runs healthy, it stays: replacing it would leave a gap in
+    // failover monitoring for nothing.
+    let kept_agent = if with_agent {
+        keepable_agent(t, &root, &b, &p)
+    } else {
+        None
+    };
+    if kept_agent.is_none() {
+        agent::stop(&root);
+    }
     let mut rep = reporter(cli, t, verbose);
     let store = FileStore::new(t);
     let cl = RealClients::new(t, Arc::new(FileStore::new(t)));
@@ -463,7 +609,24 @@ fn apply(
             return Err(code);
         }
     };
-    if with_agent {
+    let changed = report
+        .actions
+        .values()
+        .filter(|a| **a != plan::Action::None)
+        .count();
+    let kept_agent = kept_agent.filter(|_| changed == 0);
+    if let Some(pid) = kept_agent {
+        rep.event(&runtime::Event::step(
+            "agent",
+            "keep",
+            "ok",
+            Duration::ZERO,
+            format!("pid {pid} unchanged, API http://127.0.0.1:{}", t.agent.port),
+        ));
+    } else if with_agent {
+        // Something changed after all (a crashed component restarted, a secret rotated): the
+        // agent starts afresh from the new applied record.
+        agent::stop(&root);
         match agent::start_detached(&root, t.agent.port) {
             Ok(pid) => rep.event(&runtime::Event::step(
                 "agent",
@@ -475,11 +638,7 @@ fn apply(
             Err(e) => return Err(fail(e)),
         }
     }
-    let changed = report
-        .actions
-        .values()
-        .filter(|a| **a != plan::Action::None)
-        .count();
+    drop(rep);
     if cli.output == Output::Text {
         eprintln!(
             "\napplied {} in {:.2}s: {changed} component(s) changed, {} unchanged",
@@ -489,6 +648,30 @@ fn apply(
         );
     }
     Ok((l, b))
+}
+
+/// The pid of the running agent when it can stay through this apply: the plan changes nothing,
+/// the agent answers `/health` on this topology's port and every component has a live process
+/// (a dead one is restarted by the apply, which must not race the agent doing the same).
+fn keepable_agent(
+    t: &topology::ValidatedTopology,
+    root: &Path,
+    b: &render::Bundle,
+    p: &plan::Plan,
+) -> Option<u32> {
+    if p.has_changes() {
+        return None;
+    }
+    let pid = agent::running(root)?;
+    let all_alive = b.components.keys().all(|name| {
+        runtime::process::read_record(&t.paths.run, name)
+            .is_some_and(|r| runtime::process::alive(&r))
+    });
+    let healthy = controller::probe::http_ok(
+        &format!("http://127.0.0.1:{}/health", t.agent.port),
+        Duration::from_millis(500),
+    );
+    (all_alive && healthy).then_some(pid)
 }
 
 fn up(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
@@ -513,6 +696,21 @@ fn up(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `writeln!` into a String (cannot fail).
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+/// Writes `text` to stdout; a reader that has gone away (broken pipe) is not an error.
+fn emit_stdout(text: &str) {
+    use std::io::Write as _;
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(text.as_bytes()).and_then(|()| o.flush());
+}
+
 fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
     let (l, applied) = current(cli, file)?;
     let Some(applied) = applied else {
@@ -534,19 +732,35 @@ fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
     }
     .status(&applied.bundle);
     let agent_pid = agent::running(&agent::root_of(&l.validated));
+    let hist = engine::StateStore::history(&store);
+    // Written at once at the end: a closed pipe (`status | head -3`) ends it quietly.
+    let mut out = String::new();
     if cli.output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"environment": l.validated.name, "agent_pid": agent_pid, "primary": applied.primary, "components": st})).unwrap_or_default());
+        let doc = serde_json::json!({"environment": l.validated.name, "agent_pid": agent_pid, "primary": applied.primary, "components": st, "failover_history": hist});
+        outln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&doc).unwrap_or_default()
+        );
     } else {
-        println!(
+        outln!(
+            out,
             "environment {}  agent {}",
             l.validated.name,
             agent_pid
                 .map(|p| format!("pid {p} on 127.0.0.1:{}", l.validated.agent.port))
                 .unwrap_or_else(|| "not running".into())
         );
-        println!(
+        outln!(
+            out,
             "{:<20} {:<9} {:<8} {:<8} {:>8} {:<18} {:<12} detail",
-            "component", "state", "health", "role", "pid", "ports", "lag"
+            "component",
+            "state",
+            "health",
+            "role",
+            "pid",
+            "ports",
+            "lag"
         );
         for c in &st {
             let lag = c
@@ -560,7 +774,8 @@ fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
                 .map(|p| p.to_string())
                 .collect::<Vec<_>>()
                 .join(",");
-            println!(
+            outln!(
+                out,
                 "{:<20} {:<9} {:<8} {:<8} {:>8} {:<18} {:<12} {}",
                 c.name,
                 c.state.as_str(),
@@ -577,31 +792,33 @@ fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
             );
         }
     }
-    if cli.output == Output::Text {
-        let hist = engine::StateStore::history(&store);
-        if !hist.is_empty() {
-            println!("\nrole changes (ms after detection: fenced / promoted / rerouted / done)");
-            for e in hist.iter().rev().take(5).rev() {
-                let rel = |x: Option<u128>| {
-                    x.map(|v| v.saturating_sub(e.detected_ms).to_string())
-                        .unwrap_or_else(|| "-".into())
-                };
-                println!(
-                    "#{} {:<10} {} -> {}  {}  {} / {} / {} / {}  {}",
-                    e.id,
-                    e.kind.as_str(),
-                    e.from,
-                    e.to,
-                    format!("{:?}", e.status).to_lowercase(),
-                    rel(e.fenced_ms),
-                    rel(e.promoted_ms),
-                    rel(e.rerouted_ms),
-                    rel(e.done_ms),
-                    e.reason
-                );
-            }
+    if cli.output == Output::Text && !hist.is_empty() {
+        outln!(
+            out,
+            "\nrole changes (ms after detection: fenced / promoted / rerouted / done)"
+        );
+        for e in hist.iter().rev().take(5).rev() {
+            let rel = |x: Option<u128>| {
+                x.map(|v| v.saturating_sub(e.detected_ms).to_string())
+                    .unwrap_or_else(|| "-".into())
+            };
+            outln!(
+                out,
+                "#{} {:<10} {} -> {}  {}  {} / {} / {} / {}  {}",
+                e.id,
+                e.kind.as_str(),
+                e.from,
+                e.to,
+                format!("{:?}", e.status).to_lowercase(),
+                rel(e.fenced_ms),
+                rel(e.promoted_ms),
+                rel(e.rerouted_ms),
+                rel(e.done_ms),
+                e.reason
+            );
         }
     }
+    emit_stdout(&out);
     let all = st.iter().all(|c| c.healthy);
     Ok(if all {
         ExitCode::SUCCESS
@@ -757,6 +974,11 @@ fn services(t: &topology::ValidatedTopology) -> Services {
 }
 
 fn main() -> ExitCode {
+    // Probing the tools takes a moment, so only `--version` itself pays for it.
+    if std::env::args().nth(1).as_deref() == Some("--version") {
+        println!("bssctl {}", version_long());
+        return ExitCode::SUCCESS;
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -112,32 +112,63 @@ impl Plan {
     }
 }
 
-/// PostgreSQL parameters that need a server restart (postmaster context); the rest reload.
-const PG_RESTART_PARAMS: &[&str] = &[
-    "port",
-    "listen_addresses",
-    "unix_socket_directories",
-    "max_connections",
-    "shared_buffers",
-    "wal_level",
-    "max_wal_senders",
-    "max_replication_slots",
-    "max_worker_processes",
-    "max_prepared_transactions",
-    "max_locks_per_transaction",
-    "hot_standby",
-    "wal_log_hints",
-    "shared_preload_libraries",
-    "huge_pages",
-    "wal_buffers",
-    "track_commit_timestamp",
-    "superuser_reserved_connections",
-    "logging_collector",
-    "cluster_name",
-    "hba_file",
-    "config_file",
-    "data_directory",
+/// PostgreSQL parameters that need a server restart (`pg_settings.context = 'postmaster'` in
+/// PostgreSQL 15, `postgres --describe-config`); the rest reload. A test compares this list with
+/// the installed server, so a new restart-only parameter cannot be planned as a reload.
+pub const PG_RESTART_PARAMS: &[&str] = &[
     "archive_mode",
+    "autovacuum_freeze_max_age",
+    "autovacuum_max_workers",
+    "autovacuum_multixact_freeze_max_age",
+    "bonjour",
+    "bonjour_name",
+    "cluster_name",
+    "data_directory",
+    "data_sync_retry",
+    "dynamic_shared_memory_type",
+    "event_source",
+    "external_pid_file",
+    "hba_file",
+    "hot_standby",
+    "huge_page_size",
+    "huge_pages",
+    "ident_file",
+    "jit_provider",
+    "listen_addresses",
+    "logging_collector",
+    "max_connections",
+    "max_files_per_process",
+    "max_locks_per_transaction",
+    "max_logical_replication_workers",
+    "max_pred_locks_per_transaction",
+    "max_prepared_transactions",
+    "max_replication_slots",
+    "max_wal_senders",
+    "max_worker_processes",
+    "min_dynamic_shared_memory",
+    "old_snapshot_threshold",
+    "port",
+    "recovery_target",
+    "recovery_target_action",
+    "recovery_target_inclusive",
+    "recovery_target_lsn",
+    "recovery_target_name",
+    "recovery_target_time",
+    "recovery_target_timeline",
+    "recovery_target_xid",
+    "shared_buffers",
+    "shared_memory_type",
+    "shared_preload_libraries",
+    "superuser_reserved_connections",
+    "track_activity_query_size",
+    "track_commit_timestamp",
+    "unix_socket_directories",
+    "unix_socket_group",
+    "unix_socket_permissions",
+    "wal_buffers",
+    "wal_decode_buffer_size",
+    "wal_level",
+    "wal_log_hints",
 ];
 
 /// Replaces secret values by `<redacted:NAME>`.
@@ -271,6 +302,7 @@ fn decide(name: &str, old: &ComponentBundle, new: &ComponentBundle) -> (Action, 
             (Action::Reload, format!("{list} changed; /-/reload"))
         }
         Kind::Redis
+        | Kind::KafkaStore
         | Kind::Kafka
         | Kind::Backend
         | Kind::StreamProcessor
@@ -416,6 +448,104 @@ mod tests {
         assert_eq!(decide("postgres-0", &a, &b).0, Action::Reload);
         assert_eq!(decide("postgres-0", &a, &c).0, Action::Restart);
         assert_eq!(decide("postgres-0", &a, &a).0, Action::None);
+    }
+
+    /// Every parameter the installed PostgreSQL marks as restart-only (postmaster context).
+    fn postmaster_params() -> BTreeSet<String> {
+        let bin = crate::tools::find("postgres").unwrap_or_else(|e| panic!("{e}"));
+        let out = std::process::Command::new(bin)
+            .arg("--describe-config")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "postgres --describe-config failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split('\t');
+                let (name, context) = (f.next()?, f.next()?);
+                (context == "postmaster").then(|| name.to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn restart_list_is_the_servers_postmaster_context() {
+        let server = postmaster_params();
+        let ours: BTreeSet<String> = PG_RESTART_PARAMS.iter().map(|s| s.to_string()).collect();
+        let missing: Vec<_> = server.difference(&ours).collect();
+        assert!(
+            missing.is_empty(),
+            "restart-only parameters planned as reloads: {missing:?}"
+        );
+        let extra: Vec<_> = ours.difference(&server).collect();
+        assert!(
+            extra.is_empty(),
+            "reloadable parameters planned as restarts: {extra:?}"
+        );
+    }
+
+    /// After a failover or switchover a member keeps running with the settings of its old role
+    /// until a reload: if a restart-only parameter differed between the roles, every later reload
+    /// of it would be refused. Checked for every member of the root topology and the fixtures,
+    /// against the installed server's own list.
+    #[test]
+    fn role_changes_change_no_restart_only_parameter() {
+        let server = postmaster_params();
+        let tera = crate::render::load_templates(None).unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files = vec![root.join("topology.yaml")];
+        let fixtures = root.join("controller/tests/fixtures/valid");
+        for e in std::fs::read_dir(&fixtures).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml") {
+                files.push(p);
+            }
+        }
+        let opts = crate::topology::ValidateOptions {
+            base_dir: std::path::PathBuf::from("/etc/bssctl-test"),
+            state_dir: Some(std::path::PathBuf::from("/var/lib/bssctl-test")),
+            runtime: None,
+        };
+        let mut compared = 0;
+        for f in files {
+            let Ok(l) = crate::topology::load(&f, &opts) else {
+                continue;
+            };
+            let Some(pg) = l.validated.postgres.as_ref() else {
+                continue;
+            };
+            let renders: Vec<Bundle> = pg
+                .members
+                .iter()
+                .map(|m| {
+                    let t = l.validated.with_primary(&m.name).unwrap();
+                    crate::render::render(&t, &tera).unwrap()
+                })
+                .collect();
+            for m in &pg.members {
+                for (a, b) in renders.iter().zip(renders.iter().skip(1)) {
+                    let conf =
+                        |x: &Bundle| pg_params(&x.components[&m.name].files["postgresql.conf"]);
+                    let (o, n) = (conf(a), conf(b));
+                    let keys: BTreeSet<&String> = o.keys().chain(n.keys()).collect();
+                    let differs: Vec<&&String> = keys
+                        .iter()
+                        .filter(|k| o.get(**k) != n.get(**k) && server.contains(k.as_str()))
+                        .collect();
+                    assert!(
+                        differs.is_empty(),
+                        "{}: {} renders restart-only {differs:?} differently by role",
+                        f.display(),
+                        m.name
+                    );
+                    compared += 1;
+                }
+            }
+        }
+        assert!(
+            compared > 0,
+            "no topology with postgres members was compared"
+        );
     }
 
     #[test]

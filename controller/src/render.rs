@@ -36,6 +36,8 @@ pub enum RenderError {
 pub enum Kind {
     Postgres,
     Redis,
+    /// The S3 store (s3s-fs) the brokers keep their log and group offsets in.
+    KafkaStore,
     Kafka,
     Haproxy,
     Backend,
@@ -54,7 +56,9 @@ impl Kind {
         match self {
             Kind::Postgres => 0,
             Kind::Redis => 1,
-            Kind::Kafka => 2,
+            Kind::KafkaStore => 2,
+            // Same step as HAProxy (independent of each other), after the store.
+            Kind::Kafka => 3,
             Kind::Haproxy => 3,
             Kind::Backend => 4,
             Kind::StreamProcessor => 5,
@@ -186,31 +190,107 @@ fn collect(dir: &'static Dir<'static>, out: &mut Vec<(String, &'static str)>) {
     }
 }
 
-fn register_filters(tera: &mut tera::Tera) {
-    // `x | pgquote` -> 'x' with embedded quotes doubled (postgresql.conf values).
-    tera.register_filter(
-        "pgquote",
-        |v: &tera::Value, _: &std::collections::HashMap<String, tera::Value>| {
-            let s = match v {
-                tera::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            Ok(tera::Value::String(format!("'{}'", s.replace('\'', "''"))))
-        },
-    );
-    // `x | yamlstr` -> a double-quoted YAML/JSON string.
-    tera.register_filter(
-        "yamlstr",
-        |v: &tera::Value, _: &std::collections::HashMap<String, tera::Value>| {
-            let s = match v {
-                tera::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            Ok(tera::Value::String(
-                serde_json::Value::String(s).to_string(),
+/// Escaping for every target format, in one place each. Validation (`topology::syntax`) keeps
+/// line breaks and control characters out of the topology; these functions make what remains
+/// (quotes, backslashes, `#`, `$`, `{{`) mean itself in the file it lands in, and refuse what a
+/// format cannot carry at all, so a template can never emit an injected line.
+pub mod escape {
+    use crate::topology::syntax;
+
+    /// A quoted postgresql.conf value: `'` doubled and `\` doubled (the server's configuration
+    /// lexer reads backslash escapes inside quotes). Refuses line breaks, which a quoted value
+    /// cannot hold.
+    pub fn pg_conf(s: &str) -> Result<String, String> {
+        if let Some(r) = syntax::single_line(s) {
+            return Err(format!("a postgresql.conf value {}", r.reason));
+        }
+        Ok(format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''")))
+    }
+
+    /// A double-quoted YAML scalar that every YAML reader of the stack (Go's yaml for
+    /// Prometheus and Alertmanager, yaml-cpp for Envoy, serde for the backend) reads back as
+    /// `s`: quotes and backslashes escaped, and every control character, NEL, the Unicode line
+    /// and paragraph separators and the BOM written as `\uXXXX` (YAML 1.1 readers fold them
+    /// as line breaks otherwise).
+    pub fn yaml_str(s: &str) -> String {
+        let mut out = String::with_capacity(s.len() + 2);
+        out.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                c if syntax::is_breaking(c) => out.push_str(&format!("\\u{:04X}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    /// A double-quoted redis.conf argument (Redis splits lines with `sdssplitargs`, which reads
+    /// `\"`, `\\` and `\xHH` inside double quotes). Refuses line breaks.
+    pub fn redis_str(s: &str) -> Result<String, String> {
+        if let Some(r) = syntax::single_line(s) {
+            return Err(format!("a redis.conf argument {}", r.reason));
+        }
+        Ok(format!(
+            "\"{}\"",
+            s.replace('\\', "\\\\").replace('"', "\\\"")
+        ))
+    }
+
+    /// A word of haproxy.cfg written as is: HAProxy splits on blanks and interprets quotes,
+    /// backslashes, `#` and `${...}` itself, so anything beyond a portable set is refused.
+    pub fn haproxy_word(s: &str) -> Result<String, String> {
+        let portable = !s.is_empty()
+            && s.chars().all(|c| {
+                c.is_ascii_alphanumeric()
+                    || matches!(c, '/' | '.' | '_' | '-' | '+' | '@' | ',' | '=' | '~' | ':')
+            });
+        if portable {
+            Ok(s.to_string())
+        } else {
+            Err(format!(
+                "`{}` cannot be written into haproxy.cfg",
+                s.escape_debug()
             ))
-        },
-    );
+        }
+    }
+
+    /// The value of a KEY=VALUE env file line (read trimmed, split at the first `=`).
+    pub fn env_value(s: &str) -> Result<String, String> {
+        match syntax::env_value(s) {
+            None => Ok(s.to_string()),
+            Some(r) => Err(format!("an env file value {}", r.reason)),
+        }
+    }
+}
+
+fn register_filters(tera: &mut tera::Tera) {
+    type Filter = fn(&str) -> Result<String, String>;
+    let filters: [(&str, Filter); 5] = [
+        ("pgquote", escape::pg_conf),
+        ("yamlstr", |s| Ok(escape::yaml_str(s))),
+        ("redisquote", escape::redis_str),
+        ("hapword", escape::haproxy_word),
+        ("envvalue", escape::env_value),
+    ];
+    for (name, f) in filters {
+        tera.register_filter(
+            name,
+            move |v: &tera::Value, _: &std::collections::HashMap<String, tera::Value>| {
+                let s = match v {
+                    tera::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                f(&s).map(tera::Value::String).map_err(|e| {
+                    tera::Error::msg(format!("failed to escape a value for `{name}`: {e}"))
+                })
+            },
+        );
+    }
 }
 
 struct Renderer<'a> {
@@ -311,6 +391,9 @@ pub fn render(t: &ValidatedTopology, tera: &tera::Tera) -> Result<Bundle, Render
         );
     }
     if let Some(k) = &t.kafka {
+        if let Some(st) = &k.store {
+            add(&st.name, Kind::KafkaStore, vec![]);
+        }
         for br in &k.brokers {
             let extra = [("broker", json(br))];
             add(
@@ -478,6 +561,21 @@ pub fn launch(t: &ValidatedTopology, name: &str, kind: Kind) -> Launch {
         Kind::Redis => {
             l.program = s("redis-server");
             l.args = vec![format!("{cfg}/redis.conf")];
+        }
+        Kind::KafkaStore => {
+            l.program = s("bssctl");
+            if let Some(st) = t.kafka.as_ref().and_then(|k| k.store.as_ref()) {
+                l.args = vec![
+                    s("kafka-store"),
+                    s("--root"),
+                    st.data_dir.clone(),
+                    s("--listen"),
+                    format!("{}:{}", t.bind, st.endpoint.port),
+                    s("--bucket"),
+                    st.bucket.clone(),
+                ];
+                l.env.insert(s("RUST_LOG"), s("warn"));
+            }
         }
         Kind::Kafka => {
             l.program = s("tansu");

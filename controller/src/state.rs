@@ -149,7 +149,7 @@ pub fn existing_secret_values(t: &ValidatedTopology) -> Vec<(String, String)> {
         .collect()
 }
 
-fn random_string(len: usize) -> Result<String, std::io::Error> {
+pub fn random_string(len: usize) -> Result<String, std::io::Error> {
     const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     let mut buf = vec![0u8; len * 2];
     urandom(&mut buf)?;
@@ -195,16 +195,35 @@ pub fn ensure_secrets(t: &ValidatedTopology) -> Result<Vec<String>, StateError> 
                     detail: e.to_string(),
                 })?,
             },
-            SecretSource::Env { var } => std::env::var(var).map_err(|_| StateError::Secret {
-                name: s.name.clone(),
-                detail: format!("environment variable {var} is not set"),
-            })?,
-            SecretSource::File { path } => std::fs::read_to_string(path)
-                .map(|v| v.trim_end().to_string())
-                .map_err(|e| StateError::Secret {
+            SecretSource::Env { var } => {
+                let v = std::env::var(var).map_err(|e| StateError::Secret {
+                    name: s.name.clone(),
+                    detail: match e {
+                        std::env::VarError::NotPresent => {
+                            format!("environment variable {var} is not set")
+                        }
+                        std::env::VarError::NotUnicode(_) => {
+                            format!("environment variable {var} is not valid UTF-8")
+                        }
+                    },
+                })?;
+                check_secret_value(&s.name, &format!("environment variable {var}"), &v)?;
+                v
+            }
+            SecretSource::File { path } => {
+                let v = std::fs::read_to_string(path).map_err(|e| StateError::Secret {
                     name: s.name.clone(),
                     detail: format!("cannot read {path}: {e}"),
-                })?,
+                })?;
+                // One trailing line break is how files end (`echo x > f`); nothing else is cut.
+                let v = v
+                    .strip_suffix('\n')
+                    .map(|x| x.strip_suffix('\r').unwrap_or(x))
+                    .unwrap_or(&v)
+                    .to_string();
+                check_secret_value(&s.name, &format!("file {path}"), &v)?;
+                v
+            }
         };
         if current.as_deref().map(str::trim_end) != Some(want.as_str()) {
             write_atomic(Path::new(&s.file), want.as_bytes(), 0o600)?;
@@ -212,6 +231,34 @@ pub fn ensure_secrets(t: &ValidatedTopology) -> Result<Vec<String>, StateError> 
         }
     }
     Ok(changed)
+}
+
+/// A secret from the user's environment or file must be usable in every place it lands (Redis
+/// `requirepass`, env variables, pgpass lines, HTTP headers): not empty, one line, no NUL or
+/// other control characters. The value itself is never part of the message.
+pub fn check_secret_value(name: &str, source: &str, value: &str) -> Result<(), StateError> {
+    let problem = if value.is_empty() {
+        Some("is empty: an empty password would disable authentication".to_string())
+    } else if value.contains('\0') {
+        Some("contains a NUL byte".to_string())
+    } else if value.contains(['\n', '\r']) {
+        Some("contains a line break (only one trailing newline is allowed in a file)".to_string())
+    } else if value.chars().any(char::is_control) {
+        Some("contains a control character".to_string())
+    } else if value.trim() != value {
+        Some("starts or ends with blanks".to_string())
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(p) => Err(StateError::Secret {
+            name: name.into(),
+            detail: format!(
+                "the value from {source} {p}; set a single-line value of printable characters"
+            ),
+        }),
+    }
 }
 
 /// Reads one secret's value.

@@ -95,6 +95,15 @@ pub fn find(tool: &str) -> Result<PathBuf, MissingTool> {
         "postgres" | "initdb" | "pg_ctl" | "pg_basebackup" | "pg_rewind" | "pg_controldata"
     );
     let mut dirs: Vec<PathBuf> = Vec::new();
+    if tool == "bssctl" {
+        // The kafka store runs as `bssctl kafka-store`: this very binary.
+        if let Ok(exe) = std::env::current_exe() {
+            if is_exec(&exe) && exe.file_name().is_some_and(|n| n == "bssctl") {
+                return Ok(exe);
+            }
+        }
+        dirs.extend(backend_dirs());
+    }
     if tool == "bss-backend" {
         if let Ok(p) = std::env::var("BSS_BACKEND_BIN") {
             return if is_exec(Path::new(&p)) {

@@ -522,7 +522,7 @@ spec:
     assert!(hint(by_path(&diags, "spec.runtime.kind")).contains("did you mean `docker`?"));
     let storage = hint(by_path(&diags, "spec.kafka.storage"));
     assert!(
-        storage.contains("memory") && storage.contains("postgres"),
+        storage.contains("memory") && storage.contains("s3"),
         "{storage}"
     );
 }

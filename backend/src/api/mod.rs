@@ -5,6 +5,7 @@ pub mod input;
 pub mod ops;
 pub mod resources;
 pub mod timetravel;
+pub mod write;
 
 use axum::body::Bytes;
 use axum::extract::{MatchedPath, Path, Query, Request, State};
@@ -26,11 +27,21 @@ use crate::error::{ApiResult, AppError};
 use crate::events::{self, CloudEvent};
 use crate::metrics::Metrics;
 use crate::model::{Customer, Entity, Invoice, Order, Page, Payment, Product, Subscription};
+
+/// Table of an entity name (`order` → `orders`).
+pub fn plural_of(entity: &str) -> Option<&'static str> {
+    Some(match entity {
+        "customer" => Customer::PLURAL,
+        "product" => Product::PLURAL,
+        "order" => Order::PLURAL,
+        "subscription" => Subscription::PLURAL,
+        "invoice" => Invoice::PLURAL,
+        "payment" => Payment::PLURAL,
+        _ => return None,
+    })
+}
 use crate::store::{self, ListQuery};
 use input::{path_id, Fields, QueryFields};
-
-/// Requests in flight above which new API requests are shed with 429.
-pub const MAX_IN_FLIGHT: usize = 2048;
 
 pub struct AppState {
     pub write: sqlx::PgPool,
@@ -43,6 +54,9 @@ pub struct AppState {
     pub brokers: String,
     pub producer: Option<rdkafka::producer::FutureProducer>,
     pub in_flight: AtomicUsize,
+    /// API requests in flight above which new ones are shed at once with 429 + Retry-After:
+    /// the bound of the only queue in front of the database pool.
+    pub max_in_flight: usize,
     pub replay_jobs: crate::replay::Jobs,
 }
 
@@ -145,7 +159,7 @@ pub fn app(state: Shared) -> Router {
         .with_state(state)
 }
 
-/// Counts and times every request by matched route; sheds load above `MAX_IN_FLIGHT`.
+/// Counts and times every request by matched route; sheds API requests above `max_in_flight`.
 async fn observe(State(st): State<Shared>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
@@ -154,13 +168,16 @@ async fn observe(State(st): State<Shared>, req: Request, next: Next) -> Response
         .unwrap_or_else(|| "unmatched".to_string());
     let method = req.method().as_str().to_string();
     let start = Instant::now();
-    let n = st.in_flight.fetch_add(1, Ordering::SeqCst);
-    let resp = if n >= MAX_IN_FLIGHT && route.starts_with("/api/") {
+    // A guard, not a decrement after `await`: a request whose client went away is dropped
+    // mid-flight, and its slot must still be given back.
+    let slot = InFlight::enter(&st);
+    let resp = if slot.n >= st.max_in_flight && route.starts_with("/api/") {
+        st.metrics.shed_total.with_label_values(&[&route]).inc();
         AppError::TooManyRequests.into_response()
     } else {
         next.run(req).await
     };
-    st.in_flight.fetch_sub(1, Ordering::SeqCst);
+    drop(slot);
     let resp = as_problem(resp).await;
     let status = resp.status().as_u16().to_string();
     st.metrics
@@ -172,6 +189,26 @@ async fn observe(State(st): State<Shared>, req: Request, next: Next) -> Response
         .with_label_values(&[&route, &method])
         .observe(start.elapsed().as_secs_f64());
     resp
+}
+
+/// One request counted in `AppState::in_flight` until dropped.
+struct InFlight<'a> {
+    st: &'a AppState,
+    /// Requests in flight before this one.
+    n: usize,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(st: &'a AppState) -> Self {
+        let n = st.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight { st, n }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.st.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Turns error responses produced outside our handlers (axum's extractor rejections: bad path
@@ -251,7 +288,6 @@ pub async fn load_cached<E: Entity>(st: &Shared, id: Uuid) -> ApiResult<Option<E
             E::NAME,
             cache::entity_key(E::NAME, id),
             vec![cache::entity_gen(E::NAME, id)],
-            None,
             move || async move { store::fetch_pool::<E>(&pool, id).await },
         )
         .await
@@ -357,15 +393,20 @@ pub async fn customer_list<E: Entity>(
     if load_cached::<Customer>(&st, cid).await?.is_none() {
         return Err(store::not_found::<Customer>(cid));
     }
-    let pool = st.write.clone();
     let key = cache::customer_list_key(cid, E::PLURAL, &q.cache_suffix());
+    if st.cache.admission("customer_list", &key) == cache::Admission::Skip {
+        // Not cached (the policy found these lists invalidated faster than they are read, or
+        // the cache is down): lists tolerate replica lag, so the read pool serves them.
+        st.cache.note("customer_list", "bypass");
+        return Ok(Json(store::list::<E>(&st.read, &q).await?));
+    }
+    let pool = st.write.clone();
     let page = st
         .cache
         .get_or_load::<Page<E>, _, _>(
             "customer_list",
             key,
             vec![cache::customer_gen(cid)],
-            Some(cache::customer_deps(cid)),
             move || async move { store::list::<E>(&pool, &q).await.map(Some) },
         )
         .await?;
@@ -410,46 +451,100 @@ pub async fn change_status<E: Entity>(
     let id = path_id(&id)?;
     let allowed: Vec<String> = E::Status::ALL.iter().map(|s| s.to_string()).collect();
     let req = parse_status_change::<E::Status>(&headers, &body, &allowed.join(", "))?;
-    let mut tx = st.write.begin().await?;
-    let cur = store::lock::<E>(&mut tx, id).await?;
-    store::check_version(&cur, req.version)?;
-    let from = E::Status::parse_str(cur.status())
-        .ok_or_else(|| AppError::internal(format!("unknown stored status {}", cur.status())))?;
-    crate::domain::check_transition(E::NAME, from, req.to)?;
     let to = req.to.to_string();
-    resources::before_status(E::NAME, &to, req.reason.as_deref())?;
-    sqlx::query(&format!(
-        "UPDATE {} SET status = $1, version = version + 1, updated_at = now() WHERE id = $2",
-        E::PLURAL
-    ))
-    .bind(&to)
-    .bind(id)
-    .execute(&mut *tx)
-    .await?;
-    let side =
-        resources::after_status(&st, &mut tx, E::NAME, id, &to, req.reason.as_deref()).await?;
-    let new = store::fetch::<E>(&mut tx, id)
-        .await?
-        .ok_or_else(|| store::not_found::<E>(id))?;
-    emit(
-        &st,
-        &mut tx,
-        &new,
-        &to.to_lowercase(),
-        Some(from.to_string()),
-    )
-    .await?;
-    tx.commit().await?;
-    count_status(&st, E::NAME, &new);
-    for (entity, status) in side {
-        if entity == "invoice" {
-            st.metrics
-                .invoices_total
-                .with_label_values(&[&status])
-                .inc();
+    // Read, decide, then one guarded statement (`WHERE version = $n`); if the guard does not
+    // hold, someone changed the row in between: read and decide again.
+    for _attempt in 0..3 {
+        let cur = store::fetch_pool::<E>(&st.write, id)
+            .await?
+            .ok_or_else(|| store::not_found::<E>(id))?;
+        store::check_version(&cur, req.version)?;
+        let from = E::Status::parse_str(cur.status())
+            .ok_or_else(|| AppError::internal(format!("unknown stored status {}", cur.status())))?;
+        crate::domain::check_transition(E::NAME, from, req.to)?;
+        resources::before_status(E::NAME, &to, req.reason.as_deref())?;
+        let now = write::now();
+        let mut w = write::Write::new();
+        let mut v = serde_json::to_value(&cur).map_err(AppError::internal)?;
+        v["status"] = serde_json::json!(to);
+        v["version"] = serde_json::json!(cur.version() + 1);
+        v["updatedAt"] = serde_json::json!(now);
+        let sets = resources::status_sets(&mut w, E::NAME, &to, req.reason.as_deref(), now, &mut v);
+        let mut changes = Vec::new();
+        // A completed payment of a whole invoice marks the invoice PAID, in the same statement.
+        let mut paid: Option<Invoice> = None;
+        if E::NAME == "payment" && to == "COMPLETED" {
+            let invoice_id = v["invoiceId"]
+                .as_str()
+                .and_then(|s| Uuid::parse_str(s).ok());
+            if let Some(iid) = invoice_id {
+                let inv = store::fetch_pool::<Invoice>(&st.write, iid)
+                    .await?
+                    .ok_or_else(|| store::not_found::<Invoice>(iid))?;
+                if resources::pays_invoice(&v, &inv) {
+                    let mut iv = serde_json::to_value(&inv).map_err(AppError::internal)?;
+                    iv["status"] = serde_json::json!("PAID");
+                    iv["version"] = serde_json::json!(inv.version + 1);
+                    iv["updatedAt"] = serde_json::json!(now);
+                    let isets =
+                        resources::status_sets(&mut w, "invoice", "PAID", None, now, &mut iv);
+                    let sql = format!(
+                        "UPDATE invoices SET status = 'PAID', version = version + 1, updated_at = {}{isets} \
+                         WHERE id = {} AND version = {} RETURNING id",
+                        w.bind(now),
+                        w.bind(iid),
+                        w.bind(inv.version),
+                    );
+                    w.cte("inv", sql, true);
+                    let new_inv: Invoice =
+                        serde_json::from_value(iv).map_err(AppError::internal)?;
+                    w.event(
+                        &st,
+                        "inv",
+                        &new_inv,
+                        &resources::event_of(&new_inv, "paid", Some(inv.status.clone())),
+                    );
+                    changes.push(write::change_of(&new_inv));
+                    paid = Some(new_inv);
+                }
+            }
+        }
+        let guard = if paid.is_some() {
+            " AND EXISTS (SELECT 1 FROM inv)"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "UPDATE {} SET status = {}, version = version + 1, updated_at = {}{sets} \
+             WHERE id = {} AND version = {}{guard} RETURNING id",
+            E::PLURAL,
+            w.bind(to.clone()),
+            w.bind(now),
+            w.bind(id),
+            w.bind(cur.version()),
+        );
+        w.cte("e", sql, true);
+        let new: E = serde_json::from_value(v).map_err(AppError::internal)?;
+        w.event(
+            &st,
+            "e",
+            &new,
+            &resources::event_of(&new, &to.to_lowercase(), Some(from.to_string())),
+        );
+        changes.push(write::change_of(&new));
+        let counts = w.run(&st, changes).await?;
+        if counts.iter().all(|c| *c > 0) {
+            count_status(&st, E::NAME, &new);
+            if paid.is_some() {
+                st.metrics.invoices_total.with_label_values(&["PAID"]).inc();
+            }
+            return Ok(Json(new));
         }
     }
-    Ok(Json(new))
+    Err(AppError::Conflict(format!(
+        "{} {id} kept changing while its status was written; retry",
+        E::NAME
+    )))
 }
 
 pub async fn delete<E: Entity>(
@@ -471,7 +566,7 @@ pub async fn delete<E: Entity>(
             other => other,
         })?;
     emit(&st, &mut tx, &cur, "deleted", None).await?;
-    tx.commit().await?;
+    write::commit(&st, tx, vec![write::change_of(&cur)]).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -14,9 +14,11 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use super::input::{json_object, path_id, Fields};
+use super::write::{self, Write};
 use super::{count_status, emit, Shared};
 use crate::domain::{self, *};
 use crate::error::{ApiResult, AppError, FieldError};
+use crate::events::CloudEvent;
 use crate::model::*;
 use crate::store;
 
@@ -66,6 +68,87 @@ fn refs_ok(errs: Vec<FieldError>) -> ApiResult<()> {
     } else {
         Err(AppError::BrokenReference(errs))
     }
+}
+
+/// Money as stored: NUMERIC(19,2), always two decimal places.
+pub fn money_scale(d: Decimal) -> Decimal {
+    let mut d = d.round_dp(2);
+    d.rescale(2);
+    d
+}
+
+/// Tax rates as stored: NUMERIC(7,4).
+pub fn rate_scale(d: Decimal) -> Decimal {
+    let mut d = d.round_dp(4);
+    d.rescale(4);
+    d
+}
+
+/// The CloudEvent of a change of `e`.
+pub fn event_of<E: Entity>(e: &E, action: &str, previous_status: Option<String>) -> CloudEvent {
+    let data = serde_json::to_value(e).unwrap_or(Value::Null);
+    CloudEvent::new(
+        E::NAME,
+        e.id(),
+        action,
+        data,
+        Some(e.version()),
+        previous_status,
+    )
+}
+
+/// What an order needs to know about a product it refers to.
+#[derive(Debug, serde::Deserialize)]
+struct ProductRef {
+    id: Uuid,
+    status: String,
+    price: Decimal,
+    currency: String,
+}
+
+/// Prices order items against their products (unit price given, else the product's price in
+/// the order's currency); problems go to `errs`.
+fn price_items(
+    items: &[ItemInput],
+    products: &[ProductRef],
+    currency: &str,
+    errs: &mut Vec<FieldError>,
+) -> Vec<Line> {
+    let mut lines = Vec::new();
+    for (i, it) in items.iter().enumerate() {
+        let field = format!("items[{i}].productId");
+        let Some(p) = products.iter().find(|p| p.id == it.product_id) else {
+            errs.push(broken(
+                &field,
+                format!("product {} does not exist", it.product_id),
+            ));
+            continue;
+        };
+        if p.status == "DISCONTINUED" {
+            errs.push(broken(&field, "product is DISCONTINUED"));
+            continue;
+        }
+        let unit_price = match it.unit_price {
+            Some(u) => u,
+            None if p.currency.trim() == currency => p.price,
+            None => {
+                errs.push(broken(
+                    &format!("items[{i}].unitPrice"),
+                    format!(
+                        "product is priced in {}, give a unit price in {currency}",
+                        p.currency.trim()
+                    ),
+                ));
+                continue;
+            }
+        };
+        lines.push(Line {
+            quantity: it.quantity,
+            unit_price,
+            tax_rate: it.tax_rate,
+        });
+    }
+    lines
 }
 
 // ---------------------------------------------------------------- customers
@@ -131,25 +214,35 @@ pub async fn create_customer(
 ) -> ApiResult<Response> {
     let obj = json_object(&headers, &body)?;
     let (c, _) = customer_input(&obj, false)?;
-    let id = Uuid::new_v4();
-    let mut tx = st.write.begin().await?;
-    sqlx::query(
-        "INSERT INTO customers (id, first_name, last_name, email, phone, national_id, status) \
-         VALUES ($1,$2,$3,$4,$5,$6,'ACTIVE')",
-    )
-    .bind(id)
-    .bind(&c.first_name)
-    .bind(&c.last_name)
-    .bind(&c.email)
-    .bind(&c.phone)
-    .bind(&c.national_id)
-    .execute(&mut *tx)
-    .await?;
-    let e = store::fetch::<Customer>(&mut tx, id)
-        .await?
-        .ok_or_else(|| store::not_found::<Customer>(id))?;
-    emit(&st, &mut tx, &e, "created", None).await?;
-    tx.commit().await?;
+    let now = write::now();
+    let e = Customer {
+        id: Uuid::new_v4(),
+        first_name: c.first_name,
+        last_name: c.last_name,
+        email: c.email,
+        phone: c.phone,
+        national_id: c.national_id,
+        status: CustomerStatus::Active.to_string(),
+        created_at: now,
+        updated_at: now,
+        version: 1,
+    };
+    let mut w = Write::new();
+    let t = w.bind(now);
+    let sql = format!(
+        "INSERT INTO customers (id, first_name, last_name, email, phone, national_id, status, \
+         created_at, updated_at, version) VALUES ({}, {}, {}, {}, {}, {}, {}, {t}, {t}, 1) RETURNING id",
+        w.bind(e.id),
+        w.bind(e.first_name.clone()),
+        w.bind(e.last_name.clone()),
+        w.bind(e.email.clone()),
+        w.bind(e.phone.clone()),
+        w.bind(e.national_id.clone()),
+        w.bind(e.status.clone()),
+    );
+    w.cte("e", sql, true);
+    w.event(&st, "e", &e, &event_of(&e, "created", None));
+    w.run(&st, vec![write::change_of(&e)]).await?;
     Ok(created(e))
 }
 
@@ -184,7 +277,7 @@ pub async fn update_customer(
         .await?
         .ok_or_else(|| store::not_found::<Customer>(id))?;
     emit(&st, &mut tx, &e, "updated", None).await?;
-    tx.commit().await?;
+    write::commit(&st, tx, vec![write::change_of(&e)]).await?;
     Ok(Json(e))
 }
 
@@ -290,29 +383,47 @@ pub async fn create_product(
 ) -> ApiResult<Response> {
     let obj = json_object(&headers, &body)?;
     let (p, _) = product_input(&obj, false)?;
-    let id = Uuid::new_v4();
-    let mut tx = st.write.begin().await?;
-    sqlx::query(
+    let Some(code) = p.code else {
+        return Err(AppError::field("code", "is required"));
+    };
+    let now = write::now();
+    let e = Product {
+        id: Uuid::new_v4(),
+        code,
+        name: p.name,
+        description: p.description,
+        product_type: p.product_type.as_str().to_string(),
+        category: p.category.as_str().to_string(),
+        price: money_scale(p.price),
+        currency: p.currency,
+        billing_period: p.billing_period.as_str().to_string(),
+        features: p.features,
+        status: ProductStatus::Active.to_string(),
+        created_at: now,
+        updated_at: now,
+        version: 1,
+    };
+    let mut w = Write::new();
+    let t = w.bind(now);
+    let sql = format!(
         "INSERT INTO products (id, code, name, description, product_type, category, price, currency, \
-         billing_period, features, status) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,'ACTIVE')",
-    )
-    .bind(id)
-    .bind(&p.code)
-    .bind(&p.name)
-    .bind(&p.description)
-    .bind(p.product_type.as_str())
-    .bind(p.category.as_str())
-    .bind(p.price)
-    .bind(&p.currency)
-    .bind(p.billing_period.as_str())
-    .bind(sqlx::types::Json(&p.features))
-    .execute(&mut *tx)
-    .await?;
-    let e = store::fetch::<Product>(&mut tx, id)
-        .await?
-        .ok_or_else(|| store::not_found::<Product>(id))?;
-    emit(&st, &mut tx, &e, "created", None).await?;
-    tx.commit().await?;
+         billing_period, features, status, created_at, updated_at, version) \
+         VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {t}, {t}, 1) RETURNING id",
+        w.bind(e.id),
+        w.bind(e.code.clone()),
+        w.bind(e.name.clone()),
+        w.bind(e.description.clone()),
+        w.bind(e.product_type.clone()),
+        w.bind(e.category.clone()),
+        w.bind(e.price),
+        w.bind(e.currency.clone()),
+        w.bind(e.billing_period.clone()),
+        w.bind(sqlx::types::Json(e.features.clone())),
+        w.bind(e.status.clone()),
+    );
+    w.cte("e", sql, true);
+    w.event(&st, "e", &e, &event_of(&e, "created", None));
+    w.run(&st, vec![write::change_of(&e)]).await?;
     Ok(created(e))
 }
 
@@ -356,7 +467,7 @@ pub async fn update_product(
         .await?
         .ok_or_else(|| store::not_found::<Product>(id))?;
     emit(&st, &mut tx, &e, "updated", None).await?;
-    tx.commit().await?;
+    write::commit(&st, tx, vec![write::change_of(&e)]).await?;
     Ok(Json(e))
 }
 
@@ -493,47 +604,112 @@ pub async fn create_order(
         return Err(AppError::field("body", "incomplete"));
     };
     let id = Uuid::new_v4();
-    let mut tx = st.write.begin().await?;
-    let mut errs = Vec::new();
-    if let Some(c) =
-        fetch_or_broken::<Customer>(&mut tx, customer_id, "customerId", &mut errs).await?
-    {
-        if c.status != "ACTIVE" {
-            errs.push(broken(
+    // Read the references once, check them here, then write everything in one guarded
+    // statement; a guard that fails means a reference changed in between: check again.
+    for _attempt in 0..3 {
+        let (customer_status, products): (Option<String>, sqlx::types::Json<Vec<ProductRef>>) =
+            sqlx::query_as(
+                "SELECT (SELECT status FROM customers WHERE id = $1), \
+                 COALESCE((SELECT jsonb_agg(jsonb_build_object('id', id, 'status', status, \
+                 'price', price::text, 'currency', currency)) FROM products WHERE id = ANY($2)), '[]'::jsonb)",
+            )
+            .bind(customer_id)
+            .bind(items.iter().map(|i| i.product_id).collect::<Vec<_>>())
+            .fetch_one(&st.write)
+            .await?;
+        let mut errs = Vec::new();
+        match &customer_status {
+            None => errs.push(broken(
                 "customerId",
-                format!("customer is {}, orders need an ACTIVE customer", c.status),
-            ));
+                format!("customer {customer_id} does not exist"),
+            )),
+            Some(s) if s != "ACTIVE" => errs.push(broken(
+                "customerId",
+                format!("customer is {s}, orders need an ACTIVE customer"),
+            )),
+            Some(_) => {}
+        }
+        // The customer is checked before the items (one problem at a time, as before).
+        refs_ok(std::mem::take(&mut errs))?;
+        let lines = price_items(&items, &products.0, &currency, &mut errs);
+        refs_ok(errs)?;
+        let now = write::now();
+        let t = totals(&lines);
+        let order_items: Vec<OrderItem> = items
+            .iter()
+            .zip(&lines)
+            .map(|(it, l)| OrderItem {
+                id: Uuid::new_v4(),
+                product_id: it.product_id,
+                quantity: l.quantity,
+                unit_price: money_scale(l.unit_price),
+                tax_rate: rate_scale(l.tax_rate),
+                line_total: money_scale(line_total(l)),
+            })
+            .collect();
+        let e = Order {
+            id,
+            order_number: store::new_number("ORD"),
+            customer_id,
+            order_type: order_type.as_str().to_string(),
+            priority: priority.as_str().to_string(),
+            status: OrderStatus::Pending.to_string(),
+            currency: currency.clone(),
+            subtotal: money_scale(t.subtotal),
+            tax_amount: money_scale(t.tax),
+            total_amount: money_scale(t.total),
+            notes: notes.clone(),
+            items: order_items,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+        };
+        let mut w = Write::new();
+        let tm = w.bind(now);
+        let cust = w.bind(customer_id);
+        let sql = format!(
+            "INSERT INTO orders (id, order_number, customer_id, order_type, priority, status, currency, \
+             subtotal, tax_amount, total_amount, notes, created_at, updated_at, version) \
+             SELECT {}, {}, {cust}, {}, {}, {}, {}, {}, {}, {}, {}, {tm}, {tm}, 1 \
+             WHERE EXISTS (SELECT 1 FROM customers WHERE id = {cust} AND status = 'ACTIVE') \
+             AND NOT EXISTS (SELECT 1 FROM products WHERE id = ANY({}) AND status = 'DISCONTINUED') \
+             RETURNING id",
+            w.bind(e.id),
+            w.bind(e.order_number.clone()),
+            w.bind(e.order_type.clone()),
+            w.bind(e.priority.clone()),
+            w.bind(e.status.clone()),
+            w.bind(e.currency.clone()),
+            w.bind(e.subtotal),
+            w.bind(e.tax_amount),
+            w.bind(e.total_amount),
+            w.bind(e.notes.clone()),
+            w.bind(items.iter().map(|i| i.product_id).collect::<Vec<_>>()),
+        );
+        w.cte("e", sql, true);
+        let items_sql = format!(
+            "INSERT INTO order_items (id, order_id, line_no, product_id, quantity, unit_price, tax_rate, line_total) \
+             SELECT u.id, e.id, u.n - 1, u.product_id, u.quantity, u.unit_price, u.tax_rate, u.line_total \
+             FROM e, unnest({}::uuid[], {}::uuid[], {}::int4[], {}::numeric[], {}::numeric[], {}::numeric[]) \
+             WITH ORDINALITY AS u(id, product_id, quantity, unit_price, tax_rate, line_total, n)",
+            w.bind(e.items.iter().map(|i| i.id).collect::<Vec<_>>()),
+            w.bind(e.items.iter().map(|i| i.product_id).collect::<Vec<_>>()),
+            w.bind(e.items.iter().map(|i| i.quantity).collect::<Vec<_>>()),
+            w.bind(e.items.iter().map(|i| i.unit_price).collect::<Vec<_>>()),
+            w.bind(e.items.iter().map(|i| i.tax_rate).collect::<Vec<_>>()),
+            w.bind(e.items.iter().map(|i| i.line_total).collect::<Vec<_>>()),
+        );
+        w.cte("i", items_sql, false);
+        w.event(&st, "e", &e, &event_of(&e, "created", None));
+        let counts = w.run(&st, vec![write::change_of(&e)]).await?;
+        if counts.first().copied().unwrap_or(0) > 0 {
+            count_status(&st, "order", &e);
+            return Ok(created(e));
         }
     }
-    refs_ok(errs)?;
-    sqlx::query(
-        "INSERT INTO orders (id, order_number, customer_id, order_type, priority, status, currency, \
-         subtotal, tax_amount, total_amount, notes) VALUES ($1,$2,$3,$4,$5,'PENDING',$6,0,0,0,$7)",
-    )
-    .bind(id)
-    .bind(store::new_number("ORD"))
-    .bind(customer_id)
-    .bind(order_type.as_str())
-    .bind(priority.as_str())
-    .bind(&currency)
-    .bind(&notes)
-    .execute(&mut *tx)
-    .await?;
-    let t = write_order_items(&mut tx, id, &currency, &items).await?;
-    sqlx::query("UPDATE orders SET subtotal=$1, tax_amount=$2, total_amount=$3 WHERE id=$4")
-        .bind(t.subtotal)
-        .bind(t.tax)
-        .bind(t.total)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    let e = store::fetch::<Order>(&mut tx, id)
-        .await?
-        .ok_or_else(|| store::not_found::<Order>(id))?;
-    emit(&st, &mut tx, &e, "created", None).await?;
-    tx.commit().await?;
-    count_status(&st, "order", &e);
-    Ok(created(e))
+    Err(AppError::Conflict(
+        "the customer or a product kept changing while the order was written; retry".into(),
+    ))
 }
 
 pub async fn update_order(
@@ -576,7 +752,7 @@ pub async fn update_order(
         .await?
         .ok_or_else(|| store::not_found::<Order>(id))?;
     emit(&st, &mut tx, &e, "updated", None).await?;
-    tx.commit().await?;
+    write::commit(&st, tx, vec![write::change_of(&e)]).await?;
     Ok(Json(e))
 }
 
@@ -667,7 +843,7 @@ pub async fn create_subscription(
         .await?
         .ok_or_else(|| store::not_found::<Subscription>(id))?;
     emit(&st, &mut tx, &e, "created", None).await?;
-    tx.commit().await?;
+    write::commit(&st, tx, vec![write::change_of(&e)]).await?;
     Ok(created(e))
 }
 
@@ -718,7 +894,7 @@ pub async fn update_subscription(
         .await?
         .ok_or_else(|| store::not_found::<Subscription>(id))?;
     emit(&st, &mut tx, &e, "updated", None).await?;
-    tx.commit().await?;
+    write::commit(&st, tx, vec![write::change_of(&e)]).await?;
     Ok(Json(e))
 }
 
@@ -760,7 +936,7 @@ pub async fn renew_subscription(
         .await?
         .ok_or_else(|| store::not_found::<Subscription>(id))?;
     emit(&st, &mut tx, &e, "renewed", None).await?;
-    tx.commit().await?;
+    write::commit(&st, tx, vec![write::change_of(&e)]).await?;
     Ok(Json(e))
 }
 
@@ -866,37 +1042,79 @@ pub async fn create_invoice(
     else {
         return Err(AppError::field("body", "incomplete"));
     };
-    let mut tx = st.write.begin().await?;
-    let mut errs = Vec::new();
-    fetch_or_broken::<Customer>(&mut tx, customer_id, "customerId", &mut errs).await?;
-    refs_ok(errs)?;
-    let id = Uuid::new_v4();
-    sqlx::query(
+    let now = write::now();
+    let lines: Vec<Line> = items.iter().map(|i| i.line).collect();
+    let t = totals(&lines);
+    let e = Invoice {
+        id: Uuid::new_v4(),
+        invoice_number: store::new_number("INV"),
+        customer_id,
+        invoice_type: invoice_type.as_str().to_string(),
+        status: InvoiceStatus::Draft.to_string(),
+        issue_date: issue,
+        due_date: due,
+        paid_date: None,
+        currency,
+        subtotal: money_scale(t.subtotal),
+        tax_amount: money_scale(t.tax),
+        total_amount: money_scale(t.total),
+        overdue: false,
+        items: items
+            .iter()
+            .map(|i| InvoiceItem {
+                id: Uuid::new_v4(),
+                description: i.description.clone(),
+                quantity: i.line.quantity,
+                unit_price: money_scale(i.line.unit_price),
+                tax_rate: rate_scale(i.line.tax_rate),
+                line_total: money_scale(line_total(&i.line)),
+            })
+            .collect(),
+        created_at: now,
+        updated_at: now,
+        version: 1,
+    };
+    let mut w = Write::new();
+    let tm = w.bind(now);
+    let cust = w.bind(customer_id);
+    let sql = format!(
         "INSERT INTO invoices (id, invoice_number, customer_id, invoice_type, status, issue_date, due_date, \
-         currency, subtotal, tax_amount, total_amount) VALUES ($1,$2,$3,$4,'DRAFT',$5,$6,$7,0,0,0)",
-    )
-    .bind(id)
-    .bind(store::new_number("INV"))
-    .bind(customer_id)
-    .bind(invoice_type.as_str())
-    .bind(issue)
-    .bind(due)
-    .bind(&currency)
-    .execute(&mut *tx)
-    .await?;
-    let t = write_invoice_items(&mut tx, id, &items).await?;
-    sqlx::query("UPDATE invoices SET subtotal=$1, tax_amount=$2, total_amount=$3 WHERE id=$4")
-        .bind(t.subtotal)
-        .bind(t.tax)
-        .bind(t.total)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    let e = store::fetch::<Invoice>(&mut tx, id)
-        .await?
-        .ok_or_else(|| store::not_found::<Invoice>(id))?;
-    emit(&st, &mut tx, &e, "created", None).await?;
-    tx.commit().await?;
+         currency, subtotal, tax_amount, total_amount, created_at, updated_at, version) \
+         SELECT {}, {}, {cust}, {}, {}, {}, {}, {}, {}, {}, {}, {tm}, {tm}, 1 \
+         WHERE EXISTS (SELECT 1 FROM customers WHERE id = {cust}) RETURNING id",
+        w.bind(e.id),
+        w.bind(e.invoice_number.clone()),
+        w.bind(e.invoice_type.clone()),
+        w.bind(e.status.clone()),
+        w.bind(e.issue_date),
+        w.bind(e.due_date),
+        w.bind(e.currency.clone()),
+        w.bind(e.subtotal),
+        w.bind(e.tax_amount),
+        w.bind(e.total_amount),
+    );
+    w.cte("e", sql, true);
+    let items_sql = format!(
+        "INSERT INTO invoice_items (id, invoice_id, line_no, description, quantity, unit_price, tax_rate, line_total) \
+         SELECT u.id, e.id, u.n - 1, u.description, u.quantity, u.unit_price, u.tax_rate, u.line_total \
+         FROM e, unnest({}::uuid[], {}::text[], {}::int4[], {}::numeric[], {}::numeric[], {}::numeric[]) \
+         WITH ORDINALITY AS u(id, description, quantity, unit_price, tax_rate, line_total, n)",
+        w.bind(e.items.iter().map(|i| i.id).collect::<Vec<_>>()),
+        w.bind(e.items.iter().map(|i| i.description.clone()).collect::<Vec<_>>()),
+        w.bind(e.items.iter().map(|i| i.quantity).collect::<Vec<_>>()),
+        w.bind(e.items.iter().map(|i| i.unit_price).collect::<Vec<_>>()),
+        w.bind(e.items.iter().map(|i| i.tax_rate).collect::<Vec<_>>()),
+        w.bind(e.items.iter().map(|i| i.line_total).collect::<Vec<_>>()),
+    );
+    w.cte("i", items_sql, false);
+    w.event(&st, "e", &e, &event_of(&e, "created", None));
+    let counts = w.run(&st, vec![write::change_of(&e)]).await?;
+    if counts.first().copied().unwrap_or(0) == 0 {
+        return Err(AppError::BrokenReference(vec![broken(
+            "customerId",
+            format!("customer {customer_id} does not exist"),
+        )]));
+    }
     count_status(&st, "invoice", &e);
     Ok(created(e))
 }
@@ -942,7 +1160,7 @@ pub async fn update_invoice(
         .await?
         .ok_or_else(|| store::not_found::<Invoice>(id))?;
     emit(&st, &mut tx, &e, "updated", None).await?;
-    tx.commit().await?;
+    write::commit(&st, tx, vec![write::change_of(&e)]).await?;
     Ok(Json(e))
 }
 
@@ -966,36 +1184,62 @@ pub async fn create_payment(
     else {
         return Err(AppError::field("body", "incomplete"));
     };
-    let mut tx = st.write.begin().await?;
-    let mut errs = Vec::new();
-    fetch_or_broken::<Customer>(&mut tx, customer_id, "customerId", &mut errs).await?;
-    if let Some(iid) = invoice_id {
-        if let Some(inv) = fetch_or_broken::<Invoice>(&mut tx, iid, "invoiceId", &mut errs).await? {
-            if inv.customer_id != customer_id {
-                errs.push(broken("invoiceId", "invoice belongs to another customer"));
+    let now = write::now();
+    let e = Payment {
+        id: Uuid::new_v4(),
+        payment_number: store::new_number("PAY"),
+        customer_id,
+        invoice_id,
+        amount: money_scale(amount),
+        currency,
+        method: method.as_str().to_string(),
+        status: PaymentStatus::Pending.to_string(),
+        failure_reason: None,
+        refund_reason: None,
+        processed_at: None,
+        created_at: now,
+        updated_at: now,
+        version: 1,
+    };
+    let mut w = Write::new();
+    let tm = w.bind(now);
+    let cust = w.bind(customer_id);
+    let inv = w.bind(invoice_id);
+    let sql = format!(
+        "INSERT INTO payments (id, payment_number, customer_id, invoice_id, amount, currency, method, status, \
+         created_at, updated_at, version) SELECT {}, {}, {cust}, {inv}, {}, {}, {}, {}, {tm}, {tm}, 1 \
+         WHERE EXISTS (SELECT 1 FROM customers WHERE id = {cust}) \
+         AND ({inv}::uuid IS NULL OR EXISTS (SELECT 1 FROM invoices WHERE id = {inv} AND customer_id = {cust})) \
+         RETURNING id",
+        w.bind(e.id),
+        w.bind(e.payment_number.clone()),
+        w.bind(e.amount),
+        w.bind(e.currency.clone()),
+        w.bind(e.method.clone()),
+        w.bind(e.status.clone()),
+    );
+    w.cte("e", sql, true);
+    w.event(&st, "e", &e, &event_of(&e, "created", None));
+    let counts = w.run(&st, vec![write::change_of(&e)]).await?;
+    if counts.first().copied().unwrap_or(0) == 0 {
+        // A reference did not hold: find out which, for the error (the rare path).
+        let mut conn = st.write.acquire().await?;
+        let mut errs = Vec::new();
+        fetch_or_broken::<Customer>(&mut conn, customer_id, "customerId", &mut errs).await?;
+        if let Some(iid) = invoice_id {
+            if let Some(inv) =
+                fetch_or_broken::<Invoice>(&mut conn, iid, "invoiceId", &mut errs).await?
+            {
+                if inv.customer_id != customer_id {
+                    errs.push(broken("invoiceId", "invoice belongs to another customer"));
+                }
             }
         }
+        refs_ok(errs)?;
+        return Err(AppError::Conflict(
+            "the customer or invoice changed while the payment was written; retry".into(),
+        ));
     }
-    refs_ok(errs)?;
-    let id = Uuid::new_v4();
-    sqlx::query(
-        "INSERT INTO payments (id, payment_number, customer_id, invoice_id, amount, currency, method, status) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,'PENDING')",
-    )
-    .bind(id)
-    .bind(store::new_number("PAY"))
-    .bind(customer_id)
-    .bind(invoice_id)
-    .bind(amount)
-    .bind(&currency)
-    .bind(method.as_str())
-    .execute(&mut *tx)
-    .await?;
-    let e = store::fetch::<Payment>(&mut tx, id)
-        .await?
-        .ok_or_else(|| store::not_found::<Payment>(id))?;
-    emit(&st, &mut tx, &e, "created", None).await?;
-    tx.commit().await?;
     count_status(&st, "payment", &e);
     Ok(created(e))
 }
@@ -1010,81 +1254,75 @@ pub fn before_status(entity: &str, to: &str, reason: Option<&str>) -> ApiResult<
     Ok(())
 }
 
-/// Per-resource effects of a status change, in the same transaction. Returns other entities'
-/// status changes, for metrics.
-pub async fn after_status(
-    st: &Shared,
-    tx: &mut PgConnection,
+/// Per-resource columns a status change sets besides status, version and updated_at: returns
+/// the `, column = $n` fragments for the UPDATE and applies the same values to `v`, the JSON of
+/// the entity as it will be after the change.
+pub fn status_sets(
+    w: &mut Write,
     entity: &str,
-    id: Uuid,
     to: &str,
     reason: Option<&str>,
-) -> ApiResult<Vec<(&'static str, String)>> {
-    let mut side = Vec::new();
+    now: chrono::DateTime<Utc>,
+    v: &mut Value,
+) -> String {
+    let today = now.date_naive();
+    let mut sets = String::new();
     match (entity, to) {
         ("payment", "COMPLETED") => {
-            sqlx::query("UPDATE payments SET processed_at = now() WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            let p = store::fetch::<Payment>(tx, id)
-                .await?
-                .ok_or_else(|| store::not_found::<Payment>(id))?;
-            if let Some(iid) = p.invoice_id {
-                let inv = store::lock::<Invoice>(tx, iid).await?;
-                let payable = matches!(inv.status.as_str(), "SENT" | "VIEWED");
-                if payable
-                    && inv.total_amount == p.amount
-                    && inv.currency.trim() == p.currency.trim()
-                {
-                    sqlx::query(
-                        "UPDATE invoices SET status='PAID', paid_date=current_date, version=version+1, \
-                         updated_at=now() WHERE id=$1",
-                    )
-                    .bind(iid)
-                    .execute(&mut *tx)
-                    .await?;
-                    let new = store::fetch::<Invoice>(tx, iid)
-                        .await?
-                        .ok_or_else(|| store::not_found::<Invoice>(iid))?;
-                    emit(st, tx, &new, "paid", Some(inv.status.clone())).await?;
-                    side.push(("invoice", "PAID".to_string()));
-                }
-            }
+            sets.push_str(&format!(", processed_at = {}", w.bind(now)));
+            v["processedAt"] = serde_json::json!(now);
         }
         ("payment", "FAILED") => {
-            sqlx::query(
-                "UPDATE payments SET failure_reason = $2, processed_at = now() WHERE id = $1",
-            )
-            .bind(id)
-            .bind(reason)
-            .execute(&mut *tx)
-            .await?;
+            sets.push_str(&format!(
+                ", failure_reason = {}, processed_at = {}",
+                w.bind(reason.map(str::to_string)),
+                w.bind(now)
+            ));
+            v["failureReason"] = serde_json::json!(reason);
+            v["processedAt"] = serde_json::json!(now);
         }
         ("payment", "REFUNDED") => {
-            sqlx::query("UPDATE payments SET refund_reason = $2 WHERE id = $1")
-                .bind(id)
-                .bind(reason)
-                .execute(&mut *tx)
-                .await?;
+            sets.push_str(&format!(
+                ", refund_reason = {}",
+                w.bind(reason.map(str::to_string))
+            ));
+            v["refundReason"] = serde_json::json!(reason);
         }
         ("invoice", "PAID") => {
-            sqlx::query("UPDATE invoices SET paid_date = current_date WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            sets.push_str(&format!(", paid_date = {}", w.bind(today)));
+            v["paidDate"] = serde_json::json!(today);
         }
         ("subscription", "CANCELLED" | "EXPIRED") => {
-            sqlx::query(
-                "UPDATE subscriptions SET end_date = COALESCE(end_date, current_date), auto_renew = false WHERE id = $1",
-            )
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+            sets.push_str(&format!(
+                ", end_date = COALESCE(end_date, {}), auto_renew = false",
+                w.bind(today)
+            ));
+            if v["endDate"].is_null() {
+                v["endDate"] = serde_json::json!(today);
+            }
+            v["autoRenew"] = Value::Bool(false);
         }
         _ => {}
     }
-    Ok(side)
+    if entity == "invoice" {
+        let due = v["dueDate"]
+            .as_str()
+            .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
+        v["overdue"] =
+            Value::Bool(matches!(to, "SENT" | "VIEWED") && due.is_some_and(|d| d < today));
+    }
+    sets
+}
+
+/// Whether completing `payment` pays `invoice` in full (and so marks it PAID).
+pub fn pays_invoice(payment: &Value, invoice: &Invoice) -> bool {
+    let amount = payment["amount"]
+        .as_str()
+        .and_then(|a| a.parse::<Decimal>().ok());
+    let currency = payment["currency"].as_str().unwrap_or_default();
+    matches!(invoice.status.as_str(), "SENT" | "VIEWED")
+        && amount == Some(invoice.total_amount)
+        && invoice.currency.trim() == currency.trim()
 }
 
 /// DELETE is allowed for customers and products nobody references, PENDING orders and DRAFT

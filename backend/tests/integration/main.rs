@@ -5,6 +5,7 @@ mod api;
 mod cache;
 mod fuzz;
 mod outbox;
+mod overload;
 mod replay;
 mod split;
 mod streams;

@@ -1057,7 +1057,19 @@ pub fn monitor(
             .as_ref()
             .is_some_and(|v| v.role.as_deref() == Some("primary"));
         let mut replication = Vec::new();
-        let window = Duration::from_millis(fo.detection_window.ms);
+        // Corroborated death (process gone, every answering replica lost it): a third of the
+        // window. A stall, or a primary the replicas still hear, waits the whole window.
+        let corroborated = !healthy
+            && detect::primary_gone(
+                &t,
+                &views,
+                rt.observe(&pg.primary).is_some_and(|o| o.running),
+            );
+        let window = detect::effective_window(
+            Duration::from_millis(fo.detection_window.ms),
+            interval,
+            corroborated,
+        );
         let verdict = st.detector.observe(Instant::now(), healthy, window);
         if healthy {
             st.last_outage_note.clear();
@@ -1100,8 +1112,13 @@ pub fn monitor(
                         from: pg.primary.clone(),
                         to: to.clone(),
                         reason: format!(
-                            "{fails} failed probes over {}ms: {}",
+                            "{fails} failed probes over {}ms{}: {}",
                             down_for.as_millis(),
+                            if corroborated {
+                                " (corroborated: its process is gone and the replicas lost it)"
+                            } else {
+                                ""
+                            },
                             pv.as_ref().map(|v| v.error.clone()).unwrap_or_default()
                         ),
                         status: EventStatus::Running,
@@ -1194,9 +1211,11 @@ pub fn monitor(
             }
         }
         drop(rt);
-        let spent = tick.elapsed();
-        if spent < interval {
-            std::thread::sleep(interval - spent);
+        // The next probe lands when the window closes, not up to one interval after it.
+        let next = detect::next_probe_at(tick, interval, st.detector.deadline(window));
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
         }
     }
 }

@@ -24,6 +24,12 @@ pub fn ports_of(t: &ValidatedTopology, name: &str, kind: Kind) -> Vec<u16> {
             .as_ref()
             .map(|r| vec![r.endpoint.port])
             .unwrap_or_default(),
+        Kind::KafkaStore => t
+            .kafka
+            .as_ref()
+            .and_then(|k| k.store.as_ref())
+            .map(|s| vec![s.endpoint.port])
+            .unwrap_or_default(),
         Kind::Kafka => t
             .kafka
             .as_ref()
@@ -135,10 +141,35 @@ pub fn health(
                 .map(|_| "PONG".into())
                 .map_err(|e| e.to_string())
         }
+        Kind::KafkaStore => {
+            let st = t
+                .kafka
+                .as_ref()
+                .and_then(|k| k.store.as_ref())
+                .ok_or("no store")?;
+            // ListObjectsV2 of the brokers' bucket: the server answers and the bucket is there.
+            let path = format!("/{}?list-type=2&max-keys=1", st.bucket);
+            match cl.http(rt, name, st.endpoint.port, Method::Get, &path, to) {
+                Ok((200, _)) => Ok(format!("bucket {} listed", st.bucket)),
+                Ok((c, body)) => Err(format!(
+                    "listing bucket {} answered {c}: {}",
+                    st.bucket,
+                    body.chars().take(200).collect::<String>()
+                )),
+                Err(e) => Err(e.to_string()),
+            }
+        }
         Kind::Kafka => {
             let port = first_port()?;
             if cl.tcp(rt, name, port, to) {
-                Ok("accepting connections".into())
+                // Say what a broker here is: several brokers are entry points onto one store.
+                Ok(match t.kafka.as_ref() {
+                    Some(k) if k.store.is_some() => format!(
+                        "accepting connections; 1 of {} entry points onto kafka-store, no partition replication",
+                        k.brokers.len()
+                    ),
+                    _ => "accepting connections; memory engine, events lost on restart".into(),
+                })
             } else {
                 Err(format!("nothing answers on {}", rt.endpoint(name, port)))
             }

@@ -46,6 +46,7 @@ pub fn programs(kind: Kind) -> &'static [&'static str] {
             "pg_controldata",
         ],
         Kind::Redis => &["redis-server"],
+        Kind::KafkaStore => &["bssctl"],
         Kind::Kafka => &["tansu"],
         Kind::Haproxy => &["haproxy"],
         Kind::Backend | Kind::StreamProcessor => &["bss-backend"],

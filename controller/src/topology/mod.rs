@@ -2,6 +2,8 @@
 
 pub mod model;
 pub mod parse;
+pub mod status;
+pub mod syntax;
 pub mod types;
 pub mod validate;
 

@@ -311,6 +311,18 @@ pub struct KafkaModel {
     pub topics: Vec<TopicModel>,
     /// `host:port,host:port` bootstrap list.
     pub bootstrap: String,
+    /// The S3 store every broker keeps its log and group offsets in (`storage: s3`).
+    pub store: Option<KafkaStoreModel>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KafkaStoreModel {
+    /// `kafka-store`.
+    pub name: String,
+    pub endpoint: Endpoint,
+    pub bucket: String,
+    /// Root directory of the store; each bucket is a directory in it.
+    pub data_dir: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -37,13 +37,33 @@ const MINIMAL: &str =
 /// (which recurses) far from the stack's end.
 const MAX_DEPTH: usize = 100;
 
-/// Upper bound on nodes, counting every copy an alias makes ("billion laughs" documents).
-const MAX_NODES: usize = 200_000;
+/// Upper bound on nodes, counting every copy an alias makes ("billion laughs" documents). The
+/// root topology has about 300; every later stage (source map, JSON, schema walk, diagnostics)
+/// costs memory per node, so the bound is what keeps a hostile file from exhausting memory.
+pub const MAX_NODES: usize = 20_000;
+
+/// Upper bound on the text of the document after aliases are expanded (keys and scalars).
+pub const MAX_EXPANDED_BYTES: usize = 2 << 20;
+
+/// Upper bound on the file itself: a topology is a few kilobytes.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
 
 /// Reads and parses a topology file. A file that cannot be read gives one diagnostic (without a
 /// position: there is none in a file that could not be read) with a hint.
 pub fn parse_file(path: &Path) -> Result<Parsed, Vec<Diagnostic>> {
     let file = path.display().to_string();
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.is_file() && meta.len() > MAX_FILE_BYTES {
+            return Err(vec![Diagnostic::error(
+                "",
+                format!(
+                    "failed to read {file}: it has {} bytes, more than the {MAX_FILE_BYTES} a topology may have",
+                    meta.len()
+                ),
+            )
+            .with_hint("a topology is a few kilobytes: check that this is the right file")]);
+        }
+    }
     match std::fs::read_to_string(path) {
         Ok(src) => parse_str(&src, &file),
         Err(e) => {
@@ -74,6 +94,17 @@ pub fn parse_file(path: &Path) -> Result<Parsed, Vec<Diagnostic>> {
 /// Returns every problem at once (sorted top-down, each with a location) or the topology with the
 /// position of every node and the document as JSON.
 pub fn parse_str(src: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
+    if src.len() as u64 > MAX_FILE_BYTES {
+        return Err(vec![Diagnostic::error(
+            "",
+            format!(
+                "the topology has {} bytes, more than the {MAX_FILE_BYTES} a topology may have",
+                src.len()
+            ),
+        )
+        .with_hint("a topology is a few kilobytes: check that this is the right file")
+        .at(Some(loc(file, (1, 1))))]);
+    }
     let loaded = load(src, file);
     let mut diags = loaded.diags;
     if loaded.fatal {
@@ -201,6 +232,18 @@ impl Node {
             Kind::Map(entries) => 1 + entries.iter().map(|e| e.value.size()).sum::<usize>(),
         }
     }
+
+    /// Bytes of text (scalars and keys) in this node and below.
+    fn bytes(&self) -> usize {
+        match &self.kind {
+            Kind::Scalar { text, .. } => text.len(),
+            Kind::Seq(items) => items.iter().map(Node::bytes).sum::<usize>(),
+            Kind::Map(entries) => entries
+                .iter()
+                .map(|e| e.key.len() + e.value.bytes())
+                .sum::<usize>(),
+        }
+    }
 }
 
 /// A key waiting for its value in an open mapping.
@@ -241,6 +284,8 @@ struct Builder<'f> {
     documents: usize,
     root: Option<Node>,
     nodes: usize,
+    /// Text bytes placed so far, counting every alias copy.
+    bytes: usize,
     diags: Vec<Diagnostic>,
     /// Set when reading cannot go on (syntax error, second document, limits).
     stop: bool,
@@ -268,6 +313,7 @@ fn load(src: &str, file: &str) -> Loaded {
         documents: 0,
         root: None,
         nodes: 0,
+        bytes: 0,
         diags: Vec::new(),
         stop: false,
         fatal: false,
@@ -525,6 +571,16 @@ impl Builder<'_> {
             return;
         };
         let size = target.size();
+        let bytes = target.bytes();
+        if self.bytes + bytes > MAX_EXPANDED_BYTES {
+            self.limit(
+                pos,
+                &format!("the document expands to more than {MAX_EXPANDED_BYTES} bytes of text"),
+                "aliases copy their anchor: check for aliases of large values or aliases nested \
+                 inside anchors",
+            );
+            return;
+        }
         if self.nodes + size > MAX_NODES {
             self.limit(
                 pos,
@@ -546,11 +602,13 @@ impl Builder<'_> {
         // is where they are written.
         node.pos = pos;
         self.nodes += size - 1;
+        self.bytes += bytes;
         self.push_node(node, 0);
     }
 
     fn scalar(&mut self, text: String, style: TScalarStyle, tag: Option<&Tag>, pos: Pos) -> Node {
         let plain = style == TScalarStyle::Plain;
+        self.bytes += text.len();
         let value = match tag {
             None if plain => resolve_plain(&text),
             None => Scalar::Str(text.clone()),

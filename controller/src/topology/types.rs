@@ -95,10 +95,13 @@ pub struct RuntimeSpec {
     /// (relative paths are relative to the topology file). Default `.bssctl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<String>,
-    /// Added to every default port, so several environments can run side by side. Default 0.
+    /// Added to every port of the environment, the ones written in this file as well as the
+    /// defaults (`port: 5432` with `portOffset: 1000` listens on 6432), so a copy of a topology
+    /// with another offset and name runs side by side with the original. Addresses of things
+    /// outside the environment (cluster endpoints, scrape targets) are not shifted. Default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_offset: Option<u16>,
-    /// Port of the controller agent's HTTP API (loopback). Default 7070 (+ portOffset).
+    /// Port of the controller agent's HTTP API (loopback), before portOffset. Default 7070.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_port: Option<u16>,
 }
@@ -477,11 +480,14 @@ pub struct RedisSpec {
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum KafkaStorage {
-    /// tansu's in-memory engine: fast, one broker per cluster, data lost on restart.
-    #[default]
+    /// tansu's in-memory engine: one broker per cluster, every event and committed offset lost
+    /// when the broker stops.
     Memory,
-    /// tansu storing in PostgreSQL (shared by several brokers); needs a tansu built with it.
-    Postgres,
+    /// The default. Objects in an S3 store that bssctl runs as component `kafka-store`
+    /// (`bssctl kafka-store`: a directory, atomic conditional writes): the log and the group
+    /// offsets survive a restart of the brokers and of the store, and several brokers share it.
+    #[default]
+    S3,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -495,12 +501,26 @@ pub struct KafkaSpec {
     pub port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<KafkaStorage>,
+    /// The S3 store of `storage: s3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<KafkaStoreSpec>,
     /// Cluster id. Default: the environment name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_id: Option<String>,
     /// Default: `bss.<entity>.events` for every entity and `bss.analytics.events`, 3 partitions, 7d.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub topics: Vec<TopicSpec>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaStoreSpec {
+    /// Port of the S3 endpoint. Default 9000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Bucket holding the brokers' objects. Default `tansu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]

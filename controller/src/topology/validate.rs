@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::diag::{did_you_mean, index, join, suggest, Diagnostic, SourceMap};
 
 use super::model::*;
+use super::syntax;
 use super::types::*;
 
 /// Inputs of validation that are not in the file.
@@ -116,13 +117,72 @@ const MANAGED_PARAMETERS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Parameters that would make the server run a command, load a library or read and write files
+/// the topology names. `bssctl check` starts a real postgres on the rendered file (as does
+/// apply), so each would run code or touch files chosen by whoever wrote the topology.
+const REFUSED_PARAMETERS: &[(&str, &str)] = &[
+    ("include", INCLUDES),
+    ("include_dir", INCLUDES),
+    ("include_if_exists", INCLUDES),
+    ("config_file", INCLUDES),
+    ("ident_file", FILES),
+    ("external_pid_file", FILES),
+    ("ssl_cert_file", FILES),
+    ("ssl_key_file", FILES),
+    ("ssl_ca_file", FILES),
+    ("ssl_crl_file", FILES),
+    ("ssl_crl_dir", FILES),
+    ("ssl_dh_params_file", FILES),
+    ("krb_server_keyfile", FILES),
+    ("log_directory", FILES),
+    ("log_filename", FILES),
+    ("stats_temp_directory", FILES),
+    ("dynamic_library_path", LIBRARIES),
+    ("jit_provider", LIBRARIES),
+    ("archive_library", LIBRARIES),
+    (
+        "standard_conforming_strings",
+        "bssctl's SQL relies on `on`: with `off` a backslash in a quoted value escapes the quote",
+    ),
+];
+const INCLUDES: &str = "it makes PostgreSQL read another configuration file; bssctl renders the \
+     whole configuration: put the settings themselves under spec.postgres.parameters";
+const FILES: &str = "it names a file or directory the server reads or writes; bssctl places every \
+     file of the environment in its state directory";
+const LIBRARIES: &str = "it loads shared libraries into the server; a topology cannot choose code \
+     for PostgreSQL to run";
+const COMMANDS: &str = "it runs a shell command as the postgres user (`bssctl check` and apply \
+     start a real postgres on the file); commands are not taken from a topology";
+
+/// Why a PostgreSQL parameter is refused, if it is: the list above, plus every `*_command`
+/// (archive, restore, ssl passphrase, recovery end, ...) and `*_preload_libraries`.
+fn refused_parameter(name: &str) -> Option<&'static str> {
+    if let Some((_, why)) = REFUSED_PARAMETERS.iter().find(|(n, _)| *n == name) {
+        return Some(why);
+    }
+    let leaf = name.rsplit('.').next().unwrap_or(name);
+    if leaf.ends_with("_command") {
+        return Some(COMMANDS);
+    }
+    if leaf.ends_with("_libraries") || leaf.ends_with("_library") {
+        return Some(LIBRARIES);
+    }
+    None
+}
+
 struct Ctx<'a> {
     diags: Vec<Diagnostic>,
     src: &'a SourceMap,
+    /// Fields already refused for their characters: a second message about the same value
+    /// (`... is not a duration`) would only repeat the first.
+    refused: BTreeSet<String>,
 }
 
 impl Ctx<'_> {
     fn err(&mut self, path: &str, msg: impl Into<String>, hint: impl Into<String>) {
+        if self.refused.contains(path) {
+            return;
+        }
         let loc = self.src.locate(path);
         self.diags
             .push(Diagnostic::error(path, msg).with_hint(hint).at(loc));
@@ -146,7 +206,8 @@ impl Ctx<'_> {
     /// A byte size as written (default when absent) and its value; an error when it does not parse.
     fn size(&mut self, path: &str, v: Option<&String>, default: &str) -> (String, u64) {
         let text = v.cloned().unwrap_or_else(|| default.to_string());
-        match parse_bytes(&text) {
+        // The text is rendered as written (redis.conf, postgresql.conf): no blanks inside.
+        match parse_bytes(&text).filter(|_| !text.contains(char::is_whitespace)) {
             Some(b) => (text, b),
             None => {
                 self.err(
@@ -266,7 +327,9 @@ pub fn validate_with_warnings(
     let mut cx = Ctx {
         diags: Vec::new(),
         src,
+        refused: BTreeSet::new(),
     };
+    check_strings(t, &mut cx);
     let v = build(t, opts, &mut cx);
     let (errors, warnings): (Vec<_>, Vec<_>) = cx.diags.into_iter().partition(Diagnostic::is_error);
     if errors.is_empty() {
@@ -284,12 +347,13 @@ type HostFn = Box<dyn Fn(&str) -> String>;
 
 struct Ports {
     used: BTreeMap<u16, String>,
-    /// spec.runtime.portOffset, added to every default port.
+    /// spec.runtime.portOffset, added to every port of the environment, written or default, so
+    /// that a copy of a topology with another offset runs beside the original.
     offset: u32,
 }
 
 impl Ports {
-    /// The explicit port, or the default shifted by the offset; claimed for `what`.
+    /// The port as written (or the default), shifted by the offset; claimed for `what`.
     fn port(
         &mut self,
         cx: &mut Ctx,
@@ -298,16 +362,23 @@ impl Ports {
         path: &str,
         what: &str,
     ) -> u16 {
-        let p = explicit.map(u32::from).unwrap_or(default + self.offset);
+        let p = explicit.map(u32::from).unwrap_or(default);
         self.claim(cx, p, path, what)
     }
 
-    fn claim(&mut self, cx: &mut Ctx, port: u32, path: &str, what: &str) -> u16 {
-        if port == 0 || port > u16::MAX as u32 {
+    /// Claims `base` (a port as written or defaulted, before the offset) shifted by the offset.
+    fn claim(&mut self, cx: &mut Ctx, base: u32, path: &str, what: &str) -> u16 {
+        let port = base + self.offset;
+        if base == 0 || port > u16::MAX as u32 {
+            let why = if self.offset > 0 && port > u16::MAX as u32 {
+                format!(" ({base} + portOffset {} = {port})", self.offset)
+            } else {
+                String::new()
+            };
             cx.err(
                 path,
-                format!("port {port} of {what} is out of range"),
-                "ports are 1-65535; lower spec.runtime.portOffset or the port",
+                format!("port {port} of {what} is out of range{why}"),
+                "ports are 1-65535 after spec.runtime.portOffset is added; lower the offset or the port",
             );
             return 0;
         }
@@ -349,8 +420,9 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
             "use 1-40 lowercase letters, digits and '-', not starting or ending with '-', e.g. `bss-dev`",
         );
     }
+    // The namespace defaults to the name: a bad name is reported once, at `metadata.name`.
     let namespace = t.metadata.namespace.clone().unwrap_or_else(|| name.clone());
-    if !is_dns_label(&namespace, 63) {
+    if t.metadata.namespace.is_some() && !is_dns_label(&namespace, 63) {
         cx.err(
             "metadata.namespace",
             format!("`{namespace}` is not a DNS-safe namespace"),
@@ -415,6 +487,9 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
         }
     };
     let paths = resolve_paths(runtime, &rt_spec, &name, opts);
+    if runtime == RuntimeKind::Local {
+        check_state_dir(&rt_spec, &name, opts, cx);
+    }
 
     let agent_port = ports.port(
         cx,
@@ -444,7 +519,7 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
     let postgres = s
         .postgres
         .as_ref()
-        .map(|p| build_postgres(p, off, &paths, &host_of, &bind, &mut ports, cx));
+        .map(|p| build_postgres(p, &paths, &host_of, &bind, &mut ports, cx));
 
     // --- HAProxy -----------------------------------------------------------------------------
     let haproxy = s.haproxy.as_ref().map(|h| {
@@ -482,9 +557,18 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
                 &join(&sp, "port"),
                 "haproxy stats",
             );
+            let user = stats_spec.user.clone().unwrap_or_else(|| "admin".into());
+            let up = join(&sp, "user");
+            if let Some(r) = syntax::haproxy_word(&user) {
+                cx.err(
+                    &up,
+                    format!("stats user `{}` {}", user.escape_debug(), r.reason),
+                    r.hint,
+                );
+            }
             Some(StatsModel {
                 port,
-                user: stats_spec.user.clone().unwrap_or_else(|| "admin".into()),
+                user,
                 password_secret: "haproxy-stats-password".into(),
             })
         } else {
@@ -580,25 +664,52 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
             cx.err(
                 &join(path, "brokers"),
                 format!("{n} brokers cannot share the in-memory storage engine: each would be a separate cluster"),
-                "use brokers: 1 with storage: memory, or storage: postgres (needs a tansu built with PostgreSQL storage)",
+                "use storage: s3 (the brokers share one store), or brokers: 1 with storage: memory",
             );
         }
-        if storage == KafkaStorage::Postgres && postgres.is_none() {
-            cx.err(&join(path, "storage"), "storage: postgres needs the postgres component", "add `postgres: {}` or use storage: memory");
-        }
-        let base = k.port.map(u32::from).unwrap_or(9092 + off);
+        let store = match storage {
+            KafkaStorage::Memory => {
+                if k.store.is_some() {
+                    cx.err(&join(path, "store"), "a store is only used with storage: s3", "remove `store`, or set storage: s3");
+                }
+                None
+            }
+            KafkaStorage::S3 => {
+                let spec = k.store.clone().unwrap_or_default();
+                let spath = join(path, "store");
+                let port = ports.port(cx, spec.port, 9000, &join(&spath, "port"), "kafka store");
+                let bucket = spec.bucket.unwrap_or_else(|| "tansu".into());
+                let b = bucket.as_bytes();
+                let valid = (3..=63).contains(&b.len())
+                    && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'.')
+                    && b.first().is_some_and(u8::is_ascii_alphanumeric)
+                    && b.last().is_some_and(u8::is_ascii_alphanumeric)
+                    && !bucket.contains("..");
+                if !valid {
+                    cx.err(
+                        &join(&spath, "bucket"),
+                        format!("`{bucket}` is not a valid S3 bucket name"),
+                        "use 3-63 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit",
+                    );
+                }
+                Some(KafkaStoreModel {
+                    name: "kafka-store".into(),
+                    endpoint: Endpoint { host: host_of("kafka-store"), port },
+                    bucket,
+                    data_dir: format!("{}/kafka-store", paths.data),
+                })
+            }
+        };
+        let base = k.port.map(u32::from).unwrap_or(9092);
         let cluster_id = k.cluster_id.clone().unwrap_or_else(|| name.clone());
+        check_plain_id(cx, &join(path, "clusterId"), "cluster id", &cluster_id);
         let brokers: Vec<BrokerModel> = (0..n)
             .map(|i| {
                 let bname = format!("kafka-{i}");
                 let port = ports.claim(cx, base + i as u32, &join(path, "port"), &format!("broker {bname}"));
-                let storage_url = match storage {
-                    KafkaStorage::Memory => format!("memory://{cluster_id}/"),
-                    KafkaStorage::Postgres => postgres
-                        .as_ref()
-                        .and_then(|pg| pg.primary_member())
-                        .map(|m| format!("postgres://{}@{}:{}/tansu", pg_superuser(), m.host, m.port))
-                        .unwrap_or_default(),
+                let storage_url = match &store {
+                    None => format!("memory://{cluster_id}/"),
+                    Some(st) => format!("s3://{}/", st.bucket),
                 };
                 BrokerModel { name: bname.clone(), index: i, endpoint: Endpoint { host: host_of(&bname), port }, storage_url }
             })
@@ -632,7 +743,7 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
             topics.push(TopicModel { name: tp.name.clone(), partitions, retention });
         }
         let bootstrap = brokers.iter().map(|b| b.endpoint.addr()).collect::<Vec<_>>().join(",");
-        KafkaModel { cluster_id, storage, brokers, topics, bootstrap }
+        KafkaModel { cluster_id, storage, brokers, topics, bootstrap, store }
     });
 
     // --- Backend and processors ----------------------------------------------------------------
@@ -715,7 +826,7 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
     let envoy = s
         .envoy
         .as_ref()
-        .map(|e| build_envoy(e, off, &backend, &host_of, &mut ports, cx));
+        .map(|e| build_envoy(e, &backend, &host_of, &mut ports, cx));
 
     // --- Exporters -----------------------------------------------------------------------------
     let mut exporters = ExportersModel::default();
@@ -736,7 +847,7 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
                     "add `postgres: {}` or remove exporters.postgres",
                 ),
                 Some(pg) => {
-                    let base = p.port.map(u32::from).unwrap_or(9187 + off);
+                    let base = p.port.map(u32::from).unwrap_or(9187);
                     for m in &pg.members {
                         let xname = format!("postgres-exporter-{}", m.index);
                         let port = ports.claim(
@@ -845,6 +956,10 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
         }
         if let Some(b) = &backend {
             jobs.push(job("backend", vec![plain(&b.endpoint)], "/metrics"));
+        }
+        if let Some(st) = kafka.as_ref().and_then(|k| k.store.as_ref()) {
+            // End and committed offsets of every partition, read from the brokers' store.
+            jobs.push(job("kafka-store", vec![plain(&st.endpoint)], "/-/metrics"));
         }
         let builtin: BTreeSet<String> = jobs.iter().map(|j| j.name.clone()).collect();
         for (i, x) in p.extra_jobs.iter().enumerate() {
@@ -973,6 +1088,18 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
                 "use exactly one of fromEnv, fromFile, generateLength",
             );
         }
+        if let Some(var) = &r.from_env {
+            let ok = !var.is_empty()
+                && var.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
+                && !var.as_bytes()[0].is_ascii_digit();
+            if !ok {
+                cx.err(
+                    &join(&p, "fromEnv"),
+                    format!("`{}` is not an environment variable name", var.escape_debug()),
+                    "use letters, digits and '_', not starting with a digit, e.g. `BSS_REDIS_PASSWORD`",
+                );
+            }
+        }
         if r.generate_length.is_some_and(|n| n < 16) {
             cx.err(
                 &join(&p, "generateLength"),
@@ -1007,6 +1134,10 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
         );
     }
 
+    if runtime == RuntimeKind::Local {
+        check_sockets(&rt_spec, opts, postgres.as_ref(), haproxy.as_ref(), cx);
+    }
+
     ValidatedTopology {
         name,
         namespace,
@@ -1028,6 +1159,141 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
         exporters,
         backend,
         processors,
+    }
+}
+
+/// Every string of the document (values and mapping keys) is one line of printable text; only
+/// PromQL expressions and alert descriptions may span lines. Runs before the sections are built,
+/// so a refused field is reported once, here.
+fn check_strings(t: &Topology, cx: &mut Ctx) {
+    fn multi_line(path: &str) -> bool {
+        path.starts_with("spec.alerts.rules[")
+            && (path.ends_with(".expr") || path.ends_with(".description"))
+    }
+    fn walk(v: &serde_json::Value, path: &str, cx: &mut Ctx) {
+        match v {
+            serde_json::Value::String(s) => {
+                let refusal = if multi_line(path) {
+                    syntax::text_block(s)
+                } else {
+                    syntax::single_line(s)
+                };
+                if let Some(r) = refusal {
+                    cx.err(path, format!("`{}` {}", field_of(path), r.reason), r.hint);
+                    cx.refused.insert(path.to_string());
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item, &index(path, i), cx);
+                }
+            }
+            serde_json::Value::Object(map) => {
+                for (k, item) in map {
+                    let p = join(path, k);
+                    if let Some(r) = syntax::single_line(k) {
+                        cx.err(
+                            &p,
+                            format!("the key `{}` {}", k.escape_debug(), r.reason),
+                            r.hint,
+                        );
+                        cx.refused.insert(p.clone());
+                    }
+                    walk(item, &p, cx);
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Ok(v) = serde_json::to_value(t) {
+        walk(&v, "", cx);
+    }
+}
+
+/// The last segment of a field path, for messages.
+fn field_of(path: &str) -> &str {
+    let cut = path.rfind(['.', '[']).map_or(0, |i| i + 1);
+    path[cut..].trim_end_matches(']')
+}
+
+/// Where the state directory came from: the field, or (for `--state-dir`) no field at all.
+fn state_dir_field(opts: &ValidateOptions, rt: &RuntimeSpec) -> (&'static str, &'static str) {
+    match (&opts.state_dir, &rt.state_dir) {
+        (Some(_), _) => (
+            "",
+            "the state directory given by --state-dir (or BSSCTL_STATE_DIR)",
+        ),
+        (None, Some(_)) => ("spec.runtime.stateDir", "`stateDir`"),
+        (None, None) => ("spec.runtime", "the default state directory `.bssctl`"),
+    }
+}
+
+/// The state directory must be a directory of bssctl's own: not a system directory, not a
+/// shared one as the environment root, not the checkout holding the topology.
+fn check_state_dir(rt: &RuntimeSpec, name: &str, opts: &ValidateOptions, cx: &mut Ctx) {
+    let (field, what) = state_dir_field(opts, rt);
+    if cx.refused.contains(field) {
+        return;
+    }
+    let (written, dir) = match &opts.state_dir {
+        Some(d) => (d.to_string_lossy().into_owned(), d.clone()),
+        None => {
+            let w = rt.state_dir.clone().unwrap_or_else(|| ".bssctl".into());
+            let d = PathBuf::from(absolutize(&opts.base_dir, &w));
+            (w, d)
+        }
+    };
+    // A name that is not a DNS label is reported at metadata.name; judge the directory alone.
+    let leaf = if is_dns_label(name, 40) { name } else { "env" };
+    let root = dir.join(leaf);
+    if let Some(r) = syntax::state_dir(&written, &dir, &root, &opts.base_dir) {
+        cx.err(
+            field,
+            format!("{what} `{}` {}", written.escape_debug(), r.reason),
+            r.hint,
+        );
+    }
+}
+
+/// Unix sockets bssctl creates under the state directory must fit the kernel's `sun_path`.
+fn check_sockets(
+    rt: &RuntimeSpec,
+    opts: &ValidateOptions,
+    postgres: Option<&PostgresModel>,
+    haproxy: Option<&HaproxyModel>,
+    cx: &mut Ctx,
+) {
+    let (field, what) = state_dir_field(opts, rt);
+    if cx.refused.contains(field) {
+        return;
+    }
+    let mut sockets: Vec<String> = Vec::new();
+    if let Some(pg) = postgres {
+        sockets.extend(
+            pg.members
+                .iter()
+                .map(|m| format!("{}/.s.PGSQL.{}", m.socket_dir, m.port)),
+        );
+    }
+    if let Some(h) = haproxy {
+        // HAProxy binds `<path>.<pid>.tmp` first and renames it: room for a 7-digit pid.
+        sockets.push(format!("{}.4194304.tmp", h.admin_socket));
+    }
+    if let Some(longest) = sockets.iter().max_by_key(|s| s.len()) {
+        if let Some(r) = syntax::socket_path(longest) {
+            cx.err(field, format!("{what} {}", r.reason), r.hint);
+        }
+    }
+}
+
+/// Identifiers written unquoted into env files and URLs (Kafka cluster id).
+fn check_plain_id(cx: &mut Ctx, path: &str, what: &str, v: &str) {
+    if let Some(r) = syntax::plain_id(v) {
+        cx.err(
+            path,
+            format!("{what} `{}` {}", v.escape_debug(), r.reason),
+            r.hint,
+        );
     }
 }
 
@@ -1138,7 +1404,6 @@ fn default_pg_parameters(
 #[allow(clippy::too_many_arguments)]
 fn build_postgres(
     p: &PostgresSpec,
-    off: u32,
     paths: &Paths,
     host_of: &dyn Fn(&str) -> String,
     _bind: &str,
@@ -1235,7 +1500,7 @@ fn build_postgres(
         "16MB",
     );
 
-    let base = p.port.map(u32::from).unwrap_or(5432 + off);
+    let base = p.port.map(u32::from).unwrap_or(5432);
     let mut overrides: BTreeMap<u8, &MemberSpec> = BTreeMap::new();
     for (i, m) in p.members.iter().enumerate() {
         let mp = index(&join(path, "members"), i);
@@ -1313,6 +1578,14 @@ fn build_postgres(
             cx.err(&pp, format!("parameter `{k}` is managed by bssctl"), *why);
             continue;
         }
+        if let Some(why) = refused_parameter(k) {
+            cx.err(
+                &pp,
+                format!("parameter `{k}` is not accepted from a topology"),
+                format!("remove it: {why}"),
+            );
+            continue;
+        }
         let value = v.to_string();
         if value.contains('\n') {
             cx.err(
@@ -1353,7 +1626,6 @@ fn build_postgres(
 
 fn build_envoy(
     e: &EnvoySpec,
-    off: u32,
     backend: &Option<BackendModel>,
     host_of: &dyn Fn(&str) -> String,
     ports: &mut Ports,
@@ -1483,7 +1755,7 @@ fn build_envoy(
 
     let default_listener = ListenerSpec {
         name: "ingress".into(),
-        port: u16::try_from(15006 + off).unwrap_or(0),
+        port: 15006,
         routes: vec![
             RouteSpec {
                 prefix: "/api/".into(),
@@ -1530,11 +1802,7 @@ fn build_envoy(
         }
         let port = ports.claim(
             cx,
-            if using_default {
-                15006 + off
-            } else {
-                l.port as u32
-            },
+            u32::from(l.port),
             &join(&lp, "port"),
             &format!("envoy listener {}", l.name),
         );
@@ -1561,16 +1829,26 @@ fn build_envoy(
             }
             if !clusters.iter().any(|c| c.name == rt.cluster) {
                 let known: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
-                let hint = if rt.cluster == "backend" {
-                    "the `backend` cluster exists when the topology has `backend: {}`; add it or declare the cluster under envoy.clusters".to_string()
-                } else {
-                    match did_you_mean(&rt.cluster, known.iter().copied()) {
-                        Some(m) => format!("did you mean `{m}`?"),
-                        None if known.is_empty() => {
-                            "declare it under spec.envoy.clusters".to_string()
-                        }
-                        None => format!("known clusters: {}", known.join(", ")),
+                // `backend` is a candidate even when the topology has no backend: it is the
+                // cluster a typo most likely meant.
+                let mut candidates = known.clone();
+                if !candidates.contains(&"backend") {
+                    candidates.push("backend");
+                }
+                let no_backend = "the `backend` cluster exists when the topology has `backend: {}`";
+                let hint = match did_you_mean(&rt.cluster, candidates.iter().copied()) {
+                    Some("backend") if !known.contains(&"backend") && rt.cluster != "backend" => {
+                        format!("did you mean `backend`? ({no_backend})")
                     }
+                    _ if rt.cluster == "backend" => format!(
+                        "{no_backend}; add it or declare the cluster under spec.envoy.clusters"
+                    ),
+                    Some(m) => format!("did you mean `{m}`?"),
+                    None if known.is_empty() => "declare it under spec.envoy.clusters".to_string(),
+                    None => format!(
+                        "known clusters: {}; or declare it under spec.envoy.clusters",
+                        known.join(", ")
+                    ),
                 };
                 cx.err(
                     &join(&rp, "cluster"),
@@ -1898,6 +2176,7 @@ fn build_alertmanager(
                 .enumerate()
                 .map(|(i, c)| child(cx, &index(&join(&rp, "routes"), i), c, &mut check_receiver))
                 .collect();
+            check_label_names(cx, &join(&rp, "groupBy"), &rt.group_by, true);
             RouteTreeModel {
                 receiver: rt.receiver.clone(),
                 group_by: if rt.group_by.is_empty() {
@@ -1945,11 +2224,21 @@ fn build_alertmanager(
                         }
                     }
                 }
+                check_label_names(cx, &join(&ip, "equal"), &r.equal, false);
                 InhibitRuleModel { source_matchers: r.source_matchers.clone(), target_matchers: r.target_matchers.clone(), equal: r.equal.clone() }
             })
             .collect(),
     };
     let smtp = a.smtp.as_ref().map(|s| {
+        if let Some(sec) = s.auth_password_secret.as_deref() {
+            if sec != "smtp-password" {
+                cx.err(
+                    &join(path, "smtp.authPasswordSecret"),
+                    format!("unknown secret `{}`", sec.escape_debug()),
+                    "use `smtp-password` (set its source under spec.secrets)",
+                );
+            }
+        }
         if !is_host_port(&s.smarthost) {
             cx.err(
                 &join(path, "smtp.smarthost"),
@@ -1990,6 +2279,25 @@ fn build_alertmanager(
     }
 }
 
+/// A Prometheus label name: `[a-zA-Z_][a-zA-Z0-9_]*`.
+fn is_label_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
+        && !s.as_bytes()[0].is_ascii_digit()
+}
+
+fn check_label_names(cx: &mut Ctx, path: &str, names: &[String], allow_all: bool) {
+    for (i, n) in names.iter().enumerate() {
+        if !(is_label_name(n) || (allow_all && n == "...")) {
+            cx.err(
+                &index(path, i),
+                format!("`{}` is not a label name", n.escape_debug()),
+                "label names are letters, digits and '_', not starting with a digit, e.g. `alertname`",
+            );
+        }
+    }
+}
+
 fn is_matcher(m: &str) -> bool {
     for op in ["!=", "=~", "!~", "="] {
         if let Some((l, r)) = m.split_once(op) {
@@ -2000,10 +2308,24 @@ fn is_matcher(m: &str) -> bool {
                 && !l.as_bytes()[0].is_ascii_digit()
                 && r.len() >= 2
                 && r.starts_with('"')
-                && r.ends_with('"');
+                && r.ends_with('"')
+                && go_quoted_body(&r[1..r.len() - 1]);
         }
     }
     false
+}
+
+/// The inside of a Go double-quoted string: every `"` escaped, no dangling backslash.
+fn go_quoted_body(s: &str) -> bool {
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.next().is_none() => return false,
+            '"' => return false,
+            _ => {}
+        }
+    }
+    true
 }
 
 fn build_alerts(a: AlertsSpec, cx: &mut Ctx) -> AlertsModel {
@@ -2098,13 +2420,18 @@ fn build_alerts(a: AlertsSpec, cx: &mut Ctx) -> AlertsModel {
             cx.err(
                 &join(&rp, "severity"),
                 format!("unknown severity `{severity}`"),
-                "one of: critical, warning, info",
+                suggest(&severity, &["critical", "warning", "info"], "one of"),
             );
         }
         let team = r.team.clone().unwrap_or_else(|| "sre".into());
         if !TEAMS.contains(&team.as_str()) {
             let hint = suggest(&team, TEAMS, "teams");
             cx.err(&join(&rp, "team"), format!("unknown team `{team}`"), hint);
+        }
+        for (field, v) in [("summary", &r.summary), ("description", &r.description)] {
+            if let Some(r) = v.as_deref().and_then(syntax::prom_template) {
+                cx.err(&join(&rp, field), format!("`{field}` {}", r.reason), r.hint);
+            }
         }
         custom.push(CustomRuleModel {
             alert: r.alert.clone(),
@@ -2154,5 +2481,8 @@ mod tests {
         assert!(is_matcher("team=~\"db|cache\""));
         assert!(!is_matcher("severity=critical"));
         assert!(!is_matcher("=\"x\""));
+        assert!(!is_matcher("a=\"x\"\""));
+        assert!(!is_matcher("a=\"x\\\""));
+        assert!(is_matcher("a=\"x\\\"y\""));
     }
 }
