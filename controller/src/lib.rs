@@ -9,6 +9,7 @@
 pub mod check;
 pub mod crd;
 pub mod diag;
+pub mod docker;
 pub mod engine;
 pub mod k8s;
 pub mod kafka_lag;

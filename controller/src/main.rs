@@ -133,6 +133,9 @@ enum Command {
         file: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// `files` (default), or `compose`: also write DIR/compose.yaml (docker runtime).
+        #[arg(long, value_enum, default_value = "files")]
+        format: RenderFormat,
     },
     /// Render into a scratch directory and judge every file with the component's own tool.
     Check { file: PathBuf },
@@ -150,6 +153,26 @@ enum Command {
     Schema,
     /// Print the Kubernetes CustomResourceDefinition of the Topology resource.
     Crd,
+    /// Apply on the Docker runtime (images built when missing). Stands in for `apply --runtime
+    /// docker` until `runtime::for_topology` returns the Docker runtime.
+    #[command(name = "docker-apply")]
+    DockerApply {
+        file: PathBuf,
+        #[arg(long, short = 'v')]
+        verbose: bool,
+    },
+    /// Remove every container, network and (unless --keep-data) volume of the environment on Docker.
+    #[command(name = "docker-destroy")]
+    DockerDestroy {
+        file: PathBuf,
+        #[arg(long)]
+        keep_data: bool,
+    },
+    /// Container images of the Docker runtime (built here from Debian packages, cached by content).
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+    },
     /// Bring the environment to the topology: execute the plan in dependency order, each step
     /// gated on a health check; then leave a controller agent managing it until `destroy`.
     Apply {
@@ -220,6 +243,20 @@ enum Command {
         #[arg(long)]
         root: PathBuf,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
+enum RenderFormat {
+    Files,
+    Compose,
+}
+
+#[derive(Subcommand, Debug)]
+enum ImagesCommand {
+    /// Build every missing image (or the named ones); present images with the same inputs are kept.
+    Build { names: Vec<String> },
+    /// Every image bssctl uses on this machine, its content tag and whether the engine has it.
+    List,
 }
 
 fn opts(cli: &Cli) -> ValidateOptions {
@@ -318,7 +355,7 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Render { file, out } => {
+        Command::Render { file, out, format } => {
             let start = Instant::now();
             let l = load(cli, file)?;
             let b = render_bundle(cli, &l)?;
@@ -334,6 +371,19 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
                 eprintln!("error: failed to write {}: {e}", out.display());
                 ExitCode::from(1)
             })?;
+            if *format == RenderFormat::Compose {
+                if l.validated.runtime != RuntimeKind::Docker {
+                    eprintln!("error: `--format compose` renders for the docker runtime: add `--runtime docker`");
+                    return Err(ExitCode::from(1));
+                }
+                let p = controller::docker::cli::render_compose(&l.validated, &b, out).map_err(
+                    |e| {
+                        eprintln!("error: {e}");
+                        ExitCode::from(1)
+                    },
+                )?;
+                eprintln!("wrote {}", p.display());
+            }
             if cli.output == Output::Json {
                 let files: Vec<String> = b
                     .components
@@ -438,6 +488,76 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::DockerApply { file, verbose } => {
+            let mut o = opts(cli);
+            o.runtime = Some(RuntimeKind::Docker);
+            let l = topology::load(file, &o).map_err(|d| {
+                print_diags(&d, cli.output);
+                ExitCode::from(1)
+            })?;
+            let b = render_bundle(cli, &l)?;
+            let dir = controller::docker::cli::state_dir(file, cli.state_dir.as_deref(), &l);
+            let mut rep = reporter(cli, &l.validated, *verbose);
+            let templates = cli.templates.as_ref().map(|d| d.display().to_string());
+            let r = controller::docker::cli::apply(&l.validated, &b, &dir, rep.as_mut(), templates)
+                .map_err(|e| {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                })?;
+            let changed = r
+                .actions
+                .values()
+                .filter(|a| **a != plan::Action::None)
+                .count();
+            if cli.output == Output::Json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                eprintln!(
+                    "applied on docker: {changed} component(s) changed in {:.1}s",
+                    r.millis as f64 / 1000.0
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DockerDestroy { file, keep_data } => {
+            let mut o = opts(cli);
+            o.runtime = Some(RuntimeKind::Docker);
+            let l = topology::load(file, &o).map_err(|d| {
+                print_diags(&d, cli.output);
+                ExitCode::from(1)
+            })?;
+            let dir = controller::docker::cli::state_dir(file, cli.state_dir.as_deref(), &l);
+            let left =
+                controller::docker::cli::destroy(&l.validated, &dir, *keep_data).map_err(|e| {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                })?;
+            if left.is_empty() {
+                eprintln!(
+                    "destroyed: no container, network{} of {} left",
+                    if *keep_data { "" } else { " or volume" },
+                    l.validated.name
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("error: still there: {}", left.join(", "));
+                Err(ExitCode::from(1))
+            }
+        }
+        Command::Images { command } => {
+            let json = cli.output == Output::Json;
+            let r = match command {
+                ImagesCommand::Build { names } => {
+                    controller::docker::cli::images_build(names, json).map(|_| ())
+                }
+                ImagesCommand::List => controller::docker::cli::images_list(json),
+            };
+            r.map_err(|e| {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            })?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {
             print!("{}", crd::schema_json());

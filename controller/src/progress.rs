@@ -276,3 +276,70 @@ pub fn open_journal(t: &ValidatedTopology) -> Option<std::fs::File> {
         .open(Path::new(&t.paths.root).join("journal.jsonl"))
         .ok()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ev(status: &str, ms: u128, detail: &str) -> Event {
+        Event {
+            ts_ms: 0,
+            component: "postgres-1".into(),
+            step: "basebackup".into(),
+            status: status.into(),
+            elapsed_ms: ms,
+            detail: detail.into(),
+        }
+    }
+
+    #[test]
+    fn the_status_line_is_drawn_in_place_and_erased() {
+        let start = Instant::now();
+        let mut run = Running::default();
+        let mut out = Vec::new();
+        run.draw(&mut out, start);
+        assert!(out.is_empty(), "nothing runs: nothing drawn");
+        run.steps
+            .push(("postgres-1".into(), "basebackup".into(), Instant::now()));
+        run.steps
+            .push(("postgres-2".into(), "basebackup".into(), Instant::now()));
+        run.draw(&mut out, start);
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(text.starts_with(CLEAR), "{text:?}");
+        assert!(
+            !text.contains('\n'),
+            "a status line never ends a line: {text:?}"
+        );
+        assert!(
+            text.contains(FRAMES[0]) && text.contains("postgres-2"),
+            "{text:?}"
+        );
+        assert!(text.contains("(+1 more)"), "{text:?}");
+        run.steps.clear();
+        out.clear();
+        run.draw(&mut out, start);
+        assert_eq!(String::from_utf8(out).unwrap(), CLEAR);
+    }
+
+    #[test]
+    fn plain_lines_carry_no_control_characters() {
+        let ok = end_lines(1.5, &ev("ok", 5290, "done"));
+        assert_eq!(ok.len(), 1);
+        assert!(ok[0].contains("basebackup") && ok[0].contains("5.29s") && ok[0].ends_with("done"));
+        let fail = end_lines(2.0, &ev("fail", 100, "line one\nline two"));
+        assert_eq!(fail.len(), 3);
+        assert!(fail[0].contains("FAILED after 0.10s"));
+        assert!(
+            start_line(0.0, &ev("start", 0, ""), false).is_some(),
+            "long steps show"
+        );
+        let mut quick = ev("start", 0, "");
+        quick.step = "health".into();
+        assert!(start_line(0.0, &quick, false).is_none());
+        assert!(start_line(0.0, &quick, true).is_some());
+        for l in ok.iter().chain(&fail) {
+            assert!(!l.chars().any(|c| c.is_control()), "{l:?}");
+        }
+    }
+}

@@ -259,6 +259,15 @@ pub mod escape {
         }
     }
 
+    /// A field of a libpq password file line (`host:port:db:user:password`): `\\` and `:`
+    /// escaped with a backslash. Refuses line breaks, which would start another entry.
+    pub fn pgpass_field(s: &str) -> Result<String, String> {
+        if let Some(r) = syntax::single_line(s) {
+            return Err(format!("a pgpass field {}", r.reason));
+        }
+        Ok(s.replace('\\', "\\\\").replace(':', "\\:"))
+    }
+
     /// The value of a KEY=VALUE env file line (read trimmed, split at the first `=`).
     pub fn env_value(s: &str) -> Result<String, String> {
         match syntax::env_value(s) {
@@ -707,4 +716,29 @@ pub fn launch(t: &ValidatedTopology, name: &str, kind: Kind) -> Launch {
 pub fn envoy_base_id(env: &str) -> u32 {
     let h = Sha256::digest(env.as_bytes());
     1000 + (u32::from_be_bytes([h[0], h[1], h[2], h[3]]) % 60_000)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::escape;
+
+    #[test]
+    fn escaping_per_format() {
+        assert_eq!(escape::pg_conf(r"a\b'c").unwrap(), r"'a\\b''c'");
+        assert!(escape::pg_conf("a\nb").is_err());
+        assert_eq!(
+            escape::yaml_str("q\"b\\n\nl\u{2028}s\u{85}e\u{0}"),
+            r#""q\"b\\n\nl\u2028s\u0085e\u0000""#
+        );
+        assert_eq!(escape::redis_str(r#"a"b\c"#).unwrap(), r#""a\"b\\c""#);
+        assert!(escape::redis_str("a\rb").is_err());
+        assert_eq!(escape::haproxy_word("/run/x.sock").unwrap(), "/run/x.sock");
+        for bad in ["a b", "a#b", "${X}", "a\"", ""] {
+            assert!(escape::haproxy_word(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(escape::pgpass_field(r"p:w\d").unwrap(), r"p\:w\\d");
+        assert!(escape::env_value("x\nY=1").is_err());
+        assert_eq!(escape::env_value("x=y").unwrap(), "x=y");
+    }
 }

@@ -399,3 +399,20 @@ fn version_names_the_git_revision_and_the_tools_found() {
         assert!(line.ends_with(&first), "{line} vs {first}");
     }
 }
+
+/// A dangerous state directory from the command line is refused too, without a file position
+/// (it is not in the file).
+#[test]
+fn a_dangerous_state_dir_option_is_refused() {
+    let root = support::repo_root().join("topology.yaml");
+    for dir in ["/", "/etc", "/usr/lib"] {
+        let (code, _, err) = bssctl(&["validate", root.to_str().unwrap()], Path::new(dir));
+        assert_eq!(code, 1, "{dir}: {err}");
+        assert!(
+            err.starts_with("error: the state directory given by --state-dir"),
+            "{err}"
+        );
+        assert!(!err.contains("topology.yaml:"), "{err}");
+        assert!(err.contains("hint:"), "{err}");
+    }
+}

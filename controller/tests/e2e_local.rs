@@ -399,7 +399,8 @@ fn full_stack_applies_serves_reloads_and_is_destroyed() {
     );
     std::fs::write(
         &env.file,
-        changed.replace("PORT", &env.port(15006).to_string()),
+        // Written as the default port: portOffset shifts written ports too.
+        changed.replace("PORT", "15006"),
     )
     .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -750,11 +751,11 @@ fn envoy_retries_failed_upstream_attempts() {
             "LISTENER_PORT"
         ),
     );
-    // The listener takes the test's own (offset) port for Envoy's proxy listener.
+    // The listener is written as Envoy's default proxy port; portOffset moves it to the test's.
     let listener = env.port(15006);
     let text = std::fs::read_to_string(&env.file)
         .unwrap()
-        .replace("LISTENER_PORT", &listener.to_string());
+        .replace("LISTENER_PORT", "15006");
     std::fs::write(&env.file, text).unwrap();
     env.apply();
     let mut codes = std::collections::BTreeMap::new();

@@ -244,6 +244,26 @@ fn port_offset_shifts_explicit_ports_in_render() {
     assert!(read("b", "redis/redis.conf").contains("port 7379\n"));
     let envoy = read("b", "envoy/envoy.yaml");
     assert!(envoy.contains("port_value: 16006") && envoy.contains("port_value: 16000"));
+    // plan shows the same ports (it diffs the rendered files), and `bssctl schema` says so.
+    let (code, plan, err) = shifted.bssctl(&["plan"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        plan.contains("+port = 6432") && plan.contains("+port = 6434"),
+        "{plan}"
+    );
+    let schema = Command::new(env!("CARGO_BIN_EXE_bssctl"))
+        .arg("schema")
+        .output()
+        .unwrap();
+    assert!(schema.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&schema.stdout).unwrap();
+    let doc = schema["definitions"]["RuntimeSpec"]["properties"]["portOffset"]["description"]
+        .as_str()
+        .unwrap();
+    assert!(
+        doc.contains("written in this file as well as the defaults"),
+        "{doc}"
+    );
     let prom = read("b", "prometheus/prometheus.yml");
     for p in ["10100", "10187", "10188", "10189", "10121", "9080", "8070"] {
         assert!(prom.contains(&format!("127.0.0.1:{p}")), "{p} in\n{prom}");

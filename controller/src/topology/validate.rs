@@ -188,6 +188,16 @@ impl Ctx<'_> {
             .push(Diagnostic::error(path, msg).with_hint(hint).at(loc));
     }
 
+    /// `err`, or (for the empty path: an input from the command line, not the file) the same
+    /// error without a position.
+    fn err_at_field(&mut self, path: &str, msg: impl Into<String>, hint: impl Into<String>) {
+        if path.is_empty() {
+            self.diags.push(Diagnostic::error("", msg).with_hint(hint));
+        } else {
+            self.err(path, msg, hint);
+        }
+    }
+
     fn dur(&mut self, path: &str, v: Option<&String>, default: &str) -> Dur {
         let text = v.map(String::as_str).unwrap_or(default);
         match parse_duration(text) {
@@ -522,95 +532,10 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
         .map(|p| build_postgres(p, &paths, &host_of, &bind, &mut ports, cx));
 
     // --- HAProxy -----------------------------------------------------------------------------
-    let haproxy = s.haproxy.as_ref().map(|h| {
-        let path = "spec.haproxy";
-        if postgres.is_none() {
-            cx.err(
-                path,
-                "haproxy balances PostgreSQL, but the topology has no postgres",
-                "add `postgres: {}` to spec or remove haproxy",
-            );
-        }
-        let write = ports.port(
-            cx,
-            h.write_port,
-            5436,
-            &join(path, "writePort"),
-            "haproxy write port",
-        );
-        let read = ports.port(
-            cx,
-            h.read_port,
-            5435,
-            &join(path, "readPort"),
-            "haproxy read port",
-        );
-        let check = h.check.clone().unwrap_or_default();
-        let cpath = join(path, "check");
-        let stats_spec = h.stats.clone().unwrap_or_default();
-        let stats = if stats_spec.enabled.unwrap_or(true) {
-            let sp = join(path, "stats");
-            let port = ports.port(
-                cx,
-                stats_spec.port,
-                8084,
-                &join(&sp, "port"),
-                "haproxy stats",
-            );
-            let user = stats_spec.user.clone().unwrap_or_else(|| "admin".into());
-            let up = join(&sp, "user");
-            if let Some(r) = syntax::haproxy_word(&user) {
-                cx.err(
-                    &up,
-                    format!("stats user `{}` {}", user.escape_debug(), r.reason),
-                    r.hint,
-                );
-            }
-            Some(StatsModel {
-                port,
-                user,
-                password_secret: "haproxy-stats-password".into(),
-            })
-        } else {
-            None
-        };
-        let rise = check.rise.unwrap_or(2);
-        let fall = check.fall.unwrap_or(3);
-        if rise == 0 {
-            cx.err(
-                &join(&cpath, "rise"),
-                "rise must be at least 1",
-                "2 is a good value",
-            );
-        }
-        if fall == 0 {
-            cx.err(
-                &join(&cpath, "fall"),
-                "fall must be at least 1",
-                "3 is a good value",
-            );
-        }
-        HaproxyModel {
-            write: Endpoint {
-                host: host_of("haproxy"),
-                port: write,
-            },
-            read: Endpoint {
-                host: host_of("haproxy"),
-                port: read,
-            },
-            balance: serde_plain(&h.balance.unwrap_or_default()),
-            check_interval: cx.dur(&join(&cpath, "interval"), check.interval.as_ref(), "1s"),
-            check_timeout: cx.dur(&join(&cpath, "timeout"), check.timeout.as_ref(), "1s"),
-            rise,
-            fall,
-            stats,
-            max_connections: h.max_connections.unwrap_or(2000),
-            idle_timeout: cx.dur(&join(path, "idleTimeout"), h.idle_timeout.as_ref(), "30m"),
-            admin_socket: format!("{}/haproxy/admin.sock", paths.run),
-            pid_file: format!("{}/haproxy/haproxy.pid", paths.run),
-        }
-    });
+    let haproxy = s
+        .haproxy
+        .as_ref()
+        .map(|h| build_haproxy(h, postgres.is_some(), &paths, &host_of, &mut ports, cx));
 
     // --- Redis -------------------------------------------------------------------------------
     let redis = s.redis.as_ref().map(|r| {
@@ -829,66 +754,14 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
         .map(|e| build_envoy(e, &backend, &host_of, &mut ports, cx));
 
     // --- Exporters -----------------------------------------------------------------------------
-    let mut exporters = ExportersModel::default();
-    if let Some(x) = &s.exporters {
-        let path = "spec.exporters";
-        if let Some(n) = x.node.as_ref().filter(|n| n.enabled.unwrap_or(true)) {
-            let port = ports.port(cx, n.port, 9100, &join(path, "node.port"), "node exporter");
-            exporters.node = Some(Endpoint {
-                host: host_of("node-exporter"),
-                port,
-            });
-        }
-        if let Some(p) = x.postgres.as_ref().filter(|n| n.enabled.unwrap_or(true)) {
-            match &postgres {
-                None => cx.err(
-                    &join(path, "postgres"),
-                    "the postgres exporter needs the postgres component",
-                    "add `postgres: {}` or remove exporters.postgres",
-                ),
-                Some(pg) => {
-                    let base = p.port.map(u32::from).unwrap_or(9187);
-                    for m in &pg.members {
-                        let xname = format!("postgres-exporter-{}", m.index);
-                        let port = ports.claim(
-                            cx,
-                            base + m.index as u32,
-                            &join(path, "postgres.port"),
-                            &xname,
-                        );
-                        exporters.postgres.push(PgExporterModel {
-                            name: xname.clone(),
-                            member: m.name.clone(),
-                            endpoint: Endpoint {
-                                host: host_of(&xname),
-                                port,
-                            },
-                        });
-                    }
-                }
-            }
-        }
-        if let Some(r) = x.redis.as_ref().filter(|n| n.enabled.unwrap_or(true)) {
-            if redis.is_none() {
-                cx.err(
-                    &join(path, "redis"),
-                    "the redis exporter needs the redis component",
-                    "add `redis: {}` or remove exporters.redis",
-                );
-            }
-            let port = ports.port(
-                cx,
-                r.port,
-                9121,
-                &join(path, "redis.port"),
-                "redis exporter",
-            );
-            exporters.redis = Some(Endpoint {
-                host: host_of("redis-exporter"),
-                port,
-            });
-        }
-    }
+    let exporters = build_exporters(
+        s.exporters.as_ref(),
+        postgres.as_ref(),
+        redis.is_some(),
+        &host_of,
+        &mut ports,
+        cx,
+    );
 
     // --- Alertmanager ----------------------------------------------------------------------------
     let alertmanager = s
@@ -898,129 +771,20 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
 
     // --- Prometheus and alerts -------------------------------------------------------------------
     let prometheus = s.prometheus.as_ref().map(|p| {
-        let path = "spec.prometheus";
-        let port = ports.port(cx, p.port, 9090, &join(path, "port"), "prometheus");
-        let endpoint = Endpoint {
-            host: host_of("prometheus"),
-            port,
-        };
-        let mut jobs = Vec::new();
-        let job = |name: &str, targets: Vec<ScrapeTarget>, metrics_path: &str| ScrapeJobModel {
-            name: name.into(),
-            targets,
-            metrics_path: metrics_path.into(),
-            interval: None,
-        };
-        let plain = |e: &Endpoint| ScrapeTarget {
-            address: e.addr(),
-            labels: BTreeMap::new(),
-        };
-        jobs.push(job("prometheus", vec![plain(&endpoint)], "/metrics"));
-        if let Some(a) = &alertmanager {
-            jobs.push(job("alertmanager", vec![plain(&a.endpoint)], "/metrics"));
-        }
-        if runtime == RuntimeKind::Local {
-            jobs.push(job("bssctl", vec![plain(&agent)], "/metrics"));
-        }
-        if let Some(n) = &exporters.node {
-            jobs.push(job("node", vec![plain(n)], "/metrics"));
-        }
-        if !exporters.postgres.is_empty() {
-            let targets = exporters
-                .postgres
-                .iter()
-                .map(|x| ScrapeTarget {
-                    address: x.endpoint.addr(),
-                    labels: BTreeMap::from([("member".to_string(), x.member.clone())]),
-                })
-                .collect();
-            jobs.push(job("postgres", targets, "/metrics"));
-        }
-        if let Some(r) = &exporters.redis {
-            jobs.push(job("redis", vec![plain(r)], "/metrics"));
-        }
-        if let Some(h) = &haproxy {
-            if let Some(st) = &h.stats {
-                jobs.push(job(
-                    "haproxy",
-                    vec![plain(&Endpoint {
-                        host: h.write.host.clone(),
-                        port: st.port,
-                    })],
-                    "/metrics",
-                ));
-            }
-        }
-        if let Some(e) = &envoy {
-            jobs.push(job("envoy", vec![plain(&e.admin)], "/stats/prometheus"));
-        }
-        if let Some(b) = &backend {
-            jobs.push(job("backend", vec![plain(&b.endpoint)], "/metrics"));
-        }
-        if let Some(st) = kafka.as_ref().and_then(|k| k.store.as_ref()) {
-            // End and committed offsets of every partition, read from the brokers' store.
-            jobs.push(job("kafka-store", vec![plain(&st.endpoint)], "/-/metrics"));
-        }
-        let builtin: BTreeSet<String> = jobs.iter().map(|j| j.name.clone()).collect();
-        for (i, x) in p.extra_jobs.iter().enumerate() {
-            let jp = index(&join(path, "extraJobs"), i);
-            if builtin.contains(&x.name) || jobs.iter().filter(|j| j.name == x.name).count() > 0 {
-                cx.err(
-                    &join(&jp, "name"),
-                    format!("scrape job `{}` already exists", x.name),
-                    "pick another job name",
-                );
-            }
-            if x.targets.is_empty() {
-                cx.err(
-                    &join(&jp, "targets"),
-                    "a scrape job needs at least one target",
-                    "e.g. targets: [\"127.0.0.1:9000\"]",
-                );
-            }
-            for (ti, tg) in x.targets.iter().enumerate() {
-                if !is_host_port(tg) {
-                    cx.err(
-                        &index(&join(&jp, "targets"), ti),
-                        format!("`{tg}` is not host:port"),
-                        "e.g. `127.0.0.1:9000`",
-                    );
-                }
-            }
-            let interval = x
-                .interval
+        let scraped = Scraped {
+            runtime,
+            agent: &agent,
+            alertmanager: alertmanager.as_ref(),
+            exporters: &exporters,
+            haproxy: haproxy.as_ref(),
+            envoy: envoy.as_ref(),
+            backend: backend.as_ref(),
+            kafka_store: kafka
                 .as_ref()
-                .map(|iv| cx.dur(&join(&jp, "interval"), Some(iv), "5s"));
-            jobs.push(ScrapeJobModel {
-                name: x.name.clone(),
-                targets: x
-                    .targets
-                    .iter()
-                    .map(|a| ScrapeTarget {
-                        address: a.clone(),
-                        labels: BTreeMap::new(),
-                    })
-                    .collect(),
-                metrics_path: x.metrics_path.clone().unwrap_or_else(|| "/metrics".into()),
-                interval,
-            });
-        }
-        PrometheusModel {
-            endpoint,
-            scrape_interval: cx.dur(
-                &join(path, "scrapeInterval"),
-                p.scrape_interval.as_ref(),
-                "5s",
-            ),
-            evaluation_interval: cx.dur(
-                &join(path, "evaluationInterval"),
-                p.evaluation_interval.as_ref(),
-                "5s",
-            ),
-            retention: cx.dur(&join(path, "retention"), p.retention.as_ref(), "15d"),
-            jobs,
-            data_dir: format!("{}/prometheus", paths.data),
-        }
+                .and_then(|k| k.store.as_ref())
+                .map(|st| &st.endpoint),
+        };
+        build_prometheus(p, scraped, &paths, &host_of, &mut ports, cx)
     });
 
     let alerts = match (&s.alerts, &prometheus) {
@@ -1037,102 +801,19 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
     };
 
     // --- Secrets --------------------------------------------------------------------------------
-    let mut needed: BTreeSet<&str> = BTreeSet::new();
-    if postgres.is_some() {
-        needed.extend([
-            "postgres-superuser-password",
-            "postgres-replication-password",
-            "postgres-app-password",
-        ]);
-    }
-    if haproxy.as_ref().is_some_and(|h| h.stats.is_some()) {
-        needed.insert("haproxy-stats-password");
-    }
-    if redis.as_ref().is_some_and(|r| r.password_secret.is_some()) {
-        needed.insert("redis-password");
-    }
-    if backend.is_some() {
-        needed.insert("backend-api-key");
-    }
-    if let Some(a) = &alertmanager {
-        if a.receivers.iter().any(|r| !r.slack.is_empty()) {
-            needed.insert("slack-webhook-url");
-        }
-        if a.smtp
-            .as_ref()
-            .is_some_and(|s| s.auth_password_file.is_some())
-        {
-            needed.insert("smtp-password");
-        }
-    }
-    let mut secrets = BTreeMap::new();
-    for (k, r) in &s.secrets {
-        let p = join("spec.secrets", k);
-        if !KNOWN_SECRETS.iter().any(|(n, _)| n == k) {
-            let names: Vec<&str> = KNOWN_SECRETS.iter().map(|(n, _)| *n).collect();
-            let hint = suggest(k, &names, "known secrets");
-            cx.err(&p, format!("unknown secret `{k}`"), hint);
-        }
-        let sources = [
-            r.from_env.is_some(),
-            r.from_file.is_some(),
-            r.generate_length.is_some(),
-        ]
-        .iter()
-        .filter(|x| **x)
-        .count();
-        if sources > 1 {
-            cx.err(
-                &p,
-                format!("secret `{k}` has more than one source"),
-                "use exactly one of fromEnv, fromFile, generateLength",
-            );
-        }
-        if let Some(var) = &r.from_env {
-            let ok = !var.is_empty()
-                && var.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
-                && !var.as_bytes()[0].is_ascii_digit();
-            if !ok {
-                cx.err(
-                    &join(&p, "fromEnv"),
-                    format!("`{}` is not an environment variable name", var.escape_debug()),
-                    "use letters, digits and '_', not starting with a digit, e.g. `BSS_REDIS_PASSWORD`",
-                );
-            }
-        }
-        if r.generate_length.is_some_and(|n| n < 16) {
-            cx.err(
-                &join(&p, "generateLength"),
-                "generated secrets must have at least 16 characters",
-                "use 32",
-            );
-        }
-    }
-    for n in needed {
-        let source = match s.secrets.get(n) {
-            Some(SecretRef {
-                from_env: Some(v), ..
-            }) => SecretSource::Env { var: v.clone() },
-            Some(SecretRef {
-                from_file: Some(f), ..
-            }) => SecretSource::File {
-                path: absolutize(&opts.base_dir, f),
-            },
-            Some(SecretRef {
-                generate_length: Some(l),
-                ..
-            }) => SecretSource::Generate { length: *l },
-            _ => SecretSource::Generate { length: 32 },
-        };
-        secrets.insert(
-            n.to_string(),
-            SecretModel {
-                name: n.into(),
-                file: format!("{}/{n}", paths.secrets),
-                source,
-            },
-        );
-    }
+    let secrets = build_secrets(
+        s,
+        UsedSecrets {
+            postgres: postgres.as_ref(),
+            haproxy: haproxy.as_ref(),
+            redis: redis.as_ref(),
+            backend: backend.as_ref(),
+            alertmanager: alertmanager.as_ref(),
+        },
+        opts,
+        &paths,
+        cx,
+    );
 
     if runtime == RuntimeKind::Local {
         check_sockets(&rt_spec, opts, postgres.as_ref(), haproxy.as_ref(), cx);
@@ -1247,7 +928,7 @@ fn check_state_dir(rt: &RuntimeSpec, name: &str, opts: &ValidateOptions, cx: &mu
     let leaf = if is_dns_label(name, 40) { name } else { "env" };
     let root = dir.join(leaf);
     if let Some(r) = syntax::state_dir(&written, &dir, &root, &opts.base_dir) {
-        cx.err(
+        cx.err_at_field(
             field,
             format!("{what} `{}` {}", written.escape_debug(), r.reason),
             r.hint,
@@ -1281,7 +962,7 @@ fn check_sockets(
     }
     if let Some(longest) = sockets.iter().max_by_key(|s| s.len()) {
         if let Some(r) = syntax::socket_path(longest) {
-            cx.err(field, format!("{what} {}", r.reason), r.hint);
+            cx.err_at_field(field, format!("{what} {}", r.reason), r.hint);
         }
     }
 }
@@ -1295,6 +976,457 @@ fn check_plain_id(cx: &mut Ctx, path: &str, what: &str, v: &str) {
             r.hint,
         );
     }
+}
+
+/// HAProxy in front of the PostgreSQL members: write and read ports, checks, stats.
+fn build_haproxy(
+    h: &HaproxySpec,
+    has_postgres: bool,
+    paths: &Paths,
+    host_of: &dyn Fn(&str) -> String,
+    ports: &mut Ports,
+    cx: &mut Ctx,
+) -> HaproxyModel {
+    let path = "spec.haproxy";
+    if !has_postgres {
+        cx.err(
+            path,
+            "haproxy balances PostgreSQL, but the topology has no postgres",
+            "add `postgres: {}` to spec or remove haproxy",
+        );
+    }
+    let write = ports.port(
+        cx,
+        h.write_port,
+        5436,
+        &join(path, "writePort"),
+        "haproxy write port",
+    );
+    let read = ports.port(
+        cx,
+        h.read_port,
+        5435,
+        &join(path, "readPort"),
+        "haproxy read port",
+    );
+    let check = h.check.clone().unwrap_or_default();
+    let cpath = join(path, "check");
+    let stats_spec = h.stats.clone().unwrap_or_default();
+    let stats = if stats_spec.enabled.unwrap_or(true) {
+        let sp = join(path, "stats");
+        let port = ports.port(
+            cx,
+            stats_spec.port,
+            8084,
+            &join(&sp, "port"),
+            "haproxy stats",
+        );
+        let user = stats_spec.user.clone().unwrap_or_else(|| "admin".into());
+        let up = join(&sp, "user");
+        if let Some(r) = syntax::haproxy_word(&user) {
+            cx.err(
+                &up,
+                format!("stats user `{}` {}", user.escape_debug(), r.reason),
+                r.hint,
+            );
+        }
+        Some(StatsModel {
+            port,
+            user,
+            password_secret: "haproxy-stats-password".into(),
+        })
+    } else {
+        None
+    };
+    let rise = check.rise.unwrap_or(2);
+    let fall = check.fall.unwrap_or(3);
+    if rise == 0 {
+        cx.err(
+            &join(&cpath, "rise"),
+            "rise must be at least 1",
+            "2 is a good value",
+        );
+    }
+    if fall == 0 {
+        cx.err(
+            &join(&cpath, "fall"),
+            "fall must be at least 1",
+            "3 is a good value",
+        );
+    }
+    HaproxyModel {
+        write: Endpoint {
+            host: host_of("haproxy"),
+            port: write,
+        },
+        read: Endpoint {
+            host: host_of("haproxy"),
+            port: read,
+        },
+        balance: serde_plain(&h.balance.unwrap_or_default()),
+        check_interval: cx.dur(&join(&cpath, "interval"), check.interval.as_ref(), "1s"),
+        check_timeout: cx.dur(&join(&cpath, "timeout"), check.timeout.as_ref(), "1s"),
+        rise,
+        fall,
+        stats,
+        max_connections: h.max_connections.unwrap_or(2000),
+        idle_timeout: cx.dur(&join(path, "idleTimeout"), h.idle_timeout.as_ref(), "30m"),
+        admin_socket: format!("{}/haproxy/admin.sock", paths.run),
+        pid_file: format!("{}/haproxy/haproxy.pid", paths.run),
+    }
+}
+
+/// The node, PostgreSQL (one per member) and Redis exporters.
+fn build_exporters(
+    spec: Option<&ExportersSpec>,
+    postgres: Option<&PostgresModel>,
+    has_redis: bool,
+    host_of: &dyn Fn(&str) -> String,
+    ports: &mut Ports,
+    cx: &mut Ctx,
+) -> ExportersModel {
+    let mut exporters = ExportersModel::default();
+    if let Some(x) = spec {
+        let path = "spec.exporters";
+        if let Some(n) = x.node.as_ref().filter(|n| n.enabled.unwrap_or(true)) {
+            let port = ports.port(cx, n.port, 9100, &join(path, "node.port"), "node exporter");
+            exporters.node = Some(Endpoint {
+                host: host_of("node-exporter"),
+                port,
+            });
+        }
+        if let Some(p) = x.postgres.as_ref().filter(|n| n.enabled.unwrap_or(true)) {
+            match postgres {
+                None => cx.err(
+                    &join(path, "postgres"),
+                    "the postgres exporter needs the postgres component",
+                    "add `postgres: {}` or remove exporters.postgres",
+                ),
+                Some(pg) => {
+                    let base = p.port.map(u32::from).unwrap_or(9187);
+                    for m in &pg.members {
+                        let xname = format!("postgres-exporter-{}", m.index);
+                        let port = ports.claim(
+                            cx,
+                            base + m.index as u32,
+                            &join(path, "postgres.port"),
+                            &xname,
+                        );
+                        exporters.postgres.push(PgExporterModel {
+                            name: xname.clone(),
+                            member: m.name.clone(),
+                            endpoint: Endpoint {
+                                host: host_of(&xname),
+                                port,
+                            },
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(r) = x.redis.as_ref().filter(|n| n.enabled.unwrap_or(true)) {
+            if !has_redis {
+                cx.err(
+                    &join(path, "redis"),
+                    "the redis exporter needs the redis component",
+                    "add `redis: {}` or remove exporters.redis",
+                );
+            }
+            let port = ports.port(
+                cx,
+                r.port,
+                9121,
+                &join(path, "redis.port"),
+                "redis exporter",
+            );
+            exporters.redis = Some(Endpoint {
+                host: host_of("redis-exporter"),
+                port,
+            });
+        }
+    }
+    exporters
+}
+
+/// What Prometheus scrapes besides its own extra jobs.
+#[derive(Clone, Copy)]
+struct Scraped<'a> {
+    runtime: RuntimeKind,
+    agent: &'a Endpoint,
+    alertmanager: Option<&'a AlertmanagerModel>,
+    exporters: &'a ExportersModel,
+    haproxy: Option<&'a HaproxyModel>,
+    envoy: Option<&'a EnvoyModel>,
+    backend: Option<&'a BackendModel>,
+    kafka_store: Option<&'a Endpoint>,
+}
+
+/// Prometheus: a scrape job per component of the stack, then the extra jobs.
+fn build_prometheus(
+    p: &PrometheusSpec,
+    scraped: Scraped,
+    paths: &Paths,
+    host_of: &dyn Fn(&str) -> String,
+    ports: &mut Ports,
+    cx: &mut Ctx,
+) -> PrometheusModel {
+    let Scraped {
+        runtime,
+        agent,
+        alertmanager,
+        exporters,
+        haproxy,
+        envoy,
+        backend,
+        kafka_store,
+    } = scraped;
+    let path = "spec.prometheus";
+    let port = ports.port(cx, p.port, 9090, &join(path, "port"), "prometheus");
+    let endpoint = Endpoint {
+        host: host_of("prometheus"),
+        port,
+    };
+    let mut jobs = Vec::new();
+    let job = |name: &str, targets: Vec<ScrapeTarget>, metrics_path: &str| ScrapeJobModel {
+        name: name.into(),
+        targets,
+        metrics_path: metrics_path.into(),
+        interval: None,
+    };
+    let plain = |e: &Endpoint| ScrapeTarget {
+        address: e.addr(),
+        labels: BTreeMap::new(),
+    };
+    jobs.push(job("prometheus", vec![plain(&endpoint)], "/metrics"));
+    if let Some(a) = &alertmanager {
+        jobs.push(job("alertmanager", vec![plain(&a.endpoint)], "/metrics"));
+    }
+    if runtime == RuntimeKind::Local {
+        jobs.push(job("bssctl", vec![plain(agent)], "/metrics"));
+    }
+    if let Some(n) = &exporters.node {
+        jobs.push(job("node", vec![plain(n)], "/metrics"));
+    }
+    if !exporters.postgres.is_empty() {
+        let targets = exporters
+            .postgres
+            .iter()
+            .map(|x| ScrapeTarget {
+                address: x.endpoint.addr(),
+                labels: BTreeMap::from([("member".to_string(), x.member.clone())]),
+            })
+            .collect();
+        jobs.push(job("postgres", targets, "/metrics"));
+    }
+    if let Some(r) = &exporters.redis {
+        jobs.push(job("redis", vec![plain(r)], "/metrics"));
+    }
+    if let Some(h) = &haproxy {
+        if let Some(st) = &h.stats {
+            jobs.push(job(
+                "haproxy",
+                vec![plain(&Endpoint {
+                    host: h.write.host.clone(),
+                    port: st.port,
+                })],
+                "/metrics",
+            ));
+        }
+    }
+    if let Some(e) = &envoy {
+        jobs.push(job("envoy", vec![plain(&e.admin)], "/stats/prometheus"));
+    }
+    if let Some(b) = &backend {
+        jobs.push(job("backend", vec![plain(&b.endpoint)], "/metrics"));
+    }
+    if let Some(st) = kafka_store {
+        // End and committed offsets of every partition, read from the brokers' store.
+        jobs.push(job("kafka-store", vec![plain(st)], "/-/metrics"));
+    }
+    let builtin: BTreeSet<String> = jobs.iter().map(|j| j.name.clone()).collect();
+    for (i, x) in p.extra_jobs.iter().enumerate() {
+        let jp = index(&join(path, "extraJobs"), i);
+        if builtin.contains(&x.name) || jobs.iter().filter(|j| j.name == x.name).count() > 0 {
+            cx.err(
+                &join(&jp, "name"),
+                format!("scrape job `{}` already exists", x.name),
+                "pick another job name",
+            );
+        }
+        if x.targets.is_empty() {
+            cx.err(
+                &join(&jp, "targets"),
+                "a scrape job needs at least one target",
+                "e.g. targets: [\"127.0.0.1:9000\"]",
+            );
+        }
+        for (ti, tg) in x.targets.iter().enumerate() {
+            if !is_host_port(tg) {
+                cx.err(
+                    &index(&join(&jp, "targets"), ti),
+                    format!("`{tg}` is not host:port"),
+                    "e.g. `127.0.0.1:9000`",
+                );
+            }
+        }
+        let interval = x
+            .interval
+            .as_ref()
+            .map(|iv| cx.dur(&join(&jp, "interval"), Some(iv), "5s"));
+        jobs.push(ScrapeJobModel {
+            name: x.name.clone(),
+            targets: x
+                .targets
+                .iter()
+                .map(|a| ScrapeTarget {
+                    address: a.clone(),
+                    labels: BTreeMap::new(),
+                })
+                .collect(),
+            metrics_path: x.metrics_path.clone().unwrap_or_else(|| "/metrics".into()),
+            interval,
+        });
+    }
+    PrometheusModel {
+        endpoint,
+        scrape_interval: cx.dur(
+            &join(path, "scrapeInterval"),
+            p.scrape_interval.as_ref(),
+            "5s",
+        ),
+        evaluation_interval: cx.dur(
+            &join(path, "evaluationInterval"),
+            p.evaluation_interval.as_ref(),
+            "5s",
+        ),
+        retention: cx.dur(&join(path, "retention"), p.retention.as_ref(), "15d"),
+        jobs,
+        data_dir: format!("{}/prometheus", paths.data),
+    }
+}
+
+/// The secrets the components need, each from its source (generated when none is given).
+fn build_secrets(
+    s: &TopologySpec,
+    used: UsedSecrets,
+    opts: &ValidateOptions,
+    paths: &Paths,
+    cx: &mut Ctx,
+) -> BTreeMap<String, SecretModel> {
+    let UsedSecrets {
+        postgres,
+        haproxy,
+        redis,
+        backend,
+        alertmanager,
+    } = used;
+    let mut needed: BTreeSet<&str> = BTreeSet::new();
+    if postgres.is_some() {
+        needed.extend([
+            "postgres-superuser-password",
+            "postgres-replication-password",
+            "postgres-app-password",
+        ]);
+    }
+    if haproxy.as_ref().is_some_and(|h| h.stats.is_some()) {
+        needed.insert("haproxy-stats-password");
+    }
+    if redis.as_ref().is_some_and(|r| r.password_secret.is_some()) {
+        needed.insert("redis-password");
+    }
+    if backend.is_some() {
+        needed.insert("backend-api-key");
+    }
+    if let Some(a) = &alertmanager {
+        if a.receivers.iter().any(|r| !r.slack.is_empty()) {
+            needed.insert("slack-webhook-url");
+        }
+        if a.smtp
+            .as_ref()
+            .is_some_and(|s| s.auth_password_file.is_some())
+        {
+            needed.insert("smtp-password");
+        }
+    }
+    let mut secrets = BTreeMap::new();
+    for (k, r) in &s.secrets {
+        let p = join("spec.secrets", k);
+        if !KNOWN_SECRETS.iter().any(|(n, _)| n == k) {
+            let names: Vec<&str> = KNOWN_SECRETS.iter().map(|(n, _)| *n).collect();
+            let hint = suggest(k, &names, "known secrets");
+            cx.err(&p, format!("unknown secret `{k}`"), hint);
+        }
+        let sources = [
+            r.from_env.is_some(),
+            r.from_file.is_some(),
+            r.generate_length.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if sources > 1 {
+            cx.err(
+                &p,
+                format!("secret `{k}` has more than one source"),
+                "use exactly one of fromEnv, fromFile, generateLength",
+            );
+        }
+        if let Some(var) = &r.from_env {
+            let ok = !var.is_empty()
+                && var.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
+                && !var.as_bytes()[0].is_ascii_digit();
+            if !ok {
+                cx.err(
+                    &join(&p, "fromEnv"),
+                    format!("`{}` is not an environment variable name", var.escape_debug()),
+                    "use letters, digits and '_', not starting with a digit, e.g. `BSS_REDIS_PASSWORD`",
+                );
+            }
+        }
+        if r.generate_length.is_some_and(|n| n < 16) {
+            cx.err(
+                &join(&p, "generateLength"),
+                "generated secrets must have at least 16 characters",
+                "use 32",
+            );
+        }
+    }
+    for n in needed {
+        let source = match s.secrets.get(n) {
+            Some(SecretRef {
+                from_env: Some(v), ..
+            }) => SecretSource::Env { var: v.clone() },
+            Some(SecretRef {
+                from_file: Some(f), ..
+            }) => SecretSource::File {
+                path: absolutize(&opts.base_dir, f),
+            },
+            Some(SecretRef {
+                generate_length: Some(l),
+                ..
+            }) => SecretSource::Generate { length: *l },
+            _ => SecretSource::Generate { length: 32 },
+        };
+        secrets.insert(
+            n.to_string(),
+            SecretModel {
+                name: n.into(),
+                file: format!("{}/{n}", paths.secrets),
+                source,
+            },
+        );
+    }
+    secrets
+}
+
+/// The components whose presence decides which secrets exist.
+#[derive(Clone, Copy)]
+struct UsedSecrets<'a> {
+    postgres: Option<&'a PostgresModel>,
+    haproxy: Option<&'a HaproxyModel>,
+    redis: Option<&'a RedisModel>,
+    backend: Option<&'a BackendModel>,
+    alertmanager: Option<&'a AlertmanagerModel>,
 }
 
 fn serde_plain<T: serde::Serialize>(v: &T) -> String {
