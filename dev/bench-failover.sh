@@ -27,9 +27,11 @@ for mode in $MODES; do
       echo "== $sc mode=$mode run $i/$RUNS" >&2
       if ! BSSCTL_CHAOS_MODE=$mode cargo test -q -p controller --test chaos -- \
           --exact "$sc" --nocapture --test-threads=1 > /tmp/bench-failover-run.log 2>&1; then
-        echo "run failed (log: /tmp/bench-failover-run.log):" >&2
-        grep -E "panicked|CHAOS" /tmp/bench-failover-run.log | head -n 5 >&2 || true
-        echo "FAILED scenario=$sc mode=$mode run=$i" >> "$OUT"
+        keep="/tmp/bench-failover-failed-$sc-$mode-$i.log"
+        cp /tmp/bench-failover-run.log "$keep"
+        echo "run failed (log: $keep):" >&2
+        grep -E "panicked|CHAOS" -A 3 "$keep" | head -n 8 >&2 || true
+        echo "FAILED test=$sc mode=$mode run=$i" >> "$OUT"
       fi
       grep '^CHAOS ' /tmp/bench-failover-run.log >> "$OUT" || true
     done
@@ -42,18 +44,18 @@ rows = {}
 failed = {}
 for line in open(sys.argv[1]):
     kv = dict(re.findall(r'(\w+)=(\S+)', line))
-    key = (kv.get('scenario'), kv.get('mode'))
     if line.startswith('FAILED'):
-        failed[key] = failed.get(key, 0) + 1
+        k = (kv.get('test'), kv.get('mode'))
+        failed[k] = failed.get(k, 0) + 1
         continue
+    key = (kv.get('scenario'), kv.get('mode'))
     rows.setdefault(key, []).append(kv)
-print(f"{'scenario':<22} {'mode':<6} {'runs':>4} {'gap min':>8} {'median':>8} {'max':>8} {'lost sum':>8} {'lost max':>8} {'writes/s':>9} failed")
+print(f"{'scenario':<16} {'mode':<6} {'runs':>4} {'gap min':>8} {'median':>8} {'max':>8} {'lost sum':>8} {'lost max':>8} {'writes/s':>9}")
 for (sc, mode), v in sorted(rows.items()):
     gaps = [float(r['gap_s']) for r in v]
     lost = [int(r['lost']) for r in v]
     rate = statistics.median(float(r['rate_per_s']) for r in v)
-    print(f"{sc:<22} {mode:<6} {len(v):>4} {min(gaps):>8.3f} {statistics.median(gaps):>8.3f} {max(gaps):>8.3f} {sum(lost):>8} {max(lost):>8} {rate:>9.0f} {failed.get((sc, mode), 0)}")
-for key, n in sorted(failed.items()):
-    if key not in rows:
-        print(f"{key[0]:<22} {key[1]:<6}    0 (all {n} runs failed)")
+    print(f"{sc:<16} {mode:<6} {len(v):>4} {min(gaps):>8.3f} {statistics.median(gaps):>8.3f} {max(gaps):>8.3f} {sum(lost):>8} {max(lost):>8} {rate:>9.0f}")
+for (test, mode), n in sorted(failed.items()):
+    print(f"failed runs (not counted above): {test} mode={mode}: {n}")
 EOF

@@ -489,62 +489,8 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Command::DockerApply { file, verbose } => {
-            let mut o = opts(cli);
-            o.runtime = Some(RuntimeKind::Docker);
-            let l = topology::load(file, &o).map_err(|d| {
-                print_diags(&d, cli.output);
-                ExitCode::from(1)
-            })?;
-            let b = render_bundle(cli, &l)?;
-            let dir = controller::docker::cli::state_dir(file, cli.state_dir.as_deref(), &l);
-            let mut rep = reporter(cli, &l.validated, *verbose);
-            let templates = cli.templates.as_ref().map(|d| d.display().to_string());
-            let r = controller::docker::cli::apply(&l.validated, &b, &dir, rep.as_mut(), templates)
-                .map_err(|e| {
-                    eprintln!("error: {e}");
-                    ExitCode::from(1)
-                })?;
-            let changed = r
-                .actions
-                .values()
-                .filter(|a| **a != plan::Action::None)
-                .count();
-            if cli.output == Output::Json {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
-            } else {
-                eprintln!(
-                    "applied on docker: {changed} component(s) changed in {:.1}s",
-                    r.millis as f64 / 1000.0
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::DockerDestroy { file, keep_data } => {
-            let mut o = opts(cli);
-            o.runtime = Some(RuntimeKind::Docker);
-            let l = topology::load(file, &o).map_err(|d| {
-                print_diags(&d, cli.output);
-                ExitCode::from(1)
-            })?;
-            let dir = controller::docker::cli::state_dir(file, cli.state_dir.as_deref(), &l);
-            let left =
-                controller::docker::cli::destroy(&l.validated, &dir, *keep_data).map_err(|e| {
-                    eprintln!("error: {e}");
-                    ExitCode::from(1)
-                })?;
-            if left.is_empty() {
-                eprintln!(
-                    "destroyed: no container, network{} of {} left",
-                    if *keep_data { "" } else { " or volume" },
-                    l.validated.name
-                );
-                Ok(ExitCode::SUCCESS)
-            } else {
-                eprintln!("error: still there: {}", left.join(", "));
-                Err(ExitCode::from(1))
-            }
-        }
+        Command::DockerApply { file, verbose } => docker_apply(cli, file, *verbose, false),
+        Command::DockerDestroy { file, keep_data } => docker_destroy(cli, file, *keep_data),
         Command::Images { command } => {
             let json = cli.output == Output::Json;
             let r = match command {
@@ -571,7 +517,12 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
             file,
             no_agent,
             verbose,
-        } => apply(cli, file, !*no_agent, *verbose).map(|_| ExitCode::SUCCESS),
+        } => {
+            if effective_runtime(cli, file) == Some(RuntimeKind::Docker) {
+                return docker_apply(cli, file, *verbose, !*no_agent);
+            }
+            apply(cli, file, !*no_agent, *verbose).map(|_| ExitCode::SUCCESS)
+        }
         Command::Up { file } => up(cli, file),
         Command::Status { file } => status(cli, file),
         Command::Switchover { file, to } => switchover(cli, file, to.as_deref()),
@@ -581,7 +532,12 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
             follow,
             lines,
         } => logs(cli, file, component, *follow, *lines),
-        Command::Destroy { file, keep_data } => destroy(cli, file, *keep_data),
+        Command::Destroy { file, keep_data } => {
+            if effective_runtime(cli, file) == Some(RuntimeKind::Docker) {
+                return docker_destroy(cli, file, *keep_data);
+            }
+            destroy(cli, file, *keep_data)
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
@@ -619,7 +575,7 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
                 )));
             };
             agent::register_self(root);
-            match engine::agent::run(root, stop, services(&t)) {
+            match engine::agent::run(root, stop, services_at(&t, Some(root))) {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -853,10 +809,19 @@ fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
     .status(&applied.bundle);
     let agent_pid = agent::running(&agent::root_of(&l.validated));
     let hist = engine::StateStore::history(&store);
+    // Why the agent promoted nothing during an outage (maxLagOnFailover, quorum), when it runs.
+    let no_failover = agent_pid
+        .and_then(|_| {
+            let url = format!("http://127.0.0.1:{}/failover", l.validated.agent.port);
+            controller::probe::http_get(&url, std::time::Duration::from_secs(2)).ok()
+        })
+        .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+        .and_then(|v| v["last_decision"].as_str().map(String::from))
+        .filter(|d| !d.is_empty());
     // Written at once at the end: a closed pipe (`status | head -3`) ends it quietly.
     let mut out = String::new();
     if cli.output == Output::Json {
-        let doc = serde_json::json!({"environment": l.validated.name, "agent_pid": agent_pid, "primary": applied.primary, "components": st, "failover_history": hist});
+        let doc = serde_json::json!({"environment": l.validated.name, "agent_pid": agent_pid, "primary": applied.primary, "components": st, "failover_history": hist, "no_failover_because": no_failover});
         outln!(
             out,
             "{}",
@@ -904,13 +869,17 @@ fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
                 c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                 ports,
                 lag,
-                if c.healthy {
+                // A healthy broker still says what it is (entry point onto the store, no replication).
+                if c.healthy && c.kind != render::Kind::Kafka {
                     String::new()
                 } else {
                     c.health.lines().next().unwrap_or("").to_string()
                 }
             );
         }
+    }
+    if let (Output::Text, Some(why)) = (cli.output, &no_failover) {
+        outln!(out, "\nprimary unreachable, nothing promoted: {why}");
     }
     if cli.output == Output::Text && !hist.is_empty() {
         outln!(
@@ -1078,13 +1047,129 @@ fn destroy(cli: &Cli, file: &Path, keep_data: bool) -> Result<ExitCode, ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+/// `apply` on the Docker runtime: images built when missing, the plan executed by the engine on
+/// containers, recorded on the host; then the agent (a host process) keeps it managed.
+fn docker_apply(
+    cli: &Cli,
+    file: &Path,
+    verbose: bool,
+    with_agent: bool,
+) -> Result<ExitCode, ExitCode> {
+    let mut o = opts(cli);
+    o.runtime = Some(RuntimeKind::Docker);
+    let l = topology::load(file, &o).map_err(|d| {
+        print_diags(&d, cli.output);
+        ExitCode::from(1)
+    })?;
+    let b = render_bundle(cli, &l)?;
+    let dir = controller::docker::cli::state_dir(file, cli.state_dir.as_deref(), &l);
+    let mut rep = reporter(cli, &l.validated, verbose);
+    let templates = cli.templates.as_ref().map(|d| d.display().to_string());
+    let r = controller::docker::cli::apply(&l.validated, &b, &dir, rep.as_mut(), templates)
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        })?;
+    let changed = r
+        .actions
+        .values()
+        .filter(|a| **a != plan::Action::None)
+        .count();
+    if cli.output == Output::Json {
+        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+    } else {
+        eprintln!(
+            "applied on docker: {changed} component(s) changed in {:.1}s",
+            r.millis as f64 / 1000.0
+        );
+    }
+    if with_agent {
+        let root = std::path::absolute(controller::docker::runtime::host_root(
+            Some(&dir),
+            &l.validated.name,
+        ))
+        .map_err(fail)?;
+        agent::stop(&root);
+        let pid = agent::start_detached(&root, l.validated.agent.port).map_err(fail)?;
+        if cli.output == Output::Text {
+            eprintln!(
+                "agent pid {pid}, API http://127.0.0.1:{}",
+                l.validated.agent.port
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `destroy` on the Docker runtime: the agent, every container, the network and (unless
+/// `--keep-data`) the volumes of the environment; proves nothing is left.
+fn docker_destroy(cli: &Cli, file: &Path, keep_data: bool) -> Result<ExitCode, ExitCode> {
+    let mut o = opts(cli);
+    o.runtime = Some(RuntimeKind::Docker);
+    let l = topology::load(file, &o).map_err(|d| {
+        print_diags(&d, cli.output);
+        ExitCode::from(1)
+    })?;
+    let dir = controller::docker::cli::state_dir(file, cli.state_dir.as_deref(), &l);
+    if let Ok(root) = std::path::absolute(controller::docker::runtime::host_root(
+        Some(&dir),
+        &l.validated.name,
+    )) {
+        agent::stop(&root);
+    }
+    let left = controller::docker::cli::destroy(&l.validated, &dir, keep_data).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(1)
+    })?;
+    if left.is_empty() {
+        eprintln!(
+            "destroyed: no container, network{} of {} left",
+            if keep_data { "" } else { " or volume" },
+            l.validated.name
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("error: still there: {}", left.join(", "));
+        Err(ExitCode::from(1))
+    }
+}
+
+/// The runtime a command acts on: `--runtime`, else the file's `spec.runtime.kind` (None when the
+/// file does not load; the command itself then reports why).
+fn effective_runtime(cli: &Cli, file: &Path) -> Option<RuntimeKind> {
+    topology::load(file, &opts(cli))
+        .ok()
+        .map(|l| l.validated.runtime)
+}
+
 /// The engine's services for an environment: its file store, the real clients, the runtime the
 /// topology names (one per call, for the roles the caller has) and HAProxy as the write router.
 fn services(t: &topology::ValidatedTopology) -> Services {
-    let store: Arc<dyn engine::StateStore> = Arc::new(FileStore::new(t));
-    let make: RuntimeFactory = Arc::new(|t: &topology::ValidatedTopology| {
-        runtime::for_topology(t).unwrap_or_else(|_| Box::new(runtime::local::Local::new(t)))
-    });
+    services_at(t, None)
+}
+
+/// The services of an environment whose controller state lives at `root` (the agent's
+/// `--root`): on Docker the state store is the host view and the runtime the containers.
+fn services_at(t: &topology::ValidatedTopology, root: Option<&Path>) -> Services {
+    let (store, make): (Arc<dyn engine::StateStore>, RuntimeFactory) = match (t.runtime, root) {
+        (RuntimeKind::Docker, Some(root)) => {
+            let root = root.to_path_buf();
+            let host = controller::docker::runtime::host_view(t, &root);
+            (
+                Arc::new(FileStore::new(&host)),
+                Arc::new(move |t: &topology::ValidatedTopology| {
+                    Box::new(controller::docker::runtime::Docker::new(t, &root))
+                        as Box<dyn engine::Runtime + Send>
+                }),
+            )
+        }
+        _ => (
+            Arc::new(FileStore::new(t)),
+            Arc::new(|t: &topology::ValidatedTopology| {
+                runtime::for_topology(t).unwrap_or_else(|_| Box::new(runtime::local::Local::new(t)))
+            }),
+        ),
+    };
     Services {
         store: store.clone(),
         clients: Arc::new(RealClients::new(t, store)),

@@ -37,6 +37,20 @@ struct Env {
     _one: MutexGuard<'static, ()>,
 }
 
+/// Whatever a failed assertion left (the topology may even be invalid after a failed change, so
+/// `destroy` could refuse it): every process of the environment ends by its cgroup first.
+impl Drop for Env {
+    fn drop(&mut self) {
+        let root = self.run_root();
+        for pid in process::processes_of(&root) {
+            process::signal(pid, "CONT");
+        }
+        for pid in process::processes_of(&root) {
+            process::stop_group(pid, Duration::from_secs(2));
+        }
+    }
+}
+
 impl std::ops::Deref for Env {
     type Target = support::StackEnv;
     fn deref(&self) -> &support::StackEnv {
@@ -62,6 +76,20 @@ fn yaml_get<'a>(v: &'a mut serde_yaml::Value, path: &[&str]) -> &'a mut serde_ya
 
 fn set(v: &mut serde_yaml::Value, path: &[&str], value: serde_yaml::Value) {
     *yaml_get(v, path) = value;
+}
+
+/// The replication mode; `syncCount` only with `sync` (one synchronous standby unless set).
+fn set_mode(spec: &mut serde_yaml::Value, mode: &str) {
+    let repl = yaml_get(spec, &["postgres", "replication"]);
+    set(repl, &["mode"], s(mode));
+    let m = repl.as_mapping_mut().unwrap();
+    if mode == "sync" {
+        if !m.contains_key("syncCount") {
+            m.insert(s("syncCount"), 1u64.into());
+        }
+    } else {
+        m.remove("syncCount");
+    }
 }
 
 fn s(x: &str) -> serde_yaml::Value {
@@ -107,7 +135,7 @@ impl Env {
             m.remove("port");
         }
         if let Ok(mode) = std::env::var("BSSCTL_CHAOS_MODE") {
-            set(&mut spec, &["postgres", "replication", "mode"], s(&mode));
+            set_mode(&mut spec, &mode);
         }
         let mode = spec["postgres"]["replication"]["mode"]
             .as_str()
@@ -182,10 +210,15 @@ impl Env {
 
     /// Rewrites the topology with `change` applied to the spec and runs `apply`.
     fn change(&mut self, what: &str, change: impl FnOnce(&mut serde_yaml::Value)) -> String {
+        let good = std::fs::read_to_string(&self.file).unwrap();
         change(&mut self.spec);
         self.write_topology();
         let (_, plan, _) = self.run(&["plan"], &["--no-diff"]);
         let (code, out, err) = self.run(&["apply"], &[]);
+        if code != 0 {
+            // The last good topology back, so `destroy` still accepts it.
+            std::fs::write(&self.file, good).unwrap();
+        }
         assert_eq!(code, 0, "apply of {what} failed:\n{out}\n{err}");
         let (code, again, _) = self.run(&["plan"], &["--no-diff"]);
         assert_eq!(code, 0);
@@ -582,6 +615,24 @@ fn finish(env: &Env, load: Load, scenario: &str) -> Outcome {
         .fold(0.0, f64::max);
     let lost = acked.iter().filter(|(k, _)| !keys.contains(k)).count();
     let max_p = load.max_primaries.load(Ordering::SeqCst);
+    // How the agent decided (its last event's reason: "N failed probes over Mms ...").
+    let st = env.agent_status();
+    let reason = st["events"]
+        .as_array()
+        .and_then(|e| e.last())
+        .and_then(|e| e["reason"].as_str())
+        .unwrap_or("")
+        .to_string();
+    let detected_ms = reason
+        .split_whitespace()
+        .find_map(|w| {
+            w.trim_end_matches(':')
+                .strip_suffix("ms")
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| "-".into());
+    let corroborated = reason.contains("corroborated");
     // Commit rate outside the gap: acknowledged writes per second of the load.
     let mut per_sec = vec![0f64; secs.ceil() as usize + 1];
     for (_, t) in &acked {
@@ -590,7 +641,7 @@ fn finish(env: &Env, load: Load, scenario: &str) -> Outcome {
     let busy: Vec<f64> = per_sec.into_iter().filter(|n| *n > 0.0).collect();
     let rate = median(&mut busy.clone());
     eprintln!(
-        "CHAOS scenario={scenario} mode={} gap_s={gap_s:.3} client_gap_s={client_gap:.3} acked={} lost={lost} rate_per_s={rate:.0} client_errors={} timelines={timelines:?} max_primaries={max_p} zero_primary_samples={} samples={}",
+        "CHAOS scenario={scenario} mode={} gap_s={gap_s:.3} client_gap_s={client_gap:.3} acked={} lost={lost} rate_per_s={rate:.0} client_errors={} timelines={timelines:?} max_primaries={max_p} zero_primary_samples={} samples={} detected_after_ms={detected_ms} corroborated={corroborated}",
         env.mode,
         acked.len(),
         load.errors.load(Ordering::SeqCst),
@@ -915,9 +966,7 @@ fn changes_of_every_kind(env: &mut Env, when: &str, values: &[&str; 2]) {
         ["sync", "async"]
     };
     for other in modes {
-        env.change("replication mode", |s| {
-            set(s, &["postgres", "replication", "mode"], self::s(other))
-        });
+        env.change("replication mode", |s| set_mode(s, other));
         let p = member_index(&env.recorded_primary());
         let names = env.show(p, "synchronous_standby_names");
         assert_eq!(

@@ -252,6 +252,18 @@ fn finish(s: &Stack, load: Load, scenario: &str) -> Outcome {
         acked.len(),
         lost.len()
     );
+    let j = std::fs::read_to_string(s.env.root.join("journal.jsonl")).unwrap_or_default();
+    for l in j
+        .lines()
+        .filter(|l| !l.contains("\"health\""))
+        .rev()
+        .take(14)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+    {
+        eprintln!("CHAOS-DOCKER journal: {l}");
+    }
     if let Some(ev) = s.history().last() {
         let d = |x: Option<u128>| {
             x.map(|v| v.saturating_sub(ev.detected_ms) as i128)
@@ -277,6 +289,22 @@ fn finish(s: &Stack, load: Load, scenario: &str) -> Outcome {
         lost,
         acked: acked.len(),
     }
+}
+
+/// The last failover of the history (recorded when the whole sequence is done).
+fn last_event(s: &Stack) -> controller::engine::failover::FailoverEvent {
+    let mut ev = None;
+    wait_until(
+        "the failover in the history",
+        Duration::from_secs(60),
+        || {
+            ev = s.history().last().cloned();
+            ev.is_some()
+                .then_some(())
+                .ok_or_else(|| "not yet".to_string())
+        },
+    );
+    ev.unwrap()
 }
 
 fn wait_failover(s: &Stack, from: &str) -> String {
@@ -308,12 +336,7 @@ fn docker_kill_of_the_primary_fails_over_within_5s() {
         o.acked
     );
     assert!(o.gap_s <= 5.0, "write gap {:.3}s above 5 s", o.gap_s);
-    let h = s.history();
-    assert_eq!(
-        h.last().map(|e| e.from.as_str()),
-        Some("postgres-0"),
-        "{h:?}"
-    );
+    assert_eq!(last_event(&s).from, "postgres-0");
 }
 
 #[test]
@@ -369,7 +392,7 @@ fn docker_pause_beyond_the_window_fences_and_below_it_does_not() {
         "gap {:.3}s",
         o.gap_s
     );
-    let ev = s.history().last().cloned().expect("failover recorded");
+    let ev = last_event(&s);
     assert!(
         ev.fenced_ms.is_some() && ev.from == "postgres-0",
         "fenced first: {ev:?}"
@@ -388,7 +411,7 @@ fn network_partition_of_the_primary_acknowledges_no_write_from_the_fenced_old_pr
     let to = wait_failover(&s, "postgres-0");
     // The old primary is cut off: the agent fenced it out of band (killed through the Docker
     // API, not over the network); it may only come back as a new container (a rejoined replica).
-    let ev = s.history().last().cloned().expect("failover recorded");
+    let ev = last_event(&s);
     assert!(ev.fenced_ms.is_some(), "fenced before promotion: {ev:?}");
     let old = c.inspect(&s.cname("postgres-0")).unwrap();
     assert!(
@@ -396,11 +419,7 @@ fn network_partition_of_the_primary_acknowledges_no_write_from_the_fenced_old_pr
         "the partitioned old primary still runs as it was: {old:?}"
     );
     let o = finish(&s, load, "network partition of the primary");
-    let promoted_ms = s
-        .history()
-        .last()
-        .and_then(|e| e.promoted_ms)
-        .expect("promotion recorded");
+    let promoted_ms = last_event(&s).promoted_ms.expect("promotion recorded");
     let after: Vec<_> = o.lost.iter().filter(|(_, at)| *at >= promoted_ms).collect();
     eprintln!(
         "CHAOS-DOCKER partition: promoted {to}; gap {:.3}s; lost {} (acknowledged after the promotion: {})",

@@ -493,13 +493,22 @@ impl Client {
                     }
                 }
             }
-            let info = self
-                .docker
-                .inspect_exec(&created.id)
-                .await
-                .map_err(api("inspect exec in", container))?;
+            // The output can end before the engine has recorded the exit code: wait for it.
+            let mut exit_code = None;
+            for _ in 0..200 {
+                let info = self
+                    .docker
+                    .inspect_exec(&created.id)
+                    .await
+                    .map_err(api("inspect exec in", container))?;
+                if info.running != Some(true) && info.exit_code.is_some() {
+                    exit_code = info.exit_code;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
             Ok(ExecOutput {
-                exit_code: info.exit_code.unwrap_or(-1),
+                exit_code: exit_code.unwrap_or(-1),
                 output: text,
             })
         };

@@ -181,3 +181,56 @@ pub fn image_refs<'a>(
             .unwrap_or_else(|| format!("{}/{}:latest", images::REPO, images::image_of(k)))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compose_file_mirrors_the_container_specs() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t.yaml");
+        std::fs::write(
+            &f,
+            "apiVersion: bssctl.io/v1alpha1\nkind: Topology\nmetadata: {name: cmp}\nspec:\n  runtime: {kind: docker, portOffset: 100}\n  postgres: {replicas: 1}\n  redis: {}\n  exporters: {node: {}}\n",
+        )
+        .unwrap();
+        let l = crate::topology::load(&f, &Default::default()).unwrap();
+        let t = &l.validated;
+        let b = crate::render::render(t, &crate::render::load_templates(None).unwrap()).unwrap();
+        let text = compose(t, &b, &|k| format!("img/{}", images::image_of(k))).unwrap();
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let svc = &doc["services"];
+        for (name, c) in &b.components {
+            let s = &svc[name.as_str()];
+            let want = spec::container_spec(t, name, c, "x", &HostDirs { root: ".".into() });
+            assert_eq!(s["container_name"].as_str(), Some(want.name.as_str()));
+            assert_eq!(
+                s["image"].as_str().unwrap(),
+                format!("img/{}", images::image_of(c.kind))
+            );
+            for p in s["ports"].as_sequence().into_iter().flatten() {
+                assert!(p.as_str().unwrap().starts_with("127.0.0.1:"), "{p:?}");
+            }
+            assert_eq!(
+                s["healthcheck"].is_mapping(),
+                want.health.is_some(),
+                "{name}"
+            );
+        }
+        // Start order: the replica waits for a healthy primary, Redis for both members.
+        assert!(svc["postgres-1"]["depends_on"]["postgres-0"]["condition"]
+            .as_str()
+            .is_some_and(|c| c == "service_healthy"));
+        assert!(svc["redis"]["depends_on"]["postgres-1"].is_mapping());
+        // A component without files or secrets gets no bind mount of a missing directory.
+        let ne = svc["node-exporter"]["volumes"].as_sequence().unwrap();
+        assert!(ne.is_empty(), "{ne:?}");
+        assert_eq!(
+            svc["redis"]["labels"]["io.bssctl.managed-by"].as_str(),
+            Some("docker-compose")
+        );
+        assert!(text.contains("./secrets/redis/redis-auth.conf"));
+    }
+}

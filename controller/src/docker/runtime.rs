@@ -115,8 +115,7 @@ impl Docker {
         if let Some(o) = self.t.images.get(images::override_key(kind)) {
             return Ok(o.clone());
         }
-        let host = images::HostInputs::read().map_err(|e| step(name, "find its image", e))?;
-        let planned = images::plan(&host).map_err(|e| step(name, "find its image", e))?;
+        let planned = planned_images().map_err(|e| step(name, "find its image", e))?;
         planned
             .iter()
             .find(|p| p.name == images::image_of(kind))
@@ -288,6 +287,36 @@ impl Docker {
         let tmp = sh_quote(&format!("{}.tmp", m.data_dir));
         let long = Duration::from_secs(600);
         let k = Kind::Postgres;
+        // Data-directory-only tasks of a stopped member, on a local-driver volume: done on the
+        // volume's host directory at once (a failover's fence must not wait for task containers).
+        if let Some(dir) = self.stopped_data_dir(name, &m.data_dir) {
+            let io = |what: &str, e: std::io::Error| step(name, what, e);
+            match task {
+                Task::PgDataState => {
+                    return Ok(if dir.join("PG_VERSION").exists() {
+                        "initialized".into()
+                    } else {
+                        "empty".into()
+                    })
+                }
+                Task::PgStandbySignal(on) => {
+                    let f = dir.join("standby.signal");
+                    if *on {
+                        std::fs::write(&f, "").map_err(|e| io("standby", e))?;
+                        std::os::unix::fs::chown(
+                            &f,
+                            Some(spec::POSTGRES_UID),
+                            Some(spec::POSTGRES_UID),
+                        )
+                        .map_err(|e| io("standby", e))?;
+                    } else if f.exists() {
+                        std::fs::remove_file(&f).map_err(|e| io("standby", e))?;
+                    }
+                    return Ok(String::new());
+                }
+                _ => {}
+            }
+        }
         match task {
             Task::PgDataState => self.run(
                 name,
@@ -402,6 +431,32 @@ impl Docker {
         }
     }
 
+    /// The host directory of a member's data directory when its container does not run and its
+    /// volume uses the local driver (the engine's own bookkeeping, from the volume's inspect).
+    fn stopped_data_dir(&self, name: &str, data_dir: &str) -> Option<PathBuf> {
+        let client = self.client.as_ref()?;
+        if client
+            .inspect(&self.cname(name))
+            .ok()?
+            .is_some_and(|o| o.running)
+        {
+            return None;
+        }
+        let v = client
+            .block_on(
+                client
+                    .docker
+                    .inspect_volume(&volume_name(&self.t.name, name)),
+            )
+            .ok()?;
+        if v.driver != "local" {
+            return None;
+        }
+        let rel = Path::new(data_dir).strip_prefix(&self.t.paths.data).ok()?;
+        let dir = Path::new(&v.mountpoint).join(rel);
+        Path::new(&v.mountpoint).is_dir().then_some(dir)
+    }
+
     /// The component's data volume, with our labels (created before any container names it:
     /// a volume the engine creates on the fly would carry none, and `teardown` would miss it).
     fn ensure_volume(&self, name: &str, kind: Kind) -> Result<(), RuntimeError> {
@@ -422,6 +477,19 @@ impl Docker {
             .map_err(|e| RuntimeError::Prepare(e.to_string()))?;
         Ok(())
     }
+}
+
+/// The image tags of this machine, computed once per process: hashing the copied binaries takes
+/// seconds, and a failover's task containers must not wait for it. (Inputs do not change under a
+/// running bssctl; a new process sees new binaries.)
+fn planned_images() -> Result<&'static [images::Planned], images::ImageError> {
+    static PLANNED: std::sync::OnceLock<Vec<images::Planned>> = std::sync::OnceLock::new();
+    if let Some(p) = PLANNED.get() {
+        return Ok(p);
+    }
+    let host = images::HostInputs::read()?;
+    let p = images::plan(&host)?;
+    Ok(PLANNED.get_or_init(|| p))
 }
 
 /// A single-quoted shell word.
@@ -820,8 +888,18 @@ impl Runtime for Docker {
         }
         let client = self.client("teardown")?;
         let err = |e: super::client::ClientError| RuntimeError::Prepare(e.to_string());
-        for o in client.containers(&env).map_err(err)? {
-            client.remove(&o.name).map_err(err)?;
+        // A few passes: a task container (a rejoin still finishing) can appear after the first.
+        for pass in 0..3 {
+            let list = client.containers(&env).map_err(err)?;
+            if list.is_empty() {
+                break;
+            }
+            for o in list {
+                client.remove(&o.name).map_err(err)?;
+            }
+            if pass < 2 {
+                std::thread::sleep(Duration::from_millis(500));
+            }
         }
         if !keep_data {
             for v in client.volumes(&env).map_err(err)? {

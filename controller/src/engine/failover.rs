@@ -1051,7 +1051,9 @@ pub fn monitor(
         };
         let rt = (svc.runtime)(&t);
         let probe_timeout = Duration::from_millis((fo.probe_interval.ms * 2).clamp(500, 1000));
+        let probe_start = Instant::now();
         let views = observe_all(&t, rt.as_ref(), &*svc.clients, probe_timeout);
+        let probe_took = probe_start.elapsed();
         let pv = views.iter().find(|v| v.name == pg.primary).cloned();
         let healthy = pv
             .as_ref()
@@ -1098,6 +1100,10 @@ pub fn monitor(
             s.unreachable_for_ms = if healthy { 0 } else { down_for.as_millis() };
             s.members = views.clone();
             s.replication = replication.clone();
+            if healthy {
+                // The outage that explained a non-promotion is over.
+                s.last_decision.clear();
+            }
         });
         if let (true, Verdict::Dead { fails, down_for }) = (fo.enabled, verdict) {
             let decision = match detect::primary_heard_by_replicas(&t, &views) {
@@ -1211,8 +1217,18 @@ pub fn monitor(
             }
         }
         drop(rt);
-        // The next probe lands when the window closes, not up to one interval after it.
-        let next = detect::next_probe_at(tick, interval, st.detector.deadline(window));
+        // The next probe's result is known when the window closes, not up to one interval (or
+        // one probe timeout, for a stalled primary that lets probes time out) after it.
+        let lead = if healthy || probe_took < probe_timeout.mul_f32(0.9) {
+            Duration::ZERO
+        } else {
+            probe_timeout
+        };
+        let deadline = st
+            .detector
+            .deadline(window)
+            .map(|d| d.checked_sub(lead).unwrap_or(d));
+        let next = detect::next_probe_at(tick, interval, deadline);
         let now = Instant::now();
         if next > now {
             std::thread::sleep(next - now);

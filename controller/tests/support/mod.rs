@@ -63,7 +63,7 @@ pub fn require_tool(tool: &str) -> PathBuf {
 /// Every default port of the stack (the seeds' ports and the agent's).
 pub const DEFAULT_PORTS: &[u16] = &[
     5432, 5433, 5434, 5435, 5436, 5437, 5438, 8084, 6379, 9092, 8080, 15000, 15006, 9100, 9187,
-    9188, 9189, 9190, 9121, 9090, 9093, 7070, 9000,
+    9188, 9189, 9190, 9121, 9090, 9093, 9094, 7070, 9000,
 ];
 
 /// A `spec.runtime.portOffset` under which every default port is free. Offsets are handed out
