@@ -279,6 +279,17 @@ fn prepare(t: &ValidatedTopology, bundle: &Bundle) -> std::io::Result<()> {
         format!("{}/redis-auth.conf", t.paths.secrets),
         "requirepass check-only-secret-value\n",
     )?;
+    // The copies of the agent's API token that Prometheus and Alertmanager read (promtool checks
+    // that a credentials_file exists).
+    for consumer in ["prometheus", "alertmanager"] {
+        let f = format!(
+            "{}/{}.{consumer}",
+            t.paths.secrets,
+            crate::engine::agent::TOKEN_FILE
+        );
+        std::fs::write(&f, "check-only-secret-value")?;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600))?;
+    }
     if let Some(r) = &t.redis {
         std::fs::create_dir_all(&r.data_dir)?;
     }

@@ -966,13 +966,23 @@ fn switchover(cli: &Cli, file: &Path, to: Option<&str>) -> Result<ExitCode, Exit
     }
     let root = agent::root_of(&l.validated);
     let ev = if agent::running(&root).is_some() {
-        let url = format!(
-            "http://127.0.0.1:{}/switchover{}",
-            l.validated.agent.port,
-            to.map(|t| format!("?to={t}")).unwrap_or_default()
-        );
-        let (code, body) =
-            controller::probe::http_post(&url, Duration::from_secs(150)).map_err(fail)?;
+        let url = format!("http://127.0.0.1:{}/switchover", l.validated.agent.port);
+        let token =
+            engine::agent::read_token(Path::new(&l.validated.paths.secrets)).map_err(fail)?;
+        let body = serde_json::json!({ "to": to }).to_string();
+        let http = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(150))
+            .build();
+        let (code, body) = match http
+            .post(&url)
+            .set("Authorization", &format!("Bearer {token}"))
+            .set("Content-Type", "application/json")
+            .send_string(&body)
+        {
+            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+            Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap_or_default()),
+            Err(e) => return Err(fail(format!("failed to reach the agent at {url}: {e}"))),
+        };
         if code != 200 {
             let detail = serde_json::from_str::<serde_json::Value>(&body)
                 .ok()

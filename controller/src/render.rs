@@ -686,7 +686,13 @@ pub fn launch(t: &ValidatedTopology, name: &str, kind: Kind) -> Launch {
                     format!("--storage.tsdb.path={}", p.data_dir),
                     format!("--storage.tsdb.retention.time={}", p.retention.text),
                     format!("--web.listen-address={}:{}", t.bind, p.endpoint.port),
-                    s("--web.enable-lifecycle"),
+                    // No --web.enable-lifecycle: /-/reload and /-/quit stay off (a web page could
+                    // POST them); bssctl reloads with SIGHUP. CORS only for its own origin (the
+                    // default `.*` lets any page read every series).
+                    format!(
+                        "--web.cors.origin=http://(127\\.0\\.0\\.1|localhost):{}",
+                        p.endpoint.port
+                    ),
                 ];
             }
         }

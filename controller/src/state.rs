@@ -72,29 +72,61 @@ pub fn read_applied_at(root: &Path) -> Result<Option<Applied>, StateError> {
     }
 }
 
+/// The widest mode `write_atomic` creates: no permission for "other", no group write.
+pub const MAX_FILE_MODE: u32 = 0o750;
+
 /// Writes atomically (temp file + rename), so a kill mid-write leaves the old record intact.
+///
+/// Never through a symbolic link: a link at `path` or as its directory is refused, the temp
+/// file is created exclusively with `O_NOFOLLOW` (a planted link at its name fails), and the
+/// mode is set on the open file, not by path. Modes are clamped to `MAX_FILE_MODE`.
 pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<(), StateError> {
     let err = |source| StateError::Write {
         path: path.display().to_string(),
         source,
     };
+    let link = |what: &Path| {
+        err(std::io::Error::other(format!(
+            "{} is a symbolic link; bssctl never writes through links",
+            what.display()
+        )))
+    };
+    let mode = mode & MAX_FILE_MODE;
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).map_err(err)?;
+        if std::fs::symlink_metadata(d).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(link(d));
+        }
+    }
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(link(path));
     }
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    // A leftover of a killed write by this pid (or a plant): removed, never opened.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
     {
         let mut f = std::fs::OpenOptions::new()
-            .create(true)
+            .create_new(true)
             .write(true)
-            .truncate(true)
             .mode(mode)
+            .custom_flags(o_nofollow())
             .open(&tmp)
+            .map_err(err)?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
             .map_err(err)?;
         f.write_all(content).map_err(err)?;
         f.sync_all().map_err(err)?;
     }
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// `O_NOFOLLOW` for `custom_flags`: opening a symbolic link fails instead of following it.
+pub fn o_nofollow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }
 
 pub fn write_applied(t: &ValidatedTopology, a: &Applied) -> Result<(), StateError> {
@@ -102,7 +134,7 @@ pub fn write_applied(t: &ValidatedTopology, a: &Applied) -> Result<(), StateErro
         path: "applied".into(),
         detail: e.to_string(),
     })?;
-    write_atomic(&applied_path(t), &json, 0o644)
+    write_atomic(&applied_path(t), &json, 0o640)
 }
 
 /// Values of the secrets that exist so far (for redaction). Missing files are skipped.

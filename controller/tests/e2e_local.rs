@@ -369,7 +369,8 @@ fn full_stack_applies_serves_reloads_and_is_destroyed() {
     let (code, body, _) = get(&format!("{agent}/status"), &[]);
     assert_eq!(code, 200);
     assert!(body.contains("\"postgres-1\""));
-    let (_, metrics, _) = get(&format!("{agent}/metrics"), &[]);
+    let bearer = format!("Bearer {}", env.secret("agent-token"));
+    let (_, metrics, _) = get(&format!("{agent}/metrics"), &[("Authorization", &bearer)]);
     assert!(
         metrics.contains("bssctl_component_up{component=\"haproxy\",kind=\"haproxy\"} 1"),
         "{metrics}"

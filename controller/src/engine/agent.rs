@@ -5,16 +5,29 @@
 //! and `/alerts/<receiver>` (the default Alertmanager webhook sink). PostgreSQL members are left
 //! to the failover monitor (`engine::failover`) when failover is enabled.
 //!
+//! The API (axum on a two-thread tokio runtime) answers only requests whose `Host` is the agent's
+//! own and that carry no foreign `Origin`; `POST` routes and `/metrics` need the token generated
+//! into `<state>/secrets/agent-token` (0600), and `POST` bodies must be JSON. Connections are
+//! bounded in number and in time (request head 5 s, body 10 s), so a slow client cannot hold
+//! `/health`; receiver names are bounded in length, charset and number.
+//!
 //! It works from the applied record in the state store (bundle + validated topology), never from
 //! the user's file, and acts only through the runtime it is given.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
+use axum::extract::{Path as AxPath, State};
+use axum::http::{self, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
 use serde::Serialize;
 
 use crate::engine::converge::ComponentStatus;
@@ -75,6 +88,8 @@ pub enum AgentError {
     State(String),
     #[error("failed to listen on {addr}: {detail}")]
     Listen { addr: String, detail: String },
+    #[error("failed to get the API token {path}: {detail}")]
+    Token { path: String, detail: String },
 }
 
 /// Runs until `stop` is set: supervision every second, the failover monitor on its own thread,
@@ -95,13 +110,19 @@ pub fn run(journal_root: &Path, stop: Arc<AtomicBool>, svc: Services) -> Result<
         ..Default::default()
     }));
     let addr = format!("{}:{}", t0.agent.host, t0.agent.port);
-    let server = tiny_http::Server::http(&addr).map_err(|e| AgentError::Listen {
-        addr: addr.clone(),
-        detail: e.to_string(),
-    })?;
-    let server = Arc::new(server);
+    let api_token = ensure_token(&journal_root.join("secrets"))?;
     let fo = Arc::new(Mutex::new(FailoverStatus::default()));
     let (tx, rx) = std::sync::mpsc::channel::<Request>();
+    let api = start_api(
+        &addr,
+        Api {
+            snap: snap.clone(),
+            fo: fo.clone(),
+            requests: Arc::new(Mutex::new(tx)),
+            guard: Arc::new(Guard::new(&api_token, &t0.agent.host, t0.agent.port)),
+        },
+        stop.clone(),
+    )?;
     if t0.postgres.is_some() {
         let (svc2, root2, stop2, fo2) = (
             svc.clone(),
@@ -111,19 +132,18 @@ pub fn run(journal_root: &Path, stop: Arc<AtomicBool>, svc: Services) -> Result<
         );
         std::thread::spawn(move || failover::monitor(svc2, &root2, stop2, rx, fo2));
     }
-    {
-        let snap = snap.clone();
-        let server = server.clone();
-        let fo = fo.clone();
-        std::thread::spawn(move || serve(&server, &snap, &fo, &tx));
-    }
     let mut token = store.applied_token();
     let mut sup = Supervisor::default();
-    let journal = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(journal_root.join("journal.jsonl"))
-        .ok();
+    let journal = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .custom_flags(crate::state::o_nofollow())
+            .open(journal_root.join("journal.jsonl"))
+            .ok()
+    };
     let mut reporter = AgentReporter {
         snap: &snap,
         journal,
@@ -205,143 +225,466 @@ pub fn run(journal_root: &Path, stop: Arc<AtomicBool>, svc: Services) -> Result<
             std::thread::sleep(period - spent);
         }
     }
-    server.unblock();
+    let _ = api.join();
     Ok(())
 }
 
-fn problem(
-    status: u16,
-    title: &str,
-    detail: &str,
-) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    let body = serde_json::json!({"type": "about:blank", "title": title, "status": status, "detail": detail}).to_string();
-    let mut r = tiny_http::Response::from_string(body).with_status_code(status);
-    if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", "application/problem+json") {
-        r.add_header(h);
-    }
-    r
+/// Name of the agent's API token file in the environment's `secrets/` directory.
+pub const TOKEN_FILE: &str = "agent-token";
+/// Connections served at once; a connection beyond this is closed at once, so a flood of
+/// clients cannot queue up behind each other forever.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A client must have sent its whole request head within this time (slow-loris).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A client must have sent its whole body within this time.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a connection may live (a switchover waits up to 120 s for the monitor).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(150);
+/// Largest request body (an Alertmanager notification is a few KB).
+pub const MAX_BODY: usize = 1 << 20;
+/// Distinct alert receivers counted; more are refused (bounded memory and metric series).
+pub const MAX_RECEIVERS: usize = 64;
+/// Longest receiver name.
+pub const MAX_RECEIVER_LEN: usize = 64;
+
+/// Where the token lives for an environment whose secrets are in `secrets_dir`.
+pub fn token_path(secrets_dir: &Path) -> PathBuf {
+    secrets_dir.join(TOKEN_FILE)
 }
 
-fn json_response(v: &impl Serialize) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    let mut r =
-        tiny_http::Response::from_string(serde_json::to_string_pretty(v).unwrap_or_default());
-    if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", "application/json") {
-        r.add_header(h);
-    }
-    r
+fn valid_token(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn serve(
-    server: &tiny_http::Server,
-    snap: &Mutex<Snapshot>,
-    fo: &Mutex<FailoverStatus>,
-    requests: &std::sync::mpsc::Sender<Request>,
-) {
-    for mut req in server.incoming_requests() {
-        let full = req.url().to_string();
-        let url = full.split('?').next().unwrap_or("").to_string();
-        let query = full
-            .split_once('?')
-            .map(|(_, q)| q.to_string())
-            .unwrap_or_default();
-        let with_fo = |s: &Snapshot| {
-            let mut s = s.clone();
-            if let Ok(f) = fo.lock() {
-                s.failover = f.clone();
-            }
-            s
+/// The API token (64 hex digits from /dev/urandom), generated into `secrets_dir` (0600) when
+/// missing or malformed. Idempotent: an existing token is kept.
+pub fn ensure_token(secrets_dir: &Path) -> Result<String, AgentError> {
+    let p = token_path(secrets_dir);
+    let terr = |detail: String| AgentError::Token {
+        path: p.display().to_string(),
+        detail,
+    };
+    match std::fs::read_to_string(&p) {
+        Ok(s) if valid_token(s.trim()) => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(terr(e.to_string())),
+    }
+    let mut buf = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
+        .map_err(|e| terr(format!("no randomness: {e}")))?;
+    let token = hex::encode(buf);
+    crate::state::write_atomic(&p, token.as_bytes(), 0o600).map_err(|e| terr(e.to_string()))?;
+    Ok(token)
+}
+
+/// Reads the token of an environment (for clients: the CLI).
+pub fn read_token(secrets_dir: &Path) -> Result<String, AgentError> {
+    let p = token_path(secrets_dir);
+    let s = std::fs::read_to_string(&p).map_err(|e| AgentError::Token {
+        path: p.display().to_string(),
+        detail: e.to_string(),
+    })?;
+    let s = s.trim();
+    if valid_token(s) {
+        Ok(s.to_string())
+    } else {
+        Err(AgentError::Token {
+            path: p.display().to_string(),
+            detail: "not a bssctl agent token".into(),
+        })
+    }
+}
+
+/// Why a request was refused before any handler saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub title: &'static str,
+    pub detail: String,
+}
+
+/// Who may talk to the API: the `Host` names of the agent itself (DNS rebinding sends a foreign
+/// one), no foreign `Origin` (a web page in the operator's browser), the token for every route
+/// that changes something or exposes metrics, JSON bodies only (a cross-origin form or
+/// `text/plain` POST needs no CORS preflight; `application/json` does, and none is granted).
+#[derive(Debug, Clone)]
+pub struct Guard {
+    token: String,
+    hosts: Vec<String>,
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Guard {
+    pub fn new(token: &str, host: &str, port: u16) -> Guard {
+        let mut hosts: Vec<String> = ["127.0.0.1", "localhost", "[::1]", host]
+            .iter()
+            .map(|h| format!("{}:{port}", h.to_ascii_lowercase()))
+            .collect();
+        hosts.dedup();
+        Guard {
+            token: token.to_string(),
+            hosts,
+        }
+    }
+
+    /// Pure: the decision for one request head.
+    pub fn check(
+        &self,
+        method: &http::Method,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<(), Refusal> {
+        let refuse = |status, title, detail: &str| {
+            Err(Refusal {
+                status,
+                title,
+                detail: detail.to_string(),
+            })
         };
-        let method = req.method().clone();
-        let resp = match (method, url.as_str()) {
-            (tiny_http::Method::Get, "/health") => tiny_http::Response::from_string("ok\n"),
-            (tiny_http::Method::Get, "/status") => match snap.lock() {
-                Ok(s) => json_response(&with_fo(&s)),
-                Err(_) => problem(500, "Internal error", "status unavailable"),
-            },
-            (tiny_http::Method::Get, "/metrics") => match snap.lock() {
-                Ok(s) => {
-                    let mut r = tiny_http::Response::from_string(metrics(&with_fo(&s)));
-                    if let Ok(h) =
-                        tiny_http::Header::from_bytes("Content-Type", "text/plain; version=0.0.4")
-                    {
-                        r.add_header(h);
-                    }
-                    r
-                }
-                Err(_) => problem(500, "Internal error", "metrics unavailable"),
-            },
-            (tiny_http::Method::Get, "/failover") => match fo.lock() {
-                Ok(f) => json_response(&*f),
-                Err(_) => problem(500, "Internal error", "failover status unavailable"),
-            },
-            (tiny_http::Method::Post, "/switchover") => {
-                let to = query
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("to="))
-                    .filter(|v| !v.is_empty())
-                    .map(String::from);
-                let (reply, rx) = std::sync::mpsc::channel();
-                if requests.send(Request::Switchover { to, reply }).is_err() {
-                    problem(
-                        503,
-                        "Unavailable",
-                        "this environment has no failover monitor",
-                    )
-                } else {
-                    match rx.recv_timeout(Duration::from_secs(120)) {
-                        Ok(Ok(ev)) => json_response(&ev),
-                        Ok(Err(e)) => problem(409, "Switchover refused or failed", &e),
-                        Err(_) => problem(
-                            504,
-                            "Timeout",
-                            "no answer from the failover monitor in 120s",
-                        ),
-                    }
-                }
+        let header = |name: http::header::HeaderName| {
+            headers
+                .get(name)
+                .map(|v| v.to_str().unwrap_or("\u{fffd}").trim().to_ascii_lowercase())
+        };
+        match header(http::header::HOST) {
+            Some(h) if self.hosts.contains(&h) => {}
+            _ => {
+                return refuse(
+                    421,
+                    "Misdirected request",
+                    "the Host header does not name this agent",
+                )
             }
-            (tiny_http::Method::Get, "/alerts") => match snap.lock() {
-                Ok(s) => json_response(&s.recent_alerts),
-                Err(_) => problem(500, "Internal error", "alerts unavailable"),
-            },
-            (tiny_http::Method::Post, p) if p.starts_with("/alerts/") => {
-                let receiver = p.trim_start_matches("/alerts/").to_string();
-                let mut body = String::new();
-                let _ = std::io::Read::read_to_string(
-                    &mut std::io::Read::take(req.as_reader(), 1 << 20),
-                    &mut body,
+        }
+        if let Some(o) = header(http::header::ORIGIN) {
+            if !self.hosts.iter().any(|h| o == format!("http://{h}")) {
+                return refuse(403, "Forbidden", "cross-origin requests are refused");
+            }
+        }
+        let read_only = *method == http::Method::GET || *method == http::Method::HEAD;
+        if !read_only || path == "/metrics" {
+            let presented = headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), self.token.as_bytes())) {
+                return refuse(
+                    401,
+                    "Unauthorized",
+                    "this route needs `Authorization: Bearer <token>` (the token is <state>/secrets/agent-token)",
                 );
-                match serde_json::from_str::<serde_json::Value>(&body) {
-                    Ok(v) => {
-                        if let Ok(mut s) = snap.lock() {
-                            *s.alerts_received.entry(receiver.clone()).or_default() += 1;
-                            s.recent_alerts
-                                .push_back(serde_json::json!({"receiver": receiver, "payload": v}));
-                            while s.recent_alerts.len() > 50 {
-                                s.recent_alerts.pop_front();
-                            }
-                        }
-                        tiny_http::Response::from_string("ok\n")
-                    }
-                    Err(e) => problem(400, "Bad request", &format!("body is not JSON: {e}")),
-                }
             }
-            (tiny_http::Method::Get, p) if p.starts_with("/components/") => {
-                let name = p.trim_start_matches("/components/");
-                match snap.lock() {
-                    Ok(s) => match s.components.iter().find(|c| c.name == name) {
-                        Some(c) => json_response(c),
-                        None => problem(404, "Not found", &format!("no component `{name}`")),
-                    },
-                    Err(_) => problem(500, "Internal error", "status unavailable"),
-                }
+        }
+        if !read_only {
+            let json = header(http::header::CONTENT_TYPE)
+                .is_some_and(|ct| ct.split(';').next().map(str::trim) == Some("application/json"));
+            if !json {
+                return refuse(
+                    415,
+                    "Unsupported media type",
+                    "POST bodies must be application/json",
+                );
             }
-            (_, p) => problem(
-                404,
-                "Not found",
-                &format!("no route {p}; try /status, /metrics, /health, /components/<name>"),
+        }
+        Ok(())
+    }
+}
+
+/// A receiver name the agent counts: 1-64 characters of `[A-Za-z0-9._-]`.
+pub fn valid_receiver(name: &str) -> bool {
+    (1..=MAX_RECEIVER_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+#[derive(Clone)]
+struct Api {
+    snap: Arc<Mutex<Snapshot>>,
+    fo: Arc<Mutex<FailoverStatus>>,
+    requests: Arc<Mutex<std::sync::mpsc::Sender<Request>>>,
+    guard: Arc<Guard>,
+}
+
+impl Api {
+    fn snapshot(&self) -> Option<Snapshot> {
+        let mut s = self.snap.lock().ok()?.clone();
+        if let Ok(f) = self.fo.lock() {
+            s.failover = f.clone();
+        }
+        Some(s)
+    }
+}
+
+fn problem(status: u16, title: &str, detail: &str) -> Response {
+    let body = serde_json::json!({"type": "about:blank", "title": title, "status": status, "detail": detail}).to_string();
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        [(http::header::CONTENT_TYPE, "application/problem+json")],
+        body,
+    )
+        .into_response()
+}
+
+fn json_response(v: &impl Serialize) -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string_pretty(v).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+async fn guard_layer(State(api): State<Api>, req: axum::extract::Request, next: Next) -> Response {
+    if let Err(r) = api
+        .guard
+        .check(req.method(), req.uri().path(), req.headers())
+    {
+        tracing::warn!(method = %req.method(), path = %req.uri().path(), status = r.status, "agent API request refused: {}", r.detail);
+        return problem(r.status, r.title, &r.detail);
+    }
+    next.run(req).await
+}
+
+async fn read_body(body: Body) -> Result<axum::body::Bytes, Response> {
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err(problem(
+            413,
+            "Payload too large",
+            &format!("bodies are limited to {MAX_BODY} bytes"),
+        )),
+        Err(_) => Err(problem(
+            408,
+            "Request timeout",
+            &format!("the body did not arrive within {}s", BODY_TIMEOUT.as_secs()),
+        )),
+    }
+}
+
+async fn status_route(State(api): State<Api>) -> Response {
+    match api.snapshot() {
+        Some(s) => json_response(&s),
+        None => problem(500, "Internal error", "status unavailable"),
+    }
+}
+
+async fn metrics_route(State(api): State<Api>) -> Response {
+    match api.snapshot() {
+        Some(s) => (
+            [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            metrics(&s),
+        )
+            .into_response(),
+        None => problem(500, "Internal error", "metrics unavailable"),
+    }
+}
+
+async fn failover_route(State(api): State<Api>) -> Response {
+    match api.fo.lock() {
+        Ok(f) => json_response(&*f),
+        Err(_) => problem(500, "Internal error", "failover status unavailable"),
+    }
+}
+
+async fn alerts_route(State(api): State<Api>) -> Response {
+    match api.snap.lock() {
+        Ok(s) => json_response(&s.recent_alerts),
+        Err(_) => problem(500, "Internal error", "alerts unavailable"),
+    }
+}
+
+async fn component_route(State(api): State<Api>, AxPath(name): AxPath<String>) -> Response {
+    match api.snap.lock() {
+        Ok(s) => match s.components.iter().find(|c| c.name == name) {
+            Some(c) => json_response(c),
+            None => problem(404, "Not found", &format!("no component `{name}`")),
+        },
+        Err(_) => problem(500, "Internal error", "status unavailable"),
+    }
+}
+
+async fn switchover_route(State(api): State<Api>, uri: http::Uri, body: Body) -> Response {
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let from_body = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(v) => v.get("to").and_then(|x| x.as_str()).map(String::from),
+            Err(e) => return problem(400, "Bad request", &format!("body is not JSON: {e}")),
+        }
+    };
+    let from_query = uri.query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("to="))
+            .map(String::from)
+    });
+    let to = from_body.or(from_query).filter(|v| !v.is_empty());
+    if to.as_deref().is_some_and(|v| !valid_receiver(v)) {
+        return problem(400, "Bad request", "`to` is not a member name");
+    }
+    let Some(tx) = api.requests.lock().ok().map(|t| t.clone()) else {
+        return problem(500, "Internal error", "failover monitor unavailable");
+    };
+    let answer = tokio::task::spawn_blocking(move || {
+        let (reply, rx) = std::sync::mpsc::channel();
+        if tx.send(Request::Switchover { to, reply }).is_err() {
+            return problem(
+                503,
+                "Unavailable",
+                "this environment has no failover monitor",
+            );
+        }
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(Ok(ev)) => json_response(&ev),
+            Ok(Err(e)) => problem(409, "Switchover refused or failed", &e),
+            Err(_) => problem(
+                504,
+                "Timeout",
+                "no answer from the failover monitor in 120s",
             ),
+        }
+    })
+    .await;
+    answer.unwrap_or_else(|_| problem(500, "Internal error", "switchover task failed"))
+}
+
+async fn alert_route(
+    State(api): State<Api>,
+    AxPath(receiver): AxPath<String>,
+    body: Body,
+) -> Response {
+    if !valid_receiver(&receiver) {
+        return problem(
+            400,
+            "Bad request",
+            &format!("receiver names are 1-{MAX_RECEIVER_LEN} characters of [A-Za-z0-9._-]"),
+        );
+    }
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let v = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(v) => v,
+        Err(e) => return problem(400, "Bad request", &format!("body is not JSON: {e}")),
+    };
+    let Ok(mut s) = api.snap.lock() else {
+        return problem(500, "Internal error", "alerts unavailable");
+    };
+    if !s.alerts_received.contains_key(&receiver) && s.alerts_received.len() >= MAX_RECEIVERS {
+        return problem(
+            429,
+            "Too many receivers",
+            &format!("at most {MAX_RECEIVERS} distinct receivers are counted"),
+        );
+    }
+    *s.alerts_received.entry(receiver.clone()).or_default() += 1;
+    s.recent_alerts
+        .push_back(serde_json::json!({"receiver": receiver, "payload": v}));
+    while s.recent_alerts.len() > 50 {
+        s.recent_alerts.pop_front();
+    }
+    "ok\n".into_response()
+}
+
+async fn not_found(uri: http::Uri) -> Response {
+    problem(
+        404,
+        "Not found",
+        &format!(
+            "no route {}; try /status, /metrics, /health, /components/<name>",
+            uri.path()
+        ),
+    )
+}
+
+fn router(api: Api) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/status", get(status_route))
+        .route("/metrics", get(metrics_route))
+        .route("/failover", get(failover_route))
+        .route("/switchover", post(switchover_route))
+        .route("/alerts", get(alerts_route))
+        .route("/alerts/{receiver}", post(alert_route))
+        .route("/components/{name}", get(component_route))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(api.clone(), guard_layer))
+        .with_state(api)
+}
+
+/// Binds `addr` (errors surface here, before any thread starts) and serves the API on its own
+/// small tokio runtime until `stop` is set: at most `MAX_CONNECTIONS` at once, each with a
+/// request-head deadline, no keep-alive, a body deadline and a lifetime cap.
+fn start_api(
+    addr: &str,
+    api: Api,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, AgentError> {
+    let listen_err = |detail: String| AgentError::Listen {
+        addr: addr.to_string(),
+        detail,
+    };
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| listen_err(e.to_string()))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| listen_err(e.to_string()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("agent-api")
+        .enable_all()
+        .build()
+        .map_err(|e| listen_err(format!("failed to start the API runtime: {e}")))?;
+    Ok(std::thread::spawn(move || {
+        rt.block_on(accept_loop(listener, api, stop));
+    }))
+}
+
+async fn accept_loop(listener: std::net::TcpListener, api: Api, stop: Arc<AtomicBool>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "failed to serve the agent API");
+            return;
+        }
+    };
+    let app = router(api);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    while !stop.load(Ordering::SeqCst) {
+        let stream = match tokio::time::timeout(Duration::from_millis(250), listener.accept()).await
+        {
+            Ok(Ok((s, _))) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "agent API accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(_) => continue,
         };
-        let _ = req.respond(resp);
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!("agent API: {MAX_CONNECTIONS} connections open; closing a new one");
+            drop(stream);
+            continue;
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            drop(permit);
+        });
     }
 }
 

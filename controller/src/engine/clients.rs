@@ -190,12 +190,14 @@ impl Clients for RealClients {
     ) -> Result<PgReply, ClientError> {
         let (user, pw) = self.superuser()?;
         let ep = rt.endpoint(&m.name, m.port);
-        let mut c = pgsql::connect(&ep.host, ep.port, &user, &pw, "postgres", timeout).map_err(
-            |detail| ClientError::Connect {
-                target: m.name.clone(),
-                detail,
-            },
-        )?;
+        let connect_err = |detail| ClientError::Connect {
+            target: m.name.clone(),
+            detail,
+        };
+        let relay = ScramOnly::relay(&ep, timeout).map_err(connect_err)?;
+        let mut c = pgsql::connect(&relay.host(), relay.port, &user, &pw, "postgres", timeout)
+            .map_err(|d| connect_err(relay.explain(d)))?;
+        drop(relay);
         run_op(&mut c, op, &*self.store).map_err(|d| ClientError::query(&m.name, d))
     }
 
@@ -212,7 +214,14 @@ impl Clients for RealClients {
                 return v;
             }
         };
-        let r = pgsql::with_deadline(&ep.host, ep.port, &user, &pw, timeout, |c| {
+        let relay = match ScramOnly::relay(ep, timeout) {
+            Ok(r) => r,
+            Err(e) => {
+                v.error = e;
+                return v;
+            }
+        };
+        let r = pgsql::with_deadline(&relay.host(), relay.port, &user, &pw, timeout, |c| {
             let rec = pgsql::in_recovery(c)?;
             if rec {
                 Ok((true, None, Some(pgsql::standby(c)?)))
@@ -220,6 +229,8 @@ impl Clients for RealClients {
                 Ok((false, Some(pgsql::current_lsn(c)?), None))
             }
         });
+        let r = r.map_err(|e| relay.explain(e));
+        drop(relay);
         match r {
             Ok((rec, lsn, sb)) => {
                 v.reachable = true;
@@ -289,4 +300,154 @@ impl Clients for RealClients {
         let ep = rt.endpoint(component, port);
         probe::tcp(&ep.host, ep.port, timeout)
     }
+}
+
+/// A one-connection relay that lets the PostgreSQL driver talk to a member only if the member
+/// asks for SCRAM (or for nothing): the driver connects to a private unix socket (a 0700 temp
+/// directory), the relay connects to the member and forwards, reading every server message
+/// until authentication is over. An `AuthenticationCleartextPassword` or
+/// `AuthenticationMD5Password` request (what an impostor on a dead member's port asks for, to
+/// learn the password) closes both sides before the driver sees it, so no password leaves.
+/// The driver has no switch for this (`channel_binding=require` needs TLS).
+pub struct ScramOnly {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    refused: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl ScramOnly {
+    pub fn relay(ep: &Endpoint, timeout: Duration) -> Result<ScramOnly, String> {
+        use std::net::ToSocketAddrs;
+        let target = (ep.host.as_str(), ep.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("failed to resolve {ep}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("failed to resolve {ep}"))?;
+        let dir = tempfile::Builder::new()
+            .prefix("bssctl-pg-")
+            .tempdir()
+            .map_err(|e| format!("failed to create the relay directory: {e}"))?;
+        let port = ep.port;
+        let sock = dir.path().join(format!(".s.PGSQL.{port}"));
+        let listener = std::os::unix::net::UnixListener::bind(&sock)
+            .map_err(|e| format!("failed to bind {}: {e}", sock.display()))?;
+        let refused = Arc::new(std::sync::Mutex::new(None));
+        let flag = refused.clone();
+        std::thread::spawn(move || {
+            if let Err(why) = relay_one(&listener, target, timeout) {
+                if let Ok(mut f) = flag.lock() {
+                    *f = Some(why);
+                }
+            }
+        });
+        Ok(ScramOnly { dir, port, refused })
+    }
+
+    /// The socket directory the driver connects to (its "host").
+    pub fn host(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
+    /// The relay's reason when it cut the exchange, else the driver's error.
+    pub fn explain(&self, driver: String) -> String {
+        match self.refused.lock().ok().and_then(|f| f.clone()) {
+            Some(why) => why,
+            None => driver,
+        }
+    }
+}
+
+fn relay_one(
+    listener: &std::os::unix::net::UnixListener,
+    target: std::net::SocketAddr,
+    timeout: Duration,
+) -> Result<(), String> {
+    use std::io::{Read, Write};
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let start = std::time::Instant::now();
+    let mut client = loop {
+        match listener.accept() {
+            Ok((c, _)) => break c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if start.elapsed() > timeout + Duration::from_secs(1) {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    client.set_nonblocking(false).map_err(|e| e.to_string())?;
+    let mut server = std::net::TcpStream::connect_timeout(&target, timeout)
+        .map_err(|e| format!("failed to reach {target}: {e}"))?;
+    server
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let (mut c2, mut s2) = (
+        client.try_clone().map_err(|e| e.to_string())?,
+        server.try_clone().map_err(|e| e.to_string())?,
+    );
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c2, &mut s2);
+        let _ = s2.shutdown(std::net::Shutdown::Both);
+    });
+    let cut = |client: &std::os::unix::net::UnixStream, server: &std::net::TcpStream| {
+        let _ = server.shutdown(std::net::Shutdown::Both);
+        let _ = client.shutdown(std::net::Shutdown::Both);
+    };
+    loop {
+        let mut head = [0u8; 5];
+        if server.read_exact(&mut head).is_err() {
+            cut(&client, &server);
+            return Ok(());
+        }
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        if !(4..=1 << 20).contains(&len) {
+            cut(&client, &server);
+            return Err(format!(
+                "failed: {target} does not speak the PostgreSQL protocol"
+            ));
+        }
+        let mut body = vec![0u8; len - 4];
+        if server.read_exact(&mut body).is_err() {
+            cut(&client, &server);
+            return Ok(());
+        }
+        let mut authed = false;
+        if head[0] == b'R' && body.len() >= 4 {
+            match i32::from_be_bytes([body[0], body[1], body[2], body[3]]) {
+                0 => authed = true,
+                3 | 5 => {
+                    cut(&client, &server);
+                    return Err(format!(
+                        "failed: {target} asked for a cleartext or MD5 password (an impostor, or a server not configured for SCRAM); no password was sent"
+                    ));
+                }
+                // SASL (SCRAM) and its continuation messages.
+                10..=12 => {}
+                other => {
+                    cut(&client, &server);
+                    return Err(format!(
+                        "failed: {target} asked for authentication method {other}; only SCRAM is used"
+                    ));
+                }
+            }
+        }
+        if client
+            .write_all(&head)
+            .and_then(|_| client.write_all(&body))
+            .is_err()
+        {
+            cut(&client, &server);
+            return Ok(());
+        }
+        if authed || head[0] == b'E' {
+            break;
+        }
+    }
+    // Authenticated: plain copying from here on, without a read deadline (a promotion may wait).
+    let _ = server.set_read_timeout(None);
+    let _ = std::io::copy(&mut server, &mut client);
+    cut(&client, &server);
+    Ok(())
 }

@@ -638,34 +638,54 @@ impl Env<'_> {
                 }
             }
             Kind::Prometheus | Kind::Alertmanager => {
+                // No HTTP lifecycle API (a web page could POST /-/quit): SIGHUP reloads, and
+                // the reload metrics say whether the new file was taken.
                 let port = *ports_of(t, name, c.kind).first().ok_or("no port")?;
-                let (code, body) = self
-                    .cl
-                    .http(
-                        self.rt,
-                        name,
-                        port,
-                        Method::Post,
-                        "/-/reload",
-                        Duration::from_secs(10),
-                    )
-                    .map_err(|e| e.to_string())?;
-                if code != 200 {
-                    return Err(format!("/-/reload answered {code}: {}", body.trim()));
-                }
-                let metric = if c.kind == Kind::Prometheus {
-                    "prometheus_config_last_reload_successful"
+                let prefix = if c.kind == Kind::Prometheus {
+                    "prometheus"
                 } else {
-                    "alertmanager_config_last_reload_successful"
+                    "alertmanager"
                 };
-                let (_, m) = self
-                    .cl
-                    .http(self.rt, name, port, Method::Get, "/metrics", to)
+                let ok_metric = format!("{prefix}_config_last_reload_successful");
+                let ts_metric = format!("{prefix}_config_last_reload_success_timestamp_seconds");
+                let read = |env: &mut Self| -> Result<(Option<f64>, Option<f64>), String> {
+                    let (code, m) = env
+                        .cl
+                        .http(env.rt, name, port, Method::Get, "/metrics", to)
+                        .map_err(|e| e.to_string())?;
+                    if code != 200 {
+                        return Err(format!("/metrics answered {code}"));
+                    }
+                    Ok((
+                        probe::metric_value(&m, &ok_metric),
+                        probe::metric_value(&m, &ts_metric),
+                    ))
+                };
+                let (_, before) = read(self)?;
+                self.rt
+                    .signal(name, Signal::Hup)
                     .map_err(|e| e.to_string())?;
-                if probe::metric_value(&m, metric) != Some(1.0) {
-                    return Err(format!("{metric} is not 1 after the reload"));
+                let start = Instant::now();
+                loop {
+                    std::thread::sleep(Duration::from_millis(100));
+                    match read(self) {
+                        Ok((Some(ok), _)) if ok != 1.0 => {
+                            return Err(format!(
+                                "{ok_metric} is {ok} after SIGHUP: the new configuration was rejected; log:\n{}",
+                                self.rt.logs(name, 10)
+                            ))
+                        }
+                        Ok((Some(_), Some(ts))) if before.is_none_or(|b| ts > b) => {
+                            return Ok(format!("SIGHUP reload ok, {ok_metric} = 1"))
+                        }
+                        _ => {}
+                    }
+                    if start.elapsed() > Duration::from_secs(10) {
+                        return Err(format!(
+                            "no successful reload within 10s of SIGHUP ({ts_metric} unchanged)"
+                        ));
+                    }
                 }
-                Ok(format!("/-/reload ok, {metric} = 1"))
             }
             Kind::Envoy => {
                 // Hot restart: a new instance with the next epoch takes the listening sockets

@@ -87,8 +87,12 @@ pub fn start_detached(root: &Path, agent_port: u16) -> Result<u32, String> {
     ))
 }
 
-/// Stops a running agent of this environment, if any.
+/// Stops a running agent of this environment, if any. Nothing is signalled under a root bssctl
+/// cannot prove it owns (a forged `run/agent.json` must not make root kill an arbitrary group).
 pub fn stop(root: &Path) {
+    if super::owned_root::verify_owned(root).is_err() {
+        return;
+    }
     let run = root.join("run").display().to_string();
     if let Some(r) = process::read_record(&run, AGENT) {
         if process::alive(&r) {

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::owned_root;
 use super::process::{self, Record, Spawn};
 use crate::engine::health::ports_of;
 use crate::engine::runtime::{
@@ -115,15 +116,9 @@ fn run_tool(
     }
 }
 
+/// lchown, never through a symbolic link (see `owned_root::chown_tree`).
 fn chown_tree(p: &Path, ids: Option<(u32, u32)>) -> std::io::Result<()> {
-    let Some((uid, gid)) = ids else { return Ok(()) };
-    std::os::unix::fs::lchown(p, Some(uid), Some(gid))?;
-    if p.is_dir() {
-        for e in std::fs::read_dir(p)? {
-            chown_tree(&e?.path(), ids)?;
-        }
-    }
-    Ok(())
+    owned_root::chown_tree(p, ids)
 }
 
 /// The first existing ancestor of `p` that user `uid`/`gid` cannot search (no x bit for it).
@@ -148,9 +143,54 @@ fn unreachable_ancestor(p: &Path, uid: u32, gid: u32) -> Option<PathBuf> {
     None
 }
 
+/// chmod unless `p` is a symbolic link (see `owned_root::set_mode`).
 fn set_mode(p: &Path, mode: u32) {
+    let _ = owned_root::set_mode(p, mode);
+}
+
+/// Removes the "other" permission bits of every file and directory under `dir` (links are left
+/// alone): state written by an older bssctl, or by a tool with a wider umask.
+fn tighten(dir: &Path, recurse: bool) {
     use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if m.file_type().is_symlink() {
+            continue;
+        }
+        let mode = m.permissions().mode() & 0o7777;
+        // Directories keep o+x (traversal for the components' users), never o+r/o+w.
+        let keep = if m.is_dir() { 0o7771 } else { 0o7770 };
+        if mode & !keep != 0 {
+            set_mode(&p, mode & keep & !0o020);
+        }
+        if recurse && m.is_dir() {
+            tighten(&p, true);
+        }
+    }
+}
+
+/// Creates (or opens) a file bssctl appends to, 0640 at most and never through a link.
+fn precreate(p: &Path) -> Result<(), RuntimeError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(state::o_nofollow())
+        .open(p)
+        .map(|_| ())
+        .map_err(|e| {
+            RuntimeError::Prepare(format!(
+                "failed to open {} (a symbolic link is refused): {e}",
+                p.display()
+            ))
+        })
 }
 
 /// Reads KEY=VALUE lines (comments and blanks skipped).
@@ -168,6 +208,15 @@ pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
 impl Local {
     fn pg_user(&self) -> Option<(u32, u32)> {
         tools::postgres_user()
+    }
+
+    /// The unprivileged user a component kind runs as when bssctl is root (None: as bssctl).
+    /// PostgreSQL refuses root; the other kinds still run as bssctl (see docs/security.md).
+    fn user_of(&self, kind: Kind) -> Option<(u32, u32)> {
+        match kind {
+            Kind::Postgres => self.pg_user(),
+            _ => None,
+        }
     }
 
     fn member(&self, name: &str) -> Result<PgMember, RuntimeError> {
@@ -237,25 +286,46 @@ impl Local {
             ));
             process::stop_group(pid, Duration::from_secs(5));
         }
+        // Files and directories bssctl creates from here on: 0640 / 0750 at most.
+        let _ = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o027));
+        // The root must be ours provably (marker, owner, mode) and not a dangerous place.
+        owned_root::ensure_owned(Path::new(&t.paths.root))
+            .map_err(|e| RuntimeError::Prepare(e.to_string()))?;
+        // Trees only bssctl writes: a symbolic link planted there is refused, never followed.
         for d in [
-            &t.paths.root,
             &t.paths.config,
-            &t.paths.data,
             &t.paths.run,
             &t.paths.logs,
+            &t.paths.secrets,
+        ] {
+            owned_root::refuse_links(Path::new(d))
+                .map_err(|e| RuntimeError::Prepare(e.to_string()))?;
+        }
+        for d in [&t.paths.data] {
+            if std::fs::symlink_metadata(d).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(RuntimeError::Prepare(format!(
+                    "failed to use {d}: it is a symbolic link; bssctl never writes through links"
+                )));
+            }
+        }
+        // Components' users traverse the tree down to their own directories (no listing);
+        // the logs are opened by bssctl itself and stay private.
+        for (d, mode) in [
+            (&t.paths.config, owned_root::DIR_MODE),
+            (&t.paths.data, owned_root::DIR_MODE),
+            (&t.paths.run, owned_root::DIR_MODE),
+            (&t.paths.logs, 0o700),
         ] {
             std::fs::create_dir_all(d)
                 .map_err(|e| RuntimeError::Prepare(format!("failed to create {d}: {e}")))?;
+            set_mode(Path::new(d), mode);
         }
-        // PostgreSQL (another user when we are root) must traverse the tree down to its dirs.
-        for d in [
-            &t.paths.root,
-            &t.paths.config,
-            &t.paths.data,
-            &t.paths.run,
-            &t.paths.logs,
-        ] {
-            set_mode(Path::new(d), 0o755);
+        set_mode(Path::new(&t.paths.root), owned_root::DIR_MODE);
+        let root = Path::new(&t.paths.root);
+        precreate(&root.join("journal.jsonl"))?;
+        tighten(root, false);
+        for d in [&t.paths.config, &t.paths.logs, &t.paths.run] {
+            tighten(Path::new(d), true);
         }
         state::ensure_secrets(t).map_err(|e| RuntimeError::Prepare(e.to_string()))?;
         if let Some(pg) = &t.postgres {
@@ -269,14 +339,6 @@ impl Local {
             state::write_atomic(Path::new(&pg.passfile), line.as_bytes(), 0o600)
                 .map_err(|e| RuntimeError::Prepare(e.to_string()))?;
             let _ = chown_tree(Path::new(&pg.passfile), self.pg_user());
-            // The superuser secret is read by the postgres exporter (DATA_SOURCE_PASS_FILE); it
-            // runs as root, like bssctl. The secrets dir stays 0700 except for PostgreSQL's user,
-            // which needs the passfile: give it traversal only.
-            if let Some((uid, gid)) = self.pg_user() {
-                let _ = std::os::unix::fs::lchown(&t.paths.secrets, Some(0), Some(gid));
-                let _ = uid;
-                set_mode(Path::new(&t.paths.secrets), 0o710);
-            }
         }
         if let Some(r) = &t.redis {
             if let Some(sec) = &r.password_secret {
@@ -301,6 +363,19 @@ impl Local {
                 std::fs::create_dir_all(d).map_err(|e| RuntimeError::Prepare(e.to_string()))?;
             }
         }
+        // The agent's API token, and the copies its scrapers / webhook senders read.
+        let secrets = Path::new(&t.paths.secrets);
+        let token = crate::engine::agent::ensure_token(secrets)
+            .map_err(|e| RuntimeError::Prepare(e.to_string()))?;
+        for consumer in ["prometheus", "alertmanager"] {
+            let p = secrets.join(format!("{}.{consumer}", crate::engine::agent::TOKEN_FILE));
+            state::write_atomic(&p, token.as_bytes(), 0o600)
+                .map_err(|e| RuntimeError::Prepare(e.to_string()))?;
+        }
+        // Secrets: the directory is traversable (PostgreSQL reads its passfile), not listable;
+        // every file is 0600 and owned by the one user that reads it.
+        set_mode(secrets, 0o711);
+        tighten(secrets, false);
         Ok(notes)
     }
 
@@ -334,12 +409,10 @@ impl Local {
             args.push("--restart-epoch".into());
             args.push(opts.epoch.to_string());
         }
-        let user = if c.kind == Kind::Postgres {
-            self.pg_user()
-        } else {
-            None
-        };
+        let user = self.user_of(c.kind);
         let log = log_path(t, name);
+        // 0640 and never through a link (the spawner appends to whatever is there).
+        precreate(&log)?;
         let child = process::spawn(Spawn {
             component: name,
             program,
@@ -616,8 +689,23 @@ impl Runtime for Local {
     fn put_config(&mut self, name: &str, c: &ComponentBundle) -> Result<(), RuntimeError> {
         let dir = Path::new(&self.t.paths.config).join(name);
         for (rel, content) in &c.files {
-            state::write_atomic(&dir.join(rel), content.as_bytes(), 0o644)
+            state::write_atomic(&dir.join(rel), content.as_bytes(), 0o640)
                 .map_err(|e| RuntimeError::step(name, "write files", e))?;
+        }
+        // Readable by the component's own user through its group (root:<group> 0640 / 0750),
+        // by nobody else.
+        if let Some((_, gid)) = self.user_of(c.kind) {
+            let mut paths = vec![dir.clone()];
+            paths.extend(c.files.keys().map(|rel| dir.join(rel)));
+            paths.extend(
+                c.files
+                    .keys()
+                    .filter_map(|rel| dir.join(rel).parent().map(Path::to_path_buf)),
+            );
+            for p in paths {
+                std::os::unix::fs::lchown(&p, None, Some(gid))
+                    .map_err(|e| RuntimeError::step(name, "write files", e))?;
+            }
         }
         Ok(())
     }
@@ -780,6 +868,13 @@ impl Runtime for Local {
         keep_data: bool,
     ) -> Result<Vec<String>, RuntimeError> {
         let t = self.t.clone();
+        let root = Path::new(&t.paths.root);
+        match std::fs::symlink_metadata(root) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            // Nothing is stopped or deleted under a root bssctl cannot prove it owns.
+            _ => owned_root::verify_owned(root)
+                .map_err(|e| RuntimeError::step("environment", "destroy", e))?,
+        }
         if let Some(b) = bundle {
             let mut order = b.ordered();
             order.reverse();

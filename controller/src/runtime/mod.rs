@@ -3,6 +3,7 @@
 
 pub mod agent_process;
 pub mod local;
+pub mod owned_root;
 pub mod process;
 
 pub use crate::engine::runtime::RuntimeError;

@@ -1,0 +1,733 @@
+//! Attack tests of issue 12 (control plane, filesystem trust, exposure), against the real
+//! binary and real components: the agent API without its token / with a foreign Origin / with a
+//! foreign Host changes nothing on the primary, a slow client does not block `/health`, no
+//! secret value in any command line, file outside `secrets/`, log or status after apply and
+//! switchover, no world-readable state file, `destroy` refuses a root bssctl does not own,
+//! symbolic links planted in `config/`, `data/` and `secrets/` are not followed, and probes hand
+//! no password to an impostor listening on a dead component's port.
+//!
+//! Two stacks only (a small PostgreSQL pair, a node exporter alone): they are slow.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use controller::runtime::owned_root;
+
+/// (status, body) of one raw HTTP/1.1 request to 127.0.0.1:`port`, headers as given.
+fn raw(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(150))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+fn role(env: &support::StackEnv, port: u16) -> String {
+    let mut c = postgres::Config::new();
+    c.host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .password(env.secret("postgres-superuser-password"))
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(5));
+    let mut c = c.connect(postgres::NoTls).unwrap();
+    let rec: bool = c
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .unwrap()
+        .get(0);
+    if rec { "replica" } else { "primary" }.into()
+}
+
+/// Every file under `dir` (links and sockets included), without following links.
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        // Files come and go under a running stack (WAL segments, temp files).
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        out.push(p.clone());
+        if m.is_dir() {
+            walk(&p, out);
+        }
+    }
+}
+
+/// Secret values of the environment (every file in secrets/).
+fn secret_values(root: &Path) -> Vec<(String, String)> {
+    std::fs::read_dir(root.join("secrets"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read_to_string(e.path())
+                    .unwrap()
+                    .trim()
+                    .to_string(),
+            )
+        })
+        .filter(|(_, v)| v.len() >= 8)
+        .collect()
+}
+
+/// No world-readable (or world-writable) regular file or directory under the root; directories
+/// may keep o+x (traversal) for the components' users. Sockets are reached through their
+/// directory, which this checks.
+fn assert_nothing_world_readable(root: &Path) {
+    let mut files = Vec::new();
+    walk(root, &mut files);
+    assert!(files.len() > 5, "nothing under {}", root.display());
+    let open: Vec<String> = files
+        .iter()
+        .filter_map(|p| {
+            let m = std::fs::symlink_metadata(p).ok()?;
+            let ft = m.file_type();
+            let mode = m.permissions().mode() & 0o7777;
+            let bad = (ft.is_file() || ft.is_dir()) && mode & 0o006 != 0;
+            bad.then(|| format!("{} {:o}", p.display(), mode))
+        })
+        .collect();
+    assert!(open.is_empty(), "world-readable state: {open:#?}");
+}
+
+/// No secret value anywhere outside secrets/: files (configs, applied.json, journal, history,
+/// logs, records), command lines of the environment's processes, status and metrics.
+fn assert_no_secret_outside_secrets(env: &support::StackEnv, extra: &[(&str, String)]) {
+    let secrets = secret_values(&env.root);
+    assert!(secrets.len() >= 3, "{secrets:?}");
+    let mut files = Vec::new();
+    walk(&env.root, &mut files);
+    let mut leaks = Vec::new();
+    for p in files
+        .iter()
+        .filter(|p| !p.starts_with(env.root.join("secrets")))
+    {
+        let Ok(m) = std::fs::symlink_metadata(p) else {
+            continue;
+        };
+        // PostgreSQL's data directories hold SCRAM verifiers (not the values) in pg_authid.
+        if !m.file_type().is_file() || m.len() > 64 << 20 {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(p) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        for (name, v) in &secrets {
+            if text.contains(v.as_str()) {
+                leaks.push(format!("{name} in {}", p.display()));
+            }
+        }
+    }
+    for pid in env.marked_processes() {
+        let cmd = controller::runtime::process::cmdline(pid);
+        for (name, v) in &secrets {
+            if cmd.contains(v.as_str()) {
+                leaks.push(format!("{name} in the command line of pid {pid}: {cmd}"));
+            }
+        }
+    }
+    for (what, text) in extra {
+        for (name, v) in &secrets {
+            if text.contains(v.as_str()) {
+                leaks.push(format!("{name} in {what}"));
+            }
+        }
+    }
+    assert!(leaks.is_empty(), "secret values leaked: {leaks:#?}");
+}
+
+#[test]
+fn agent_api_refuses_without_token_foreign_origin_or_host_and_a_slow_client_does_not_block_health()
+{
+    for t in ["postgres", "initdb", "pg_basebackup", "haproxy"] {
+        support::require_tool(t);
+    }
+    let env = support::StackEnv::new(
+        "bssctl-sec-",
+        "sec-agent",
+        "  postgres: {replicas: 1}\n  haproxy: {}\n",
+    );
+    let (code, out, err) = env.run(&["apply"], &[]);
+    assert_eq!(code, 0, "apply failed:\n{out}\n{err}");
+    let port = env.port(7070);
+    let (p0, p1) = (env.port(5432), env.port(5433));
+    assert_eq!(role(&env, p0), "primary");
+    let token_file = env.root.join("secrets/agent-token");
+    let m = std::fs::metadata(&token_file).unwrap();
+    assert_eq!(m.permissions().mode() & 0o777, 0o600, "token file mode");
+    let token = env.secret("agent-token");
+    let host = ("Host", format!("127.0.0.1:{port}"));
+    let auth = ("Authorization", format!("Bearer {token}"));
+    let json = ("Content-Type", "application/json".to_string());
+
+    // The attacks: each one is refused and the primary stays where it is.
+    type Attack<'a> = (&'a str, Vec<(&'a str, String)>, u16);
+    let attacks: Vec<Attack> = vec![
+        ("no token", vec![host.clone(), json.clone()], 401),
+        (
+            "wrong token",
+            vec![
+                host.clone(),
+                json.clone(),
+                ("Authorization", "Bearer 00".into()),
+            ],
+            401,
+        ),
+        (
+            "foreign Origin (a web page)",
+            vec![
+                host.clone(),
+                json.clone(),
+                auth.clone(),
+                ("Origin", "http://evil.example".into()),
+            ],
+            403,
+        ),
+        (
+            "Origin null",
+            vec![
+                host.clone(),
+                json.clone(),
+                auth.clone(),
+                ("Origin", "null".into()),
+            ],
+            403,
+        ),
+        (
+            "foreign Host (DNS rebinding)",
+            vec![
+                ("Host", format!("evil.example:{port}")),
+                json.clone(),
+                auth.clone(),
+            ],
+            421,
+        ),
+        (
+            "simple cross-origin form POST (text/plain)",
+            vec![
+                host.clone(),
+                auth.clone(),
+                ("Content-Type", "text/plain".into()),
+            ],
+            415,
+        ),
+    ];
+    for (what, headers, want) in &attacks {
+        let (code, body) = raw(port, "POST", "/switchover", headers, "{}");
+        assert_eq!(code, *want, "{what}: {body}");
+        let (code, _) = raw(port, "POST", "/alerts/default", headers, "{}");
+        assert_eq!(code, *want, "{what} on /alerts");
+    }
+    assert_eq!(
+        role(&env, p0),
+        "primary",
+        "a refused request changed the primary"
+    );
+    assert_eq!(role(&env, p1), "replica");
+    let (_, fo) = raw(port, "GET", "/failover", std::slice::from_ref(&host), "");
+    let fo: serde_json::Value = serde_json::from_str(&fo).unwrap();
+    assert_eq!(fo["switchovers_total"], 0, "{fo}");
+
+    // Metrics need the token too; Prometheus' scrape job carries it (credentials_file).
+    assert_eq!(
+        raw(port, "GET", "/metrics", std::slice::from_ref(&host), "").0,
+        401
+    );
+    let (code, metrics) = raw(port, "GET", "/metrics", &[host.clone(), auth.clone()], "");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("bssctl_up 1"), "{metrics}");
+
+    // Receivers: bounded names, bounded count.
+    let ok = vec![host.clone(), json.clone(), auth.clone()];
+    assert_eq!(raw(port, "POST", "/alerts/default", &ok, "{}").0, 200);
+    let long = "a".repeat(200);
+    assert_eq!(
+        raw(port, "POST", &format!("/alerts/{long}"), &ok, "{}").0,
+        400
+    );
+    assert_eq!(raw(port, "POST", "/alerts/a%0Ab", &ok, "{}").0, 400);
+    let mut refused_at = None;
+    for i in 0..100 {
+        let (code, _) = raw(port, "POST", &format!("/alerts/r{i}"), &ok, "{}");
+        if code == 429 {
+            refused_at = Some(i);
+            break;
+        }
+        assert_eq!(code, 200);
+    }
+    let refused_at = refused_at.expect("distinct receivers are not bounded");
+    assert!(refused_at < 100, "{refused_at}");
+
+    // A slow client (one byte per second) holds a connection; /health answers within 1 s
+    // meanwhile, and the slow connection is cut once its request head is overdue.
+    let slow = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let start = Instant::now();
+        for b in b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+            .iter()
+        {
+            if s.write_all(&[*b]).is_err() || s.flush().is_err() {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            if start.elapsed() > Duration::from_secs(20) {
+                break;
+            }
+        }
+        None
+    });
+    let mut worst = Duration::ZERO;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(8) {
+        let t = Instant::now();
+        let (code, body) = raw(port, "GET", "/health", std::slice::from_ref(&host), "");
+        let took = t.elapsed();
+        assert_eq!(code, 200, "{body}");
+        worst = worst.max(took);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        worst < Duration::from_secs(1),
+        "/health took {worst:?} next to a slow client"
+    );
+    let cut = slow.join().unwrap();
+    let cut = cut.expect("the slow client was never disconnected");
+    assert!(
+        cut < Duration::from_secs(15),
+        "slow client cut after {cut:?}"
+    );
+    eprintln!(
+        "/health worst latency next to a slow client: {worst:?}; slow client cut after {cut:?}"
+    );
+
+    // The CLI sends the token: a real switchover through the agent.
+    let (code, out, err) = env.run(&["switchover"], &[]);
+    assert_eq!(code, 0, "switchover via the CLI failed:\n{out}\n{err}");
+    assert_eq!(role(&env, p1), "primary");
+
+    // Exposure after apply + switchover: no secret outside secrets/, nothing world-readable.
+    let (_, status) = raw(port, "GET", "/status", std::slice::from_ref(&host), "");
+    let (_, metrics) = raw(port, "GET", "/metrics", &[host.clone(), auth.clone()], "");
+    let (_, plan_out, plan_err) = env.run(&["plan"], &[]);
+    let (_, st_out, st_err) = env.run(&["status"], &[]);
+    assert_no_secret_outside_secrets(
+        &env,
+        &[
+            ("agent /status", status),
+            ("agent /metrics", metrics),
+            ("bssctl plan", format!("{plan_out}{plan_err}")),
+            ("bssctl status", format!("{st_out}{st_err}")),
+        ],
+    );
+    assert_nothing_world_readable(&env.root);
+}
+
+fn victim(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, "victim content\n").unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    p
+}
+
+fn assert_victim_intact(p: &Path) {
+    let m = std::fs::metadata(p).unwrap_or_else(|e| panic!("{} is gone: {e}", p.display()));
+    assert_eq!(
+        std::fs::read_to_string(p).unwrap(),
+        "victim content\n",
+        "{}",
+        p.display()
+    );
+    assert_eq!(
+        m.permissions().mode() & 0o777,
+        0o644,
+        "{} mode changed",
+        p.display()
+    );
+    assert_eq!(m.uid(), 0, "{} owner changed", p.display());
+}
+
+#[test]
+fn destroy_refuses_a_root_it_does_not_own_and_apply_refuses_to_adopt_it() {
+    support::require_tool("prometheus-node-exporter");
+    // A non-empty directory bssctl did not create (no marker): neither adopted nor deleted.
+    let env = support::StackEnv::new("bssctl-sec-", "sec-foreign", "  exporters: {node: {}}\n");
+    std::fs::create_dir_all(&env.root).unwrap();
+    let precious = victim(&env.root, "precious.txt");
+    let (code, out, err) = env.run(&["destroy"], &[]);
+    assert_ne!(
+        code, 0,
+        "destroy of a foreign root succeeded:\n{out}\n{err}"
+    );
+    assert!(err.contains("marker"), "{err}");
+    assert_victim_intact(&precious);
+    let (code, out, err) = env.run(&["apply", "--no-agent"], &[]);
+    assert_ne!(code, 0, "apply adopted a foreign root:\n{out}\n{err}");
+    assert!(err.contains("not created by bssctl"), "{err}");
+    assert_victim_intact(&precious);
+    assert!(
+        !env.root.join("secrets").exists(),
+        "secrets written into a foreign root"
+    );
+
+    // A marker copied into a directory another user owns: refused too.
+    std::fs::remove_file(&precious).unwrap();
+    let (code, out, err) = env.run(&["apply", "--no-agent"], &[]);
+    assert_eq!(code, 0, "apply on an empty root failed:\n{out}\n{err}");
+    owned_root::verify_owned(&env.root).unwrap();
+    let nobody = controller::tools::user_ids("nobody").expect("user nobody");
+    std::os::unix::fs::chown(&env.root, Some(nobody.0), None).unwrap();
+    let e = owned_root::verify_owned(&env.root).unwrap_err().to_string();
+    assert!(e.contains("owned by uid"), "{e}");
+    let (code, _, err) = env.run(&["destroy"], &[]);
+    assert_ne!(
+        code, 0,
+        "destroy of a root owned by another user succeeded: {err}"
+    );
+    assert!(env.root.join(owned_root::MARKER).exists());
+    std::os::unix::fs::chown(&env.root, Some(0), None).unwrap();
+    // Group- or world-writable: someone else could have planted anything.
+    std::fs::set_permissions(&env.root, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = owned_root::verify_owned(&env.root).unwrap_err().to_string();
+    assert!(e.contains("writable by other users"), "{e}");
+    std::fs::set_permissions(&env.root, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let (code, _, err) = env.run(&["destroy"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!env.root.exists());
+
+    // Dangerous places are refused at runtime whatever the validator let through.
+    for p in ["/", "/etc", "/usr", "/var/lib", "/tmp"] {
+        assert!(
+            owned_root::dangerous(Path::new(p)).is_some(),
+            "{p} accepted"
+        );
+        assert!(
+            owned_root::verify_owned(Path::new(p)).is_err(),
+            "{p} verified"
+        );
+        assert!(
+            owned_root::ensure_owned(Path::new(p)).is_err(),
+            "{p} adopted"
+        );
+    }
+    let home = std::env::var("HOME").unwrap();
+    assert!(owned_root::dangerous(Path::new(&home)).is_some());
+    assert!(owned_root::dangerous(Path::new("/tmp/x/../etc")).is_some());
+    let d = tempfile::tempdir().unwrap();
+    let link = d.path().join("etc-link");
+    std::os::unix::fs::symlink("/etc", &link).unwrap();
+    assert!(
+        owned_root::dangerous(&link).is_some(),
+        "a link to /etc accepted"
+    );
+}
+
+#[test]
+fn symlink_plants_in_config_data_and_secrets_are_not_followed() {
+    support::require_tool("prometheus-node-exporter");
+    let outside = tempfile::tempdir().unwrap();
+    let env = support::StackEnv::new("bssctl-sec-", "sec-links", "  exporters: {node: {}}\n");
+    let (code, out, err) = env.run(&["apply", "--no-agent"], &[]);
+    assert_eq!(code, 0, "apply failed:\n{out}\n{err}");
+    assert_nothing_world_readable(&env.root);
+
+    // secrets/: a secret replaced by a link to a file elsewhere is refused, not read or written.
+    let v1 = victim(outside.path(), "v1");
+    let tok = env.root.join("secrets/agent-token.prometheus");
+    std::fs::remove_file(&tok).unwrap();
+    std::os::unix::fs::symlink(&v1, &tok).unwrap();
+    let (code, _, err) = env.run(&["apply", "--no-agent"], &[]);
+    assert_ne!(code, 0, "apply wrote through a link in secrets/");
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_victim_intact(&v1);
+    std::fs::remove_file(&tok).unwrap();
+
+    // config/: a link where a rendered file goes, and a directory link.
+    let v2 = victim(outside.path(), "v2");
+    let cfg = env.root.join("config/node-exporter");
+    std::fs::create_dir_all(&cfg).unwrap();
+    std::os::unix::fs::symlink(&v2, cfg.join("planted.conf")).unwrap();
+    let (code, _, err) = env.run(&["apply", "--no-agent"], &[]);
+    assert_ne!(code, 0, "a link in config/ was accepted");
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_victim_intact(&v2);
+    std::fs::remove_file(cfg.join("planted.conf")).unwrap();
+    let (code, out, err) = env.run(&["apply", "--no-agent"], &[]);
+    assert_eq!(
+        code, 0,
+        "apply after removing the plants failed:\n{out}\n{err}"
+    );
+
+    // data/: a component's user can plant links in its own data directory; bssctl's chown and
+    // delete never follow them.
+    let vdir = outside.path().join("vdir");
+    std::fs::create_dir(&vdir).unwrap();
+    let v3 = victim(&vdir, "v3");
+    let data = env.root.join("data/planted");
+    std::fs::create_dir_all(&data).unwrap();
+    std::os::unix::fs::symlink(&vdir, data.join("to-dir")).unwrap();
+    std::os::unix::fs::symlink(&v3, data.join("to-file")).unwrap();
+    let nobody = controller::tools::user_ids("nobody").expect("user nobody");
+    owned_root::chown_tree(&data, Some(nobody)).unwrap();
+    assert_eq!(
+        std::fs::symlink_metadata(data.join("to-file"))
+            .unwrap()
+            .uid(),
+        nobody.0
+    );
+    assert_victim_intact(&v3);
+    assert_eq!(
+        std::fs::metadata(&vdir).unwrap().uid(),
+        0,
+        "chown followed a directory link"
+    );
+    assert!(owned_root::set_mode(&data.join("to-file"), 0o777).is_err());
+    assert_victim_intact(&v3);
+    let (code, _, err) = env.run(&["destroy"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!env.root.exists());
+    assert_victim_intact(&v3);
+
+    // write_atomic: a link at the target, as the directory, or at the temp file's name.
+    let d = tempfile::tempdir().unwrap();
+    let v4 = victim(outside.path(), "v4");
+    let target = d.path().join("file");
+    std::os::unix::fs::symlink(&v4, &target).unwrap();
+    assert!(controller::state::write_atomic(&target, b"x", 0o600).is_err());
+    assert_victim_intact(&v4);
+    let ldir = d.path().join("ldir");
+    std::os::unix::fs::symlink(outside.path(), &ldir).unwrap();
+    assert!(controller::state::write_atomic(&ldir.join("v4"), b"x", 0o600).is_err());
+    assert_victim_intact(&v4);
+    let real = d.path().join("real");
+    let tmp = real.with_extension(format!("tmp.{}", std::process::id()));
+    std::os::unix::fs::symlink(&v4, &tmp).unwrap();
+    controller::state::write_atomic(&real, b"new", 0o644).unwrap();
+    assert_victim_intact(&v4);
+    assert_eq!(std::fs::read_to_string(&real).unwrap(), "new");
+    let mode = std::fs::metadata(&real).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640, "write_atomic created {mode:o}");
+}
+
+fn http(url: &str, method: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<String>) {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build();
+    let mut r = agent.request(method, url);
+    for (k, v) in headers {
+        r = r.set(k, v);
+    }
+    let resp = match r.call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let code = resp.status();
+    let names = resp.headers_names();
+    (code, resp.into_string().unwrap_or_default(), names)
+}
+
+#[test]
+fn prometheus_has_no_lifecycle_api_reloads_by_sighup_and_scrapes_the_agent_with_its_token() {
+    for t in [
+        "prometheus",
+        "prometheus-alertmanager",
+        "prometheus-node-exporter",
+    ] {
+        support::require_tool(t);
+    }
+    let env = support::StackEnv::new(
+        "bssctl-sec-",
+        "sec-prom",
+        "  exporters: {node: {}}\n  prometheus: {scrapeInterval: 1s, evaluationInterval: 1s}\n  alertmanager: {}\n",
+    );
+    let (code, out, err) = env.run(&["apply"], &[]);
+    assert_eq!(code, 0, "apply failed:\n{out}\n{err}");
+    let prom = format!("http://127.0.0.1:{}", env.port(9090));
+
+    // The agent's scrape job carries the token: the target is up.
+    let start = Instant::now();
+    loop {
+        let (_, body, _) = http(
+            &format!("{prom}/api/v1/query?query=up%7Bjob%3D%22bssctl%22%7D"),
+            "GET",
+            &[],
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if v["data"]["result"][0]["value"][1] == "1" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the agent's scrape is not up: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // No lifecycle API: a page cannot quit or reload it; no CORS for foreign origins.
+    for path in ["/-/quit", "/-/reload"] {
+        let (code, body, _) = http(&format!("{prom}{path}"), "POST", &[]);
+        assert_ne!(code, 200, "{path} answered 200: {body}");
+    }
+    let (code, _, _) = http(&format!("{prom}/-/ready"), "GET", &[]);
+    assert_eq!(code, 200, "Prometheus went away after POST /-/quit");
+    let (_, _, names) = http(
+        &format!("{prom}/api/v1/status/buildinfo"),
+        "GET",
+        &[("Origin", "http://evil.example")],
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case("access-control-allow-origin")),
+        "CORS granted to a foreign origin: {names:?}"
+    );
+
+    // A changed scrape interval is reloaded in place by SIGHUP (same process), and taken.
+    let pid = |name: &str| {
+        let v: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(env.root.join(format!("run/{name}.json"))).unwrap(),
+        )
+        .unwrap();
+        v["pid"].as_u64().unwrap()
+    };
+    let before = pid("prometheus");
+    let text = std::fs::read_to_string(&env.file).unwrap();
+    std::fs::write(
+        &env.file,
+        text.replace("scrapeInterval: 1s", "scrapeInterval: 2s"),
+    )
+    .unwrap();
+    let (code, out, err) = env.run(&["apply"], &[]);
+    assert_eq!(code, 0, "re-apply failed:\n{out}\n{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains("prometheus") && l.contains("SIGHUP reload ok")),
+        "{err}"
+    );
+    assert_eq!(
+        pid("prometheus"),
+        before,
+        "Prometheus was restarted, not reloaded"
+    );
+    let (_, cfg, _) = http(&format!("{prom}/api/v1/status/config"), "GET", &[]);
+    assert!(cfg.contains("scrape_interval: 2s"), "{cfg}");
+}
+
+/// A fake PostgreSQL on a dead member's port that asks for a cleartext password: the probes
+/// (the same client the agent and the failover monitor use) send it nothing.
+#[test]
+fn a_fake_postgres_asking_for_a_cleartext_password_receives_no_password() {
+    use controller::engine::clients::{Clients, PgOp};
+    use controller::engine::runtime::Endpoint;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("topology.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: bssctl.io/v1alpha1\nkind: Topology\nmetadata: {name: sec-fake}\nspec:\n  postgres: {replicas: 1}\n",
+    )
+    .unwrap();
+    let l = support::load_with_state(&file, &dir.path().join("state"));
+    let t = l.validated;
+    let secret = "fake-server-must-never-see-this-0123456789";
+    let sfile = &t.secrets["postgres-superuser-password"].file;
+    std::fs::create_dir_all(Path::new(sfile).parent().unwrap()).unwrap();
+    std::fs::write(sfile, secret).unwrap();
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let (g2, stop) = (
+        got.clone(),
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    );
+    let s2 = stop.clone();
+    let server = std::thread::spawn(move || {
+        listener.set_nonblocking(true).unwrap();
+        let mut connections = 0;
+        while !s2.load(std::sync::atomic::Ordering::SeqCst) {
+            let Ok((mut c, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            connections += 1;
+            c.set_nonblocking(false).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            // Startup message, then AuthenticationCleartextPassword, then whatever comes.
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(2) {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => g2.lock().unwrap().extend_from_slice(&buf[..n]),
+                }
+            }
+        }
+        connections
+    });
+
+    let store: std::sync::Arc<dyn controller::engine::StateStore> =
+        std::sync::Arc::new(controller::engine::FileStore::new(&t));
+    let clients = controller::engine::RealClients::new(&t, store);
+    let member = t.postgres.as_ref().unwrap().members[0].clone();
+    let ep = Endpoint {
+        host: "127.0.0.1".into(),
+        port,
+    };
+    let view = clients.member_view(&ep, &member, Duration::from_secs(2));
+    assert!(!view.reachable, "{view:?}");
+    assert!(view.error.contains("cleartext"), "{}", view.error);
+    let rt = controller::runtime::local::Local::new(&{
+        let mut t2 = t.clone();
+        t2.postgres.as_mut().unwrap().members[0].port = port;
+        t2
+    });
+    let mut m2 = member.clone();
+    m2.port = port;
+    let r = clients.pg(&rt, &m2, &PgOp::InRecovery, Duration::from_secs(2));
+    assert!(r.is_err(), "{r:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let connections = server.join().unwrap();
+    assert!(connections >= 2, "the probes never reached the fake server");
+    let got = got.lock().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&got).contains(secret) && !got.contains(&b'p'),
+        "the fake server received a password message: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+}
