@@ -146,11 +146,7 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
         // The relay and the listener have connections of their own: the relay holds its
         // connection while a batch is being acknowledged by the broker, and the listener
         // keeps one for good; neither may take a slot the API's requests queue for.
-        let relay_pool = db::pool(
-            &cfg.database.write_url,
-            cfg.database.password.as_deref(),
-            2,
-        )?;
+        let relay_pool = db::pool(&cfg.database.write_url, cfg.database.password.as_deref(), 2)?;
         let relay = outbox::Relay {
             pool: relay_pool,
             brokers: cfg.kafka.brokers.clone(),
@@ -162,11 +158,7 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
         };
         tasks.push(tokio::spawn(relay.run(rx.clone())));
     }
-    let listen_pool = db::pool(
-        &cfg.database.write_url,
-        cfg.database.password.as_deref(),
-        1,
-    )?;
+    let listen_pool = db::pool(&cfg.database.write_url, cfg.database.password.as_deref(), 1)?;
     tasks.push(tokio::spawn(invalidate::run(
         listen_pool,
         state.cache.clone(),
