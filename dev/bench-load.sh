@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 STEP_S=${STEP_S:-10}
 WARM_S=${WARM_S:-3}
-OFF=${OFF:-21000}
+OFF=${OFF:-23000}
 RAW_RATES=${RAW_RATES:-"3000 5000 7000 9000 11000"}
 SHAPE_RATES=${SHAPE_RATES:-"1000 1500 2000 2500 3000 3500"}
 API_RATES=${API_RATES:-"800 1000 1250 1500 1750 2000 2500"}
@@ -39,6 +39,19 @@ out, off, state = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 t = yaml.safe_load(open("topology.yaml"))
 t["metadata"]["name"] = "benchload"
 t["spec"]["runtime"].update({"portOffset": off, "stateDir": state})
+sp = t["spec"]
+# Explicit ports are not shifted by portOffset: drop them so the defaults (shifted) apply.
+for sec, keys in {"postgres": ["port"], "haproxy": ["writePort", "readPort"], "redis": ["port"],
+                  "kafka": ["port"], "backend": ["port"], "envoy": ["adminPort"],
+                  "prometheus": ["port"], "alertmanager": ["port"]}.items():
+    for k in keys:
+        sp.get(sec, {}).pop(k, None)
+sp.get("haproxy", {}).get("stats", {}).pop("port", None)
+for e in (sp.get("exporters") or {}).values():
+    if isinstance(e, dict): e.pop("port", None)
+# Explicit listener ports are not shifted either: put them where the offset would.
+for l in sp["envoy"].get("listeners", []):
+    l["port"] = l.get("port", 15006) + off
 env = t["spec"]["envoy"]
 env["rateLimit"] = {"enabled": False}
 env["circuitBreakers"] = {"maxConnections": 4096, "maxPendingRequests": 4096, "maxRequests": 4096, "maxRetries": 3}
@@ -50,8 +63,10 @@ key=$(cat "$root/secrets/backend-api-key")
 cfg="$root/config/backend/backend.yaml"
 export PGPASSWORD; PGPASSWORD=$(cat "$root/secrets/postgres-app-password")
 PGW=(-h 127.0.0.1 -p $((5436 + OFF)) -U bss_app -d bss)
-direct="http://127.0.0.1:$((8080 + OFF))"
+direct="http://$(sed -n 's/^listen: *//p' "$cfg")"
 envoy="http://127.0.0.1:$((15006 + OFF))"
+for _ in $(seq 1 120); do curl -fs "$direct/health/ready" >/dev/null 2>&1 && curl -fs "$envoy/health" >/dev/null 2>&1 && break; sleep 0.5; done
+curl -fs "$direct/health/ready" >/dev/null || { echo "backend not ready at $direct" >&2; tail -20 "$root/logs/"*backend* >&2 || true; exit 1; }
 echo "stack: root topology, portOffset $OFF, $(nproc) cores; load of other agents on this machine: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # CPU per component: user+system ticks of every process, grouped by process group (each
@@ -110,11 +125,10 @@ S=backend/bench/pgbench
 # One pgbench step: prints "tps ok|FAIL detail".
 pgb_step() { # rate scripts...
   local rate=$1; shift
-  local out
-  out=$(pgbench "${PGW[@]}" -n -c 16 -j 2 -R "$rate" -T "$STEP_S" -L 100 -D ncust="$ncust" -D nprod="$nprod" -D nord="$nord" "$@" 2>&1 || true)
-  python3 - "$out" <<'PY'
+  pgbench "${PGW[@]}" -n -c 16 -j 2 -R "$rate" -T "$STEP_S" -L 100 -D ncust="$ncust" -D nprod="$nprod" -D nord="$nord" "$@" >"$work/pgbench.out" 2>&1 || true
+  python3 - "$work/pgbench.out" <<'PY'
 import re, sys
-o = sys.argv[1]
+o = open(sys.argv[1], errors="replace").read()
 def num(p, d=0.0):
     m = re.search(p, o); return float(m.group(1)) if m else d
 done = num(r"actually processed: (\d+)")
