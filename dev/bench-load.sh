@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# The four-figure load benchmark, on ONE bssctl-applied copy of the root topology (whole
+# stack: PostgreSQL primary + 2 replicas behind HAProxy, Redis, tansu, backend, both stream
+# processors, Envoy, exporters, Prometheus, Alertmanager), in one run:
+#   (a) pgbench, raw single-row INSERT              -> the database's limit
+#   (b) pgbench, the backend's own write statements -> the limit of the write shape
+#   (c) bss-backend loadgen straight at the backend (open loop, the seeds' mix)
+#   (d) the same through Envoy
+# Each is stepped up in rate until p99 >= 100 ms or any error; the knee is the highest rate that
+# passed. All pgbench traffic goes through the HAProxy write port, as the backend's does.
+# Prints the four knees, the ratios, and the CPU split per component at the (c) knee.
+#   STEP_S=10 bash dev/bench-load.sh          # RAW_RATES, SHAPE_RATES, API_RATES override steps
+# Envoy's seeds' rate limit (100 tokens) and circuit breakers (100) are lifted in the copy:
+# they would otherwise answer 429/503 to nearly everything above 100 req/s.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STEP_S=${STEP_S:-10}
+WARM_S=${WARM_S:-3}
+OFF=${OFF:-23000}
+RAW_RATES=${RAW_RATES:-"3000 5000 7000 9000 11000"}
+SHAPE_RATES=${SHAPE_RATES:-"1000 1500 2000 2500 3000 3500"}
+API_RATES=${API_RATES:-"800 1000 1250 1500 1750 2000 2500"}
+export PATH="$HOME/.cache/bssctl/tools/bin:$HOME/.cargo/bin:$PATH"
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+export PATH="$PATH:$PGBIN"
+for t in pgbench psql python3; do
+  command -v "$t" >/dev/null || { echo "missing tool $t: run \`bash dev/setup.sh\`" >&2; exit 2; }
+done
+cargo build --release -q -p controller -p backend
+B=$PWD/target/release/bssctl
+BE=$PWD/target/release/bss-backend
+work=$(mktemp -d /tmp/bssctl-bench-load-XXXXXX); chmod 755 "$work"
+topo="$work/topology.yaml"
+cleanup() { "$B" destroy "$topo" >/dev/null 2>&1 || true; rm -rf "$work"; }
+trap cleanup EXIT
+python3 - "$topo" "$OFF" "$work/state" <<'PY'
+import sys, yaml
+out, off, state = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+t = yaml.safe_load(open("topology.yaml"))
+t["metadata"]["name"] = "benchload"
+t["spec"]["runtime"].update({"portOffset": off, "stateDir": state})
+sp = t["spec"]
+# Explicit ports are not shifted by portOffset: drop them so the defaults (shifted) apply.
+for sec, keys in {"postgres": ["port"], "haproxy": ["writePort", "readPort"], "redis": ["port"],
+                  "kafka": ["port"], "backend": ["port"], "envoy": ["adminPort"],
+                  "prometheus": ["port"], "alertmanager": ["port"]}.items():
+    for k in keys:
+        sp.get(sec, {}).pop(k, None)
+sp.get("haproxy", {}).get("stats", {}).pop("port", None)
+for e in (sp.get("exporters") or {}).values():
+    if isinstance(e, dict): e.pop("port", None)
+# Explicit listener ports are not shifted either: put them where the offset would.
+for l in sp["envoy"].get("listeners", []):
+    l["port"] = l.get("port", 15006) + off
+env = t["spec"]["envoy"]
+env["rateLimit"] = {"enabled": False}
+env["circuitBreakers"] = {"maxConnections": 4096, "maxPendingRequests": 4096, "maxRequests": 4096, "maxRetries": 3}
+yaml.safe_dump(t, open(out, "w"), sort_keys=False)
+PY
+"$B" apply "$topo" >"$work/apply.log" 2>&1 || { cat "$work/apply.log"; exit 1; }
+root="$work/state/benchload"
+key=$(cat "$root/secrets/backend-api-key")
+cfg="$root/config/backend/backend.yaml"
+export PGPASSWORD; PGPASSWORD=$(cat "$root/secrets/postgres-app-password")
+PGW=(-h 127.0.0.1 -p $((5436 + OFF)) -U bss_app -d bss)
+direct="http://$(sed -n 's/^listen: *//p' "$cfg")"
+envoy="http://127.0.0.1:$((15006 + OFF))"
+for _ in $(seq 1 120); do curl -fs "$direct/health/ready" >/dev/null 2>&1 && curl -fs "$envoy/health" >/dev/null 2>&1 && break; sleep 0.5; done
+curl -fs "$direct/health/ready" >/dev/null || { echo "backend not ready at $direct" >&2; tail -20 "$root/logs/"*backend* >&2 || true; exit 1; }
+echo "stack: root topology, portOffset $OFF, $(nproc) cores; load of other agents on this machine: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# CPU per component: user+system ticks of every process, grouped by process group (each
+# component runs in its own group) and named from `bssctl status`.
+"$B" status "$topo" -o json >"$work/status.json" 2>/dev/null || true
+cpu_snap() { python3 - "$work/status.json" "$1" <<'PY'
+import json, os, sys
+st = json.load(open(sys.argv[1])) if os.path.getsize(sys.argv[1]) else {"components": []}
+names = {c["pid"]: c["name"] for c in st.get("components", []) if c.get("pid")}
+ticks = {}
+for p in os.listdir("/proc"):
+    if not p.isdigit(): continue
+    try:
+        s = open(f"/proc/{p}/stat").read()
+    except OSError:
+        continue
+    rest = s[s.rindex(")") + 2:].split()
+    pgid, ut, stt = int(rest[2]), int(rest[11]), int(rest[12])
+    comm = s[s.index("(") + 1:s.rindex(")")]
+    name = names.get(pgid) or ("loadgen" if comm.startswith("bss-backend") and "loadgen" in open(f"/proc/{p}/cmdline").read() else ("pgbench" if comm == "pgbench" else "other"))
+    ticks[name] = ticks.get(name, 0) + ut + stt
+total = sum(int(x) for x in open("/proc/stat").readline().split()[1:8])
+json.dump({"ticks": ticks, "total": total}, open(sys.argv[2], "w"))
+PY
+}
+cpu_split() { python3 - "$1" "$2" <<'PY'
+import json, sys
+a, b = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+d = {k: b["ticks"].get(k, 0) - a["ticks"].get(k, 0) for k in set(a["ticks"]) | set(b["ticks"])}
+busy = sum(v for v in d.values() if v > 0) or 1
+wall = b["total"] - a["total"] or 1
+groups = {}
+for k, v in d.items():
+    g = "postgres" if k.startswith("postgres") else ("stream processors" if k in ("customer-analytics", "order-processor") else k)
+    groups[g] = groups.get(g, 0) + max(v, 0)
+print("  CPU split (share of busy CPU): " + ", ".join(f"{k} {100*v/busy:.1f} %" for k, v in sorted(groups.items(), key=lambda x: -x[1]) if v > 0))
+print(f"  machine busy: {100*busy/wall:.0f} % of {__import__('os').cpu_count()} cores")
+PY
+}
+
+# Seed: a few hundred entities for the pgbench scripts to refer to.
+"$BE" loadgen --config "$cfg" --target "$direct" --api-key "$key" --rate 200 --duration 5 --warmup 1 --json >/dev/null
+psql "${PGW[@]}" -qAt -v ON_ERROR_STOP=1 <<'SQL'
+CREATE TABLE IF NOT EXISTS bench_raw (id bigserial PRIMARY KEY, v text, t timestamptz DEFAULT now());
+DROP TABLE IF EXISTS bench_customers, bench_products, bench_orders;
+CREATE TABLE bench_customers AS SELECT row_number() OVER () AS n, id FROM customers WHERE status = 'ACTIVE';
+CREATE TABLE bench_products AS SELECT row_number() OVER () AS n, id FROM products WHERE status = 'ACTIVE';
+CREATE TABLE bench_orders AS SELECT row_number() OVER () AS n, id FROM orders;
+CREATE UNIQUE INDEX ON bench_customers (n); CREATE UNIQUE INDEX ON bench_products (n); CREATE UNIQUE INDEX ON bench_orders (n);
+SQL
+ncust=$(psql "${PGW[@]}" -qAt -c "SELECT count(*) FROM bench_customers")
+nprod=$(psql "${PGW[@]}" -qAt -c "SELECT count(*) FROM bench_products")
+nord=$(psql "${PGW[@]}" -qAt -c "SELECT count(*) FROM bench_orders")
+S=backend/bench/pgbench
+
+# One pgbench step: prints "tps ok|FAIL detail".
+pgb_step() { # rate scripts...
+  local rate=$1; shift
+  pgbench "${PGW[@]}" -n -c 16 -j 2 -R "$rate" -T "$STEP_S" -L 100 -D ncust="$ncust" -D nprod="$nprod" -D nord="$nord" "$@" >"$work/pgbench.out" 2>&1 || true
+  python3 - "$work/pgbench.out" <<'PY'
+import re, sys
+o = open(sys.argv[1], errors="replace").read()
+def num(p, d=0.0):
+    m = re.search(p, o); return float(m.group(1)) if m else d
+done = num(r"actually processed: (\d+)")
+failed = num(r"number of failed transactions: (\d+)")
+skipped = num(r"transactions skipped: (\d+)")
+late = num(r"above the [\d.]+ ms latency limit: (\d+)")
+tps = num(r"tps = ([\d.]+)")
+ok = done > 0 and failed == 0 and (skipped + late) <= 0.01 * (done + skipped)
+print(f"{tps:.0f} {'ok' if ok else 'FAIL'} late+skipped {100*(skipped+late)/max(done+skipped,1):.2f}% failed {failed:.0f}" + ("" if done else " | " + o.strip().splitlines()[-1][:200] if o.strip() else ""))
+PY
+}
+knee_pgbench() { # label rates scripts...
+  local label=$1 rates=$2; shift 2
+  local knee=0 r line
+  for r in $rates; do
+    line=$(pgb_step "$r" "$@")
+    echo "  $label rate $r: tps ${line}" >&2
+    [[ "$line" == *" ok "* ]] || break
+    knee=${line%% *}
+  done
+  echo "$knee"
+}
+
+echo "(a) pgbench raw single-row INSERT"
+raw=$(knee_pgbench raw "$RAW_RATES" -f "$S/raw_insert.sql")
+echo "(b) pgbench of the backend's write statements (mix of the seeds' writes)"
+shape=$(knee_pgbench shape "$SHAPE_RATES" -f "$S/customer.sql@10" -f "$S/order.sql@15" -f "$S/status.sql@24" -f "$S/invoice.sql@8" -f "$S/payment.sql@8")
+
+# One loadgen step: prints "achieved writes/s ok|FAIL p99 errors".
+lg_step() { # url rate
+  local j
+  j=$("$BE" loadgen --config "$cfg" --target "$1" --api-key "$key" --rate "$2" --duration "$STEP_S" --warmup "$WARM_S" --json 2>/dev/null || echo '{}')
+  python3 - "$j" <<'PY'
+import json, sys
+d = json.loads(sys.argv[1] or "{}")
+if not d: print("0 0 FAIL loadgen failed"); sys.exit()
+l = d["latency_ms"]
+ok = d["errors"] == 0 and l["p99"] < 100
+print(f'{d["achieved_rate"]:.0f} {d["writes_per_second"]:.0f} {"ok" if ok else "FAIL"} p50 {l["p50"]:.1f} p99 {l["p99"]:.1f} max {l["max"]:.0f} ms errors {d["errors"]} {d["errors_by_kind"] if d["errors"] else ""}')
+PY
+}
+knee_api=0; knee_api_w=0; knee_envoy=0; knee_envoy_w=0
+echo "(c) loadgen straight at the backend"
+for r in $API_RATES; do
+  cpu_snap "$work/cpu-a.json"
+  line=$(lg_step "$direct" "$r")
+  cpu_snap "$work/cpu-b.json"
+  echo "  direct rate $r: $line"
+  [[ "$line" == *" ok "* ]] || break
+  knee_api=$(echo "$line" | cut -d' ' -f1); knee_api_w=$(echo "$line" | cut -d' ' -f2)
+  cp "$work/cpu-a.json" "$work/knee-a.json"; cp "$work/cpu-b.json" "$work/knee-b.json"
+done
+echo "(d) loadgen through Envoy"
+for r in $API_RATES; do
+  line=$(lg_step "$envoy" "$r")
+  echo "  envoy rate $r: $line"
+  [[ "$line" == *" ok "* ]] || break
+  knee_envoy=$(echo "$line" | cut -d' ' -f1); knee_envoy_w=$(echo "$line" | cut -d' ' -f2)
+done
+
+pending=$(psql "${PGW[@]}" -qAt -c "SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+hits=$(curl -s "$direct/metrics" | grep '^bss_cache_requests_total' || true)
+echo
+echo "== knees (p99 < 100 ms, 0 errors), one stack, one run =="
+printf '(a) raw INSERT, pgbench            %6s tps\n' "$raw"
+printf '(b) backend write shape, pgbench   %6s tps\n' "$shape"
+printf '(c) backend, loadgen direct        %6s req/s = %s writes/s\n' "$knee_api" "$knee_api_w"
+printf '(d) through Envoy                  %6s req/s = %s writes/s\n' "$knee_envoy" "$knee_envoy_w"
+python3 - "$raw" "$shape" "$knee_api_w" "$knee_envoy_w" <<'PY'
+import sys
+a, b, c, d = (float(x or 0) for x in sys.argv[1:])
+r = lambda x, y: f"{x/y:.2f}" if y else "-"
+print(f"ratios: shape/raw {r(b,a)}  direct writes/shape {r(c,b)}  envoy writes/shape {r(d,b)}  envoy/direct {r(d,c)}")
+if c: print(f"6,667 events/s would need {6667/c:.1f}x the direct knee's writes/s on this machine")
+PY
+if [ -f "$work/knee-a.json" ]; then echo "at the (c) knee:"; cpu_split "$work/knee-a.json" "$work/knee-b.json"; fi
+echo "outbox rows not yet published at the end: $pending"
+echo "cache lookups (whole run):"; echo "$hits" | sed 's/^/  /'
