@@ -149,7 +149,8 @@ impl Env {
             _one: one,
         };
         // HAProxy off the members' range (5432 + index), so one replica more finds its port free.
-        let (w, r) = (env.port(5446), env.port(5445));
+        // Written as unshifted ports: portOffset shifts written ports too.
+        let (w, r) = (5446u16, 5445u16);
         set(&mut env.spec, &["haproxy", "writePort"], (w as u64).into());
         set(&mut env.spec, &["haproxy", "readPort"], (r as u64).into());
         env.write_topology();

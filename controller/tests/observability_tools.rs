@@ -230,6 +230,17 @@ fn check_haproxy(r: &Rendered) {
 }
 
 fn check_prometheus(r: &Rendered) {
+    // promtool checks that the agent-token copy Prometheus reads (credentials_file) exists.
+    let secrets = Path::new(&r.topology.paths.secrets);
+    std::fs::create_dir_all(secrets).unwrap();
+    std::fs::write(
+        secrets.join(format!(
+            "{}.prometheus",
+            controller::engine::agent::TOKEN_FILE
+        )),
+        "test-token",
+    )
+    .unwrap();
     let out = run(Command::new(tool("promtool"))
         .args(["check", "config"])
         .arg(r.path("prometheus", "prometheus.yml")));
