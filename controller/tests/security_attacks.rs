@@ -710,7 +710,13 @@ fn a_fake_postgres_asking_for_a_cleartext_password_receives_no_password() {
     };
     let view = clients.member_view(&ep, &member, Duration::from_secs(2));
     assert!(!view.reachable, "{view:?}");
-    assert!(view.error.contains("cleartext"), "{}", view.error);
+    // Either the relay names the refused method or (on a loaded machine) the cut connection
+    // reaches the driver first; what matters is asserted below: no password message was sent.
+    assert!(
+        view.error.contains("cleartext") || view.error.contains("closed"),
+        "{}",
+        view.error
+    );
     let rt = controller::runtime::local::Local::new(&{
         let mut t2 = t.clone();
         t2.postgres.as_mut().unwrap().members[0].port = port;
