@@ -76,6 +76,25 @@ fn postmaster_of(data_dir: &str) -> Option<u32> {
     (process::pid_alive(pid) && process::cmdline(pid).contains(data_dir)).then_some(pid)
 }
 
+/// Removes the lock file of a postmaster that was killed but not reaped yet. Components are
+/// reparented to init, and some inits reap lazily (seen here: a killed process stayed a zombie
+/// for about 6 s); PostgreSQL probes the pid of `postmaster.pid` with kill(0), which succeeds
+/// on a zombie, so a rewind or start right after a fence would refuse with "lock file already
+/// exists". A zombie holds no memory and no shared-memory attachment, so the lock is stale.
+fn clear_zombie_lock(data_dir: &str) {
+    let path = Path::new(data_dir).join("postmaster.pid");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<u32>().ok()) else {
+        return;
+    };
+    if process::zombie(pid) {
+        tracing::debug!(pid, data_dir, "removing the lock file of an unreaped postmaster");
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
 fn run_tool(
     root: &str,
     program: &str,
@@ -528,6 +547,7 @@ impl Local {
             let _ = chown_tree(&data, user);
             Ok(String::new())
         };
+        clear_zombie_lock(&m.data_dir);
         match task {
             Task::PgDataState => Ok(if data.join("PG_VERSION").exists() {
                 "initialized".into()
@@ -722,6 +742,7 @@ impl Runtime for Local {
             std::fs::create_dir_all(&m.socket_dir)
                 .map_err(|e| RuntimeError::step(name, "start", e))?;
             let _ = chown_tree(Path::new(&m.socket_dir), self.pg_user());
+            clear_zombie_lock(&m.data_dir);
         }
         let r = self.start_process(name, c, opts)?;
         Ok(observed(&r, true))

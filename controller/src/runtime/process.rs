@@ -139,6 +139,11 @@ pub fn pid_alive(pid: u32) -> bool {
     matches!(stat(pid), Some((state, _, _)) if state != 'Z' && state != 'X')
 }
 
+/// True when `pid` has exited but its parent has not reaped it yet.
+pub fn zombie(pid: u32) -> bool {
+    matches!(stat(pid), Some(('Z', _, _)))
+}
+
 /// Sends a signal with kill(1): std has no safe signal API and unsafe code is forbidden here.
 pub fn signal(pid: u32, sig: &str) -> bool {
     Command::new("kill")
