@@ -579,7 +579,7 @@ pub fn launch(t: &ValidatedTopology, name: &str, kind: Kind) -> Launch {
                     s("--root"),
                     st.data_dir.clone(),
                     s("--listen"),
-                    format!("{}:{}", t.bind, st.endpoint.port),
+                    format!("{}:{}", t.profile.bind, st.endpoint.port),
                     s("--bucket"),
                     st.bucket.clone(),
                 ];
@@ -653,7 +653,7 @@ pub fn launch(t: &ValidatedTopology, name: &str, kind: Kind) -> Launch {
                 .exporters
                 .node
                 .as_ref()
-                .map(|e| format!("{}:{}", t.bind, e.port))
+                .map(|e| format!("{}:{}", t.profile.bind, e.port))
                 .unwrap_or_default();
             l.args = vec![
                 format!("--web.listen-address={addr}"),
@@ -685,7 +685,10 @@ pub fn launch(t: &ValidatedTopology, name: &str, kind: Kind) -> Launch {
                     format!("--config.file={cfg}/prometheus.yml"),
                     format!("--storage.tsdb.path={}", p.data_dir),
                     format!("--storage.tsdb.retention.time={}", p.retention.text),
-                    format!("--web.listen-address={}:{}", t.bind, p.endpoint.port),
+                    format!(
+                        "--web.listen-address={}:{}",
+                        t.profile.bind, p.endpoint.port
+                    ),
                     // No --web.enable-lifecycle: /-/reload and /-/quit stay off (a web page could
                     // POST them); bssctl reloads with SIGHUP. CORS only for its own origin (the
                     // default `.*` lets any page read every series).
@@ -702,7 +705,10 @@ pub fn launch(t: &ValidatedTopology, name: &str, kind: Kind) -> Launch {
                 l.args = vec![
                     format!("--config.file={cfg}/alertmanager.yml"),
                     format!("--storage.path={}", a.data_dir),
-                    format!("--web.listen-address={}:{}", t.bind, a.endpoint.port),
+                    format!(
+                        "--web.listen-address={}:{}",
+                        t.profile.bind, a.endpoint.port
+                    ),
                     // Single node: no gossip port to collide with anything.
                     s("--cluster.listen-address="),
                 ];

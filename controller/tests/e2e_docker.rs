@@ -80,7 +80,7 @@ impl Stack {
         let t = self.t.clone();
         let store = FileStore::new(&self.host);
         let cl = RealClients::new(&t, Arc::new(FileStore::new(&self.host)));
-        let bundle = render::render(&t, &templates(&self.env)).unwrap();
+        let bundle = render::render(&t, &templates()).unwrap();
         let applied = self.applied();
         let mut p = plan::plan(
             &bundle,
@@ -120,37 +120,9 @@ impl Stack {
     }
 }
 
-/// The repository's templates, with Envoy's admin listener on the runtime's bind address when it
-/// still says 127.0.0.1: inside a container, loopback is unreachable for the controller and for
-/// Prometheus (the port stays published on the host's 127.0.0.1 only). This is the template change
-/// the Docker runtime asks for; once the template has it, the copy is identical.
-fn templates(env: &support::StackEnv) -> tera::Tera {
-    let src = support::repo_root().join("templates");
-    let dst = env.root.parent().unwrap().join("templates");
-    let copy = |from: &std::path::Path, to: &std::path::Path| {
-        let out = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(from)
-            .arg(to)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-    };
-    if !dst.exists() {
-        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        copy(&src, &dst);
-        let f = dst.join("envoy/envoy.yaml.tera");
-        let text = std::fs::read_to_string(&f).unwrap();
-        std::fs::write(
-            &f,
-            text.replace(
-                "socket_address: {address: 127.0.0.1, port_value: {{ e.admin.port }}}",
-                "socket_address: {address: {% if t.runtime == \"local\" %}127.0.0.1{% else %}{{ t.bind }}{% endif %}, port_value: {{ e.admin.port }}}",
-            ),
-        )
-        .unwrap();
-    }
-    render::load_templates(Some(&dst)).unwrap()
+/// The repository's templates, loaded from the directory (as `--templates` would).
+fn templates() -> tera::Tera {
+    render::load_templates(Some(&support::repo_root().join("templates"))).unwrap()
 }
 
 impl Drop for Stack {

@@ -5,7 +5,6 @@ mod api;
 mod cache;
 mod fuzz;
 mod outbox;
-mod overload;
 mod replay;
 mod split;
 mod streams;

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use backend::config::Config;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tempfile::TempDir;
 
 pub const API_KEY: &str = "test-key-0123456789";
@@ -631,4 +631,41 @@ pub fn consume_until(
         }
     }
     out
+}
+
+/// A backend started on the real stack, and a client for its API.
+pub struct Fixture {
+    #[allow(dead_code)]
+    pub stack: Stack,
+    pub running: backend::server::Running,
+    pub api: Api,
+}
+
+pub async fn fixture() -> Fixture {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BSS_LOG").unwrap_or_else(|_| "off".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let stack = Stack::start().await;
+    let running = backend::server::start(stack.config()).await.unwrap();
+    assert!(backend::invalidate::wait_live(&running.state.cache, Duration::from_secs(10)).await);
+    let api = Api::new(running.addr);
+    Fixture {
+        stack,
+        running,
+        api,
+    }
+}
+
+pub async fn customer(api: &Api, n: &str) -> Value {
+    let r = api
+        .post(
+            "/api/v1/customers",
+            json!({"firstName": "Ada", "lastName": n, "email": format!("{n}-{}@example.com", uuid::Uuid::new_v4())}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.body
 }

@@ -136,47 +136,55 @@ impl RealClients {
     }
 }
 
-fn run_op(c: &mut postgres::Client, op: &PgOp, store: &dyn StateStore) -> Result<PgReply, String> {
+/// Runs `op` on a connected member; `target` names the member in errors.
+fn run_op(
+    c: &mut postgres::Client,
+    op: &PgOp,
+    store: &dyn StateStore,
+    target: &str,
+) -> Result<PgReply, ClientError> {
+    let q = |d: String| ClientError::query(target, d);
     match op {
-        PgOp::InRecovery => pgsql::in_recovery(c).map(PgReply::Bool),
-        PgOp::Replication => pgsql::replication(c).map(PgReply::Replication),
-        PgOp::Promote { wait_seconds } => pgsql::promote(c, *wait_seconds).map(PgReply::Bool),
+        PgOp::InRecovery => pgsql::in_recovery(c).map(PgReply::Bool).map_err(q),
+        PgOp::Replication => pgsql::replication(c).map(PgReply::Replication).map_err(q),
+        PgOp::Promote { wait_seconds } => pgsql::promote(c, *wait_seconds)
+            .map(PgReply::Bool)
+            .map_err(q),
         PgOp::ReloadConf => {
             c.query("SELECT pg_reload_conf()", &[])
-                .map_err(|e| pgsql::describe(&e))?;
+                .map_err(|e| q(pgsql::describe(&e)))?;
             std::thread::sleep(Duration::from_millis(200));
-            pgsql::config_errors(c).map(PgReply::Errors)
+            pgsql::config_errors(c).map(PgReply::Errors).map_err(q)
         }
         PgOp::Checkpoint => c
             .batch_execute("CHECKPOINT")
             .map(|_| PgReply::Done)
-            .map_err(|e| pgsql::describe(&e)),
+            .map_err(|e| q(pgsql::describe(&e))),
         PgOp::Bootstrap {
             replication_user,
             app_user,
             database,
             slots,
         } => {
+            let secret = |e: crate::state::StateError| ClientError::Secret(e.to_string());
             let repl_pw = store
                 .secret("postgres-replication-password")
-                .map_err(|e| e.to_string())?;
-            let app_pw = store
-                .secret("postgres-app-password")
-                .map_err(|e| e.to_string())?;
+                .map_err(secret)?;
+            let app_pw = store.secret("postgres-app-password").map_err(secret)?;
             // In synchronous mode no standby exists yet on a first apply: these bootstrap
             // commits must not wait for one (they are repeated idempotently on every apply).
             c.batch_execute("SET synchronous_commit TO local")
-                .map_err(|e| pgsql::describe(&e))?;
-            pgsql::ensure_role(c, replication_user, &repl_pw, true)?;
-            pgsql::ensure_role(c, app_user, &app_pw, false)?;
-            pgsql::ensure_database(c, database, app_user)?;
+                .map_err(|e| q(pgsql::describe(&e)))?;
+            pgsql::ensure_role(c, replication_user, &repl_pw, true).map_err(q)?;
+            pgsql::ensure_role(c, app_user, &app_pw, false).map_err(q)?;
+            pgsql::ensure_database(c, database, app_user).map_err(q)?;
             for s in slots {
-                pgsql::ensure_slot(c, s)?;
+                pgsql::ensure_slot(c, s).map_err(q)?;
             }
             Ok(PgReply::Done)
         }
-        PgOp::EnsureSlot(s) => pgsql::ensure_slot(c, s).map(|_| PgReply::Done),
-        PgOp::DropSlot(s) => pgsql::drop_slot(c, s).map(|_| PgReply::Done),
+        PgOp::EnsureSlot(s) => pgsql::ensure_slot(c, s).map(|_| PgReply::Done).map_err(q),
+        PgOp::DropSlot(s) => pgsql::drop_slot(c, s).map(|_| PgReply::Done).map_err(q),
     }
 }
 
@@ -194,11 +202,11 @@ impl Clients for RealClients {
             target: m.name.clone(),
             detail,
         };
-        let relay = ScramOnly::relay(&ep, timeout).map_err(connect_err)?;
+        let relay = ScramOnly::relay(&ep, timeout).map_err(|e| connect_err(e.to_string()))?;
         let mut c = pgsql::connect(&relay.host(), relay.port, &user, &pw, "postgres", timeout)
             .map_err(|d| connect_err(relay.explain(d)))?;
         drop(relay);
-        run_op(&mut c, op, &*self.store).map_err(|d| ClientError::query(&m.name, d))
+        run_op(&mut c, op, &*self.store, &m.name)
     }
 
     fn member_view(&self, ep: &Endpoint, m: &PgMember, timeout: Duration) -> MemberView {
@@ -217,7 +225,7 @@ impl Clients for RealClients {
         let relay = match ScramOnly::relay(ep, timeout) {
             Ok(r) => r,
             Err(e) => {
-                v.error = e;
+                v.error = e.to_string();
                 return v;
             }
         };
@@ -302,6 +310,39 @@ impl Clients for RealClients {
     }
 }
 
+/// Why the SCRAM-only relay could not carry a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("failed to resolve {endpoint}: {detail}")]
+    Resolve { endpoint: String, detail: String },
+    #[error("failed to {what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("failed to reach {target}: {source}")]
+    Reach {
+        target: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("failed: {target} does not speak the PostgreSQL protocol")]
+    NotPostgres { target: std::net::SocketAddr },
+    #[error("failed: {target} asked for a cleartext or MD5 password (an impostor, or a server not configured for SCRAM); no password was sent")]
+    PasswordAsked { target: std::net::SocketAddr },
+    #[error("failed: {target} asked for authentication method {method}; only SCRAM is used")]
+    OtherMethod {
+        target: std::net::SocketAddr,
+        method: i32,
+    },
+}
+
+fn relay_io(what: &str) -> impl FnOnce(std::io::Error) -> RelayError + '_ {
+    move |source| RelayError::Io {
+        what: what.into(),
+        source,
+    }
+}
+
 /// A one-connection relay that lets the PostgreSQL driver talk to a member only if the member
 /// asks for SCRAM (or for nothing): the driver connects to a private unix socket (a 0700 temp
 /// directory), the relay connects to the member and forwards, reading every server message
@@ -316,27 +357,31 @@ pub struct ScramOnly {
 }
 
 impl ScramOnly {
-    pub fn relay(ep: &Endpoint, timeout: Duration) -> Result<ScramOnly, String> {
+    pub fn relay(ep: &Endpoint, timeout: Duration) -> Result<ScramOnly, RelayError> {
         use std::net::ToSocketAddrs;
+        let resolve = |detail: String| RelayError::Resolve {
+            endpoint: ep.to_string(),
+            detail,
+        };
         let target = (ep.host.as_str(), ep.port)
             .to_socket_addrs()
-            .map_err(|e| format!("failed to resolve {ep}: {e}"))?
+            .map_err(|e| resolve(e.to_string()))?
             .next()
-            .ok_or_else(|| format!("failed to resolve {ep}"))?;
+            .ok_or_else(|| resolve("no address".into()))?;
         let dir = tempfile::Builder::new()
             .prefix("bssctl-pg-")
             .tempdir()
-            .map_err(|e| format!("failed to create the relay directory: {e}"))?;
+            .map_err(relay_io("create the relay directory"))?;
         let port = ep.port;
         let sock = dir.path().join(format!(".s.PGSQL.{port}"));
-        let listener = std::os::unix::net::UnixListener::bind(&sock)
-            .map_err(|e| format!("failed to bind {}: {e}", sock.display()))?;
+        let bind = format!("bind {}", sock.display());
+        let listener = std::os::unix::net::UnixListener::bind(&sock).map_err(relay_io(&bind))?;
         let refused = Arc::new(std::sync::Mutex::new(None));
         let flag = refused.clone();
         std::thread::spawn(move || {
             if let Err(why) = relay_one(&listener, target, timeout) {
                 if let Ok(mut f) = flag.lock() {
-                    *f = Some(why);
+                    *f = Some(why.to_string());
                 }
             }
         });
@@ -361,9 +406,11 @@ fn relay_one(
     listener: &std::os::unix::net::UnixListener,
     target: std::net::SocketAddr,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), RelayError> {
     use std::io::{Read, Write};
-    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    listener
+        .set_nonblocking(true)
+        .map_err(relay_io("poll the relay socket"))?;
     let start = std::time::Instant::now();
     let mut client = loop {
         match listener.accept() {
@@ -374,18 +421,20 @@ fn relay_one(
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(relay_io("accept on the relay socket")(e)),
         }
     };
-    client.set_nonblocking(false).map_err(|e| e.to_string())?;
+    client
+        .set_nonblocking(false)
+        .map_err(relay_io("set up the relay"))?;
     let mut server = std::net::TcpStream::connect_timeout(&target, timeout)
-        .map_err(|e| format!("failed to reach {target}: {e}"))?;
+        .map_err(|source| RelayError::Reach { target, source })?;
     server
         .set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
+        .map_err(relay_io("set up the relay"))?;
     let (mut c2, mut s2) = (
-        client.try_clone().map_err(|e| e.to_string())?,
-        server.try_clone().map_err(|e| e.to_string())?,
+        client.try_clone().map_err(relay_io("set up the relay"))?,
+        server.try_clone().map_err(relay_io("set up the relay"))?,
     );
     std::thread::spawn(move || {
         let _ = std::io::copy(&mut c2, &mut s2);
@@ -404,9 +453,7 @@ fn relay_one(
         let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
         if !(4..=1 << 20).contains(&len) {
             cut(&client, &server);
-            return Err(format!(
-                "failed: {target} does not speak the PostgreSQL protocol"
-            ));
+            return Err(RelayError::NotPostgres { target });
         }
         let mut body = vec![0u8; len - 4];
         if server.read_exact(&mut body).is_err() {
@@ -419,17 +466,16 @@ fn relay_one(
                 0 => authed = true,
                 3 | 5 => {
                     cut(&client, &server);
-                    return Err(format!(
-                        "failed: {target} asked for a cleartext or MD5 password (an impostor, or a server not configured for SCRAM); no password was sent"
-                    ));
+                    return Err(RelayError::PasswordAsked { target });
                 }
                 // SASL (SCRAM) and its continuation messages.
                 10..=12 => {}
                 other => {
                     cut(&client, &server);
-                    return Err(format!(
-                        "failed: {target} asked for authentication method {other}; only SCRAM is used"
-                    ));
+                    return Err(RelayError::OtherMethod {
+                        target,
+                        method: other,
+                    });
                 }
             }
         }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::engine::clients::{Method, PgOp, PgReply};
+use crate::engine::clients::{ClientError, Method, PgOp, PgReply};
 use crate::engine::health::{self, gate_timeout, ports_of};
 use crate::engine::runtime::{
     Observed, ReloadStyle, RuntimeError, SecretValue, Signal, StartOpts, StopMode, Task,
@@ -23,6 +23,22 @@ use crate::plan::{Action, Plan};
 use crate::probe;
 use crate::render::{Bundle, ComponentBundle, Kind};
 use crate::topology::model::{PgMember, Role};
+
+/// Why a verified reload or a rewind did not take.
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("{0} is not in the topology")]
+    Missing(&'static str),
+    /// The component refused the change, or the check after it failed.
+    #[error("{0}")]
+    Refused(String),
+}
 
 /// State, health and role of one component, as `status` and the agent show it.
 #[derive(Debug, Clone, Serialize)]
@@ -108,7 +124,7 @@ impl Env<'_> {
                 Ok(d)
             }
             Err(e) => {
-                self.ev(name, "health", "fail", start.elapsed(), e.clone());
+                self.ev(name, "health", "fail", start.elapsed(), e.to_string());
                 Err(RuntimeError::step(name, "health", e))
             }
         }
@@ -310,10 +326,8 @@ impl Env<'_> {
         Ok(())
     }
 
-    fn pg(&mut self, m: &PgMember, op: PgOp) -> Result<PgReply, String> {
-        self.cl
-            .pg(self.rt, m, &op, Duration::from_secs(3))
-            .map_err(|e| e.to_string())
+    fn pg(&mut self, m: &PgMember, op: PgOp) -> Result<PgReply, ClientError> {
+        self.cl.pg(self.rt, m, &op, Duration::from_secs(3))
     }
 
     fn create_postgres(
@@ -451,10 +465,13 @@ impl Env<'_> {
     /// recovery would use the data directory's defaults, without wal_log_hints, and then refuse);
     /// single-user mode takes no connections, so it writes nothing anyone could read as
     /// acknowledged.
-    fn rewind(&mut self, m: &PgMember) -> Result<String, String> {
+    fn rewind(&mut self, m: &PgMember) -> Result<String, StepError> {
         let t = self.t;
-        let pg = t.postgres.as_ref().ok_or("no postgres")?;
-        let primary = pg.primary_member().ok_or("no primary")?.clone();
+        let pg = t.postgres.as_ref().ok_or(StepError::Missing("postgres"))?;
+        let primary = pg
+            .primary_member()
+            .ok_or(StepError::Missing("primary"))?
+            .clone();
         if pg.slots {
             self.pg(&primary, PgOp::EnsureSlot(m.slot.clone()))?;
         }
@@ -464,36 +481,27 @@ impl Env<'_> {
         self.pg(&primary, PgOp::Checkpoint)?;
         let name = m.name.as_str();
         // Single-user mode refuses to run with standby.signal; it is written again before the start.
-        self.rt
-            .exec(name, &Task::PgStandbySignal(false))
-            .map_err(|e| e.to_string())?;
-        let control = self
-            .rt
-            .exec(name, &Task::PgControlData)
-            .map_err(|e| e.to_string())?;
+        self.rt.exec(name, &Task::PgStandbySignal(false))?;
+        let control = self.rt.exec(name, &Task::PgControlData)?;
         let state = control_field(&control, "Database cluster state:")
-            .ok_or("pg_controldata printed no cluster state")?;
+            .ok_or(StepError::Missing("pg_controldata printed cluster state"))?;
         if !state.starts_with("shut down") {
             self.rt
                 .exec(name, &Task::PgSingleUserRecovery)
-                .map_err(|e| format!("single-user recovery before pg_rewind: {e}"))?;
+                .map_err(|e| {
+                    StepError::Refused(format!("single-user recovery before pg_rewind: {e}"))
+                })?;
         }
-        let pw = self
-            .store
-            .secret("postgres-superuser-password")
-            .map_err(|e| e.to_string())?;
-        let out = self
-            .rt
-            .exec(
-                name,
-                &Task::PgRewind {
-                    host: primary.host.clone(),
-                    port: primary.port,
-                    user: pg.superuser.clone(),
-                    password: SecretValue(pw),
-                },
-            )
-            .map_err(|e| e.to_string())?;
+        let pw = self.store.secret("postgres-superuser-password")?;
+        let out = self.rt.exec(
+            name,
+            &Task::PgRewind {
+                host: primary.host.clone(),
+                port: primary.port,
+                user: pg.superuser.clone(),
+                password: SecretValue(pw),
+            },
+        )?;
         let last = out.trim().lines().last().unwrap_or("").to_string();
         Ok(format!("from {}: {last}", primary.name))
     }
@@ -530,7 +538,7 @@ impl Env<'_> {
                     }
                 }
                 Ok(_) => {}
-                Err(e) => last = e,
+                Err(e) => last = e.to_string(),
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -564,7 +572,7 @@ impl Env<'_> {
             }
             Err(e) => {
                 let _ = t;
-                self.ev(name, "reload", "fail", s.elapsed(), e.clone());
+                self.ev(name, "reload", "fail", s.elapsed(), e.to_string());
                 Err(RuntimeError::step(name, "reload", e))
             }
         }
@@ -575,16 +583,16 @@ impl Env<'_> {
         name: &str,
         c: &ComponentBundle,
         running: &Observed,
-    ) -> Result<String, String> {
+    ) -> Result<String, StepError> {
         let t = self.t;
         let to = Duration::from_secs(5);
         match self.rt.capabilities().reload_style(c.kind) {
             ReloadStyle::Restart => {
-                return Err(format!(
+                return Err(StepError::Refused(format!(
                     "{:?} cannot be reloaded in place on the {} runtime",
                     c.kind,
                     self.rt.capabilities().name
-                ))
+                )))
             }
             ReloadStyle::HotRestart | ReloadStyle::InPlace => {}
         }
@@ -595,19 +603,17 @@ impl Env<'_> {
                     .as_ref()
                     .and_then(|p| p.member(name))
                     .cloned()
-                    .ok_or("unknown member")?;
+                    .ok_or(StepError::Missing("member"))?;
                 match self.pg(&m, PgOp::ReloadConf)? {
-                    PgReply::Errors(errs) if !errs.is_empty() => Err(format!(
+                    PgReply::Errors(errs) if !errs.is_empty() => Err(StepError::Refused(format!(
                         "PostgreSQL rejected the new settings: {}",
                         errs.join("; ")
-                    )),
+                    ))),
                     _ => Ok("pg_reload_conf() applied, pg_file_settings has no errors".into()),
                 }
             }
             Kind::Haproxy => {
-                self.rt
-                    .exec(name, &Task::HaproxyCheck)
-                    .map_err(|e| e.to_string())?;
+                self.rt.exec(name, &Task::HaproxyCheck)?;
                 let worker = |env: &mut Self| {
                     env.rt
                         .exec(name, &Task::HaproxyAdmin("show info".into()))
@@ -615,9 +621,7 @@ impl Env<'_> {
                         .and_then(|o| probe::haproxy_info_pid(&o))
                 };
                 let before = worker(self);
-                self.rt
-                    .signal(name, Signal::Usr2)
-                    .map_err(|e| e.to_string())?;
+                self.rt.signal(name, Signal::Usr2)?;
                 let start = Instant::now();
                 loop {
                     let now = worker(self);
@@ -629,10 +633,10 @@ impl Env<'_> {
                         ));
                     }
                     if start.elapsed() > Duration::from_secs(10) {
-                        return Err(format!(
+                        return Err(StepError::Refused(format!(
                             "no new worker after 10s; log:\n{}",
                             self.rt.logs(name, 10)
-                        ));
+                        )));
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
@@ -640,7 +644,9 @@ impl Env<'_> {
             Kind::Prometheus | Kind::Alertmanager => {
                 // No HTTP lifecycle API (a web page could POST /-/quit): SIGHUP reloads, and
                 // the reload metrics say whether the new file was taken.
-                let port = *ports_of(t, name, c.kind).first().ok_or("no port")?;
+                let port = *ports_of(t, name, c.kind)
+                    .first()
+                    .ok_or(StepError::Missing("port"))?;
                 let prefix = if c.kind == Kind::Prometheus {
                     "prometheus"
                 } else {
@@ -648,13 +654,12 @@ impl Env<'_> {
                 };
                 let ok_metric = format!("{prefix}_config_last_reload_successful");
                 let ts_metric = format!("{prefix}_config_last_reload_success_timestamp_seconds");
-                let read = |env: &mut Self| -> Result<(Option<f64>, Option<f64>), String> {
+                let read = |env: &mut Self| -> Result<(Option<f64>, Option<f64>), StepError> {
                     let (code, m) = env
                         .cl
-                        .http(env.rt, name, port, Method::Get, "/metrics", to)
-                        .map_err(|e| e.to_string())?;
+                        .http(env.rt, name, port, Method::Get, "/metrics", to)?;
                     if code != 200 {
-                        return Err(format!("/metrics answered {code}"));
+                        return Err(StepError::Refused(format!("/metrics answered {code}")));
                     }
                     Ok((
                         probe::metric_value(&m, &ok_metric),
@@ -662,18 +667,16 @@ impl Env<'_> {
                     ))
                 };
                 let (_, before) = read(self)?;
-                self.rt
-                    .signal(name, Signal::Hup)
-                    .map_err(|e| e.to_string())?;
+                self.rt.signal(name, Signal::Hup)?;
                 let start = Instant::now();
                 loop {
                     std::thread::sleep(Duration::from_millis(100));
                     match read(self) {
                         Ok((Some(ok), _)) if ok != 1.0 => {
-                            return Err(format!(
+                            return Err(StepError::Refused(format!(
                                 "{ok_metric} is {ok} after SIGHUP: the new configuration was rejected; log:\n{}",
                                 self.rt.logs(name, 10)
-                            ))
+                            )))
                         }
                         Ok((Some(_), Some(ts))) if before.is_none_or(|b| ts > b) => {
                             return Ok(format!("SIGHUP reload ok, {ok_metric} = 1"))
@@ -681,9 +684,9 @@ impl Env<'_> {
                         _ => {}
                     }
                     if start.elapsed() > Duration::from_secs(10) {
-                        return Err(format!(
+                        return Err(StepError::Refused(format!(
                             "no successful reload within 10s of SIGHUP ({ts_metric} unchanged)"
-                        ));
+                        )));
                     }
                 }
             }
@@ -691,24 +694,21 @@ impl Env<'_> {
                 // Hot restart: a new instance with the next epoch takes the listening sockets
                 // over from the old one, which drains and exits.
                 let epoch = running.epoch + 1;
-                let new = self
-                    .rt
-                    .start(
-                        name,
-                        c,
-                        StartOpts {
-                            epoch,
-                            restarts: running.restarts,
-                        },
-                    )
-                    .map_err(|e| e.to_string())?;
+                let new = self.rt.start(
+                    name,
+                    c,
+                    StartOpts {
+                        epoch,
+                        restarts: running.restarts,
+                    },
+                )?;
                 let start = Instant::now();
                 loop {
                     if !self.rt.instance_alive(&new) {
-                        return Err(format!(
+                        return Err(StepError::Refused(format!(
                             "the new envoy (epoch {epoch}) exited:\n{}",
                             self.rt.logs(name, 15)
-                        ));
+                        )));
                     }
                     let live = health::health(t, self.rt, self.cl, name, Kind::Envoy).is_ok();
                     if live && !self.rt.instance_alive(running) {
@@ -722,12 +722,14 @@ impl Env<'_> {
                         ));
                     }
                     if start.elapsed() > Duration::from_secs(20) {
-                        return Err("the new envoy did not become LIVE in 20s".into());
+                        return Err(StepError::Refused(
+                            "the new envoy did not become LIVE in 20s".into(),
+                        ));
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
-            _ => Err(format!("{:?} cannot reload", c.kind)),
+            _ => Err(StepError::Refused(format!("{:?} cannot reload", c.kind))),
         }
     }
 
@@ -818,7 +820,7 @@ impl Env<'_> {
                 let (healthy, health_s) = if alive {
                     match health::health(t, self.rt, self.cl, name, c.kind) {
                         Ok(d) => (true, d),
-                        Err(e) => (false, e),
+                        Err(e) => (false, e.to_string()),
                     }
                 } else {
                     (false, state.as_str().to_string())

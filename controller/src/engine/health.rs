@@ -10,6 +10,37 @@ use crate::probe;
 use crate::render::Kind;
 use crate::topology::model::ValidatedTopology;
 
+/// Why a component is not healthy, as its own protocol tells it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unhealthy {
+    /// The component or member is not in the topology (the caller asked for the wrong one).
+    #[error("{what} is not in the topology")]
+    NotInTopology { what: String },
+    /// Nothing answered at the endpoint, or the client failed.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The component answered, and not as a healthy one does.
+    #[error("{0}")]
+    Answered(String),
+    /// The started instance exited while it was being waited for.
+    #[error("exited during start-up; last log lines:\n{log}")]
+    Exited { log: String },
+    #[error("not healthy after {secs}s: {last}\nlast log lines:\n{log}")]
+    TimedOut {
+        secs: u64,
+        last: String,
+        log: String,
+    },
+}
+
+fn missing(what: &str) -> Unhealthy {
+    Unhealthy::NotInTopology { what: what.into() }
+}
+
+fn unreachable(e: impl std::fmt::Display) -> Unhealthy {
+    Unhealthy::Unreachable(e.to_string())
+}
+
 /// Ports a component listens on (as the topology has them).
 pub fn ports_of(t: &ValidatedTopology, name: &str, kind: Kind) -> Vec<u16> {
     match kind {
@@ -101,11 +132,11 @@ pub fn ports_of(t: &ValidatedTopology, name: &str, kind: Kind) -> Vec<u16> {
 pub fn haproxy_servers(
     rt: &mut dyn Runtime,
     name: &str,
-) -> Result<Vec<(String, String, String)>, String> {
+) -> Result<Vec<(String, String, String)>, Unhealthy> {
     let out = rt
         .exec(name, &Task::HaproxyAdmin("show stat".into()))
-        .map_err(|e| e.to_string())?;
-    probe::haproxy_stat_rows(&out)
+        .map_err(unreachable)?;
+    probe::haproxy_stat_rows(&out).map_err(Unhealthy::Answered)
 }
 
 /// A probe of one component by its own protocol: Ok(detail) healthy, Err(why) not.
@@ -115,48 +146,48 @@ pub fn health(
     cl: &dyn Clients,
     name: &str,
     kind: Kind,
-) -> Result<String, String> {
+) -> Result<String, Unhealthy> {
     let to = Duration::from_millis(1500);
     let first_port = || {
         ports_of(t, name, kind)
             .first()
             .copied()
-            .ok_or_else(|| "no port".to_string())
+            .ok_or_else(|| missing(&format!("a port of {name}")))
     };
     match kind {
         Kind::Postgres => {
-            let pg = t.postgres.as_ref().ok_or("no postgres")?;
-            let m = pg.member(name).ok_or("unknown member")?;
+            let pg = t.postgres.as_ref().ok_or_else(|| missing("postgres"))?;
+            let m = pg.member(name).ok_or_else(|| missing(name))?;
             let rec = cl
                 .pg(rt, m, &crate::engine::clients::PgOp::InRecovery, to)
-                .map_err(|e| e.to_string())?;
+                .map_err(unreachable)?;
             Ok(match rec {
                 crate::engine::clients::PgReply::Bool(true) => "replica".into(),
                 _ => "primary".into(),
             })
         }
         Kind::Redis => {
-            let r = t.redis.as_ref().ok_or("no redis")?;
+            let r = t.redis.as_ref().ok_or_else(|| missing("redis"))?;
             cl.redis_ping(rt, name, r.endpoint.port, r.password_secret.as_deref(), to)
                 .map(|_| "PONG".into())
-                .map_err(|e| e.to_string())
+                .map_err(unreachable)
         }
         Kind::KafkaStore => {
             let st = t
                 .kafka
                 .as_ref()
                 .and_then(|k| k.store.as_ref())
-                .ok_or("no store")?;
+                .ok_or_else(|| missing("store"))?;
             // ListObjectsV2 of the brokers' bucket: the server answers and the bucket is there.
             let path = format!("/{}?list-type=2&max-keys=1", st.bucket);
             match cl.http(rt, name, st.endpoint.port, Method::Get, &path, to) {
                 Ok((200, _)) => Ok(format!("bucket {} listed", st.bucket)),
-                Ok((c, body)) => Err(format!(
+                Ok((c, body)) => Err(Unhealthy::Answered(format!(
                     "listing bucket {} answered {c}: {}",
                     st.bucket,
                     body.chars().take(200).collect::<String>()
-                )),
-                Err(e) => Err(e.to_string()),
+                ))),
+                Err(e) => Err(unreachable(e)),
             }
         }
         Kind::Kafka => {
@@ -171,11 +202,14 @@ pub fn health(
                     _ => "accepting connections; memory engine, events lost on restart".into(),
                 })
             } else {
-                Err(format!("nothing answers on {}", rt.endpoint(name, port)))
+                Err(Unhealthy::Unreachable(format!(
+                    "nothing answers on {}",
+                    rt.endpoint(name, port)
+                )))
             }
         }
         Kind::Haproxy => {
-            let pg = t.postgres.as_ref().ok_or("no postgres")?;
+            let pg = t.postgres.as_ref().ok_or_else(|| missing("postgres"))?;
             let servers = haproxy_servers(rt, name)?;
             let write_up = servers.iter().any(|(px, sv, st)| {
                 px == "postgres-write" && sv == &pg.primary && st.starts_with("UP")
@@ -192,38 +226,41 @@ pub fn health(
                     pg.primary
                 ))
             } else {
-                Err(format!(
+                Err(Unhealthy::Answered(format!(
                     "write server {} is not UP: {:?}",
                     pg.primary,
                     servers
                         .iter()
                         .filter(|s| s.0 == "postgres-write")
                         .collect::<Vec<_>>()
-                ))
+                )))
             }
         }
         Kind::Backend => {
-            let b = t.backend.as_ref().ok_or("no backend")?;
+            let b = t.backend.as_ref().ok_or_else(|| missing("backend"))?;
             match cl.http(rt, name, b.endpoint.port, Method::Get, "/health/ready", to) {
                 Ok((200, _)) => Ok("ready".into()),
-                Ok((c, body)) => Err(format!(
+                Ok((c, body)) => Err(Unhealthy::Answered(format!(
                     "/health/ready answered {c}: {}",
                     body.chars().take(200).collect::<String>()
-                )),
-                Err(e) => Err(e.to_string()),
+                ))),
+                Err(e) => Err(unreachable(e)),
             }
         }
         Kind::StreamProcessor => match rt.observe(name) {
             Some(o) if o.running => Ok("running".into()),
-            Some(_) => Err("not running".into()),
-            None => Err("not started".into()),
+            Some(_) => Err(Unhealthy::Answered("not running".into())),
+            None => Err(Unhealthy::Unreachable("not started".into())),
         },
         Kind::Envoy => {
-            let e = t.envoy.as_ref().ok_or("no envoy")?;
+            let e = t.envoy.as_ref().ok_or_else(|| missing("envoy"))?;
             match cl.http(rt, name, e.admin.port, Method::Get, "/ready", to) {
                 Ok((200, body)) if body.trim() == "LIVE" => Ok("LIVE".into()),
-                Ok((c, body)) => Err(format!("/ready answered {c} {}", body.trim())),
-                Err(e) => Err(e.to_string()),
+                Ok((c, body)) => Err(Unhealthy::Answered(format!(
+                    "/ready answered {c} {}",
+                    body.trim()
+                ))),
+                Err(e) => Err(unreachable(e)),
             }
         }
         Kind::NodeExporter | Kind::PostgresExporter | Kind::RedisExporter => {
@@ -239,19 +276,21 @@ pub fn health(
                     if up == Some(1.0) {
                         Ok("serving metrics".into())
                     } else {
-                        Err("serving metrics but its target is down".into())
+                        Err(Unhealthy::Answered(
+                            "serving metrics but its target is down".into(),
+                        ))
                     }
                 }
-                Ok((c, _)) => Err(format!("/metrics answered {c}")),
-                Err(e) => Err(e.to_string()),
+                Ok((c, _)) => Err(Unhealthy::Answered(format!("/metrics answered {c}"))),
+                Err(e) => Err(unreachable(e)),
             }
         }
         Kind::Prometheus | Kind::Alertmanager => {
             let port = first_port()?;
             match cl.http(rt, name, port, Method::Get, "/-/ready", to) {
                 Ok((200, _)) => Ok("ready".into()),
-                Ok((c, _)) => Err(format!("/-/ready answered {c}")),
-                Err(e) => Err(e.to_string()),
+                Ok((c, _)) => Err(Unhealthy::Answered(format!("/-/ready answered {c}"))),
+                Err(e) => Err(unreachable(e)),
             }
         }
     }
@@ -266,29 +305,28 @@ pub fn wait_healthy(
     kind: Kind,
     timeout: Duration,
     started: Option<&Observed>,
-) -> Result<String, String> {
+) -> Result<String, Unhealthy> {
     let start = Instant::now();
     let mut last = String::from("no answer yet");
     while start.elapsed() < timeout {
         if let Some(o) = started {
             if !rt.instance_alive(o) {
-                return Err(format!(
-                    "exited during start-up; last log lines:\n{}",
-                    rt.logs(name, 15)
-                ));
+                return Err(Unhealthy::Exited {
+                    log: rt.logs(name, 15),
+                });
             }
         }
         match health(t, rt, cl, name, kind) {
             Ok(d) => return Ok(d),
-            Err(e) => last = e,
+            Err(e) => last = e.to_string(),
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Err(format!(
-        "not healthy after {}s: {last}\nlast log lines:\n{}",
-        timeout.as_secs(),
-        rt.logs(name, 15)
-    ))
+    Err(Unhealthy::TimedOut {
+        secs: timeout.as_secs(),
+        last,
+        log: rt.logs(name, 15),
+    })
 }
 
 /// How long a start may take to become healthy.

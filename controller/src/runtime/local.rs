@@ -86,11 +86,19 @@ fn clear_zombie_lock(data_dir: &str) {
     let Ok(text) = std::fs::read_to_string(&path) else {
         return;
     };
-    let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<u32>().ok()) else {
+    let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<u32>().ok())
+    else {
         return;
     };
     if process::zombie(pid) {
-        tracing::debug!(pid, data_dir, "removing the lock file of an unreaped postmaster");
+        tracing::debug!(
+            pid,
+            data_dir,
+            "removing the lock file of an unreaped postmaster"
+        );
         let _ = std::fs::remove_file(&path);
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod model;
 pub mod parse;
+pub mod profile;
 pub mod status;
 pub mod syntax;
 pub mod types;

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::profile::RuntimeProfile;
 use super::types::{KafkaStorage, ReplicationMode, RuntimeKind};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -15,8 +16,8 @@ pub struct ValidatedTopology {
     pub name: String,
     pub namespace: String,
     pub runtime: RuntimeKind,
-    /// Address servers bind to: 127.0.0.1 on the local runtime, 0.0.0.0 in containers.
-    pub bind: String,
+    /// What differs between runtimes: bind address, component host names, trusted network.
+    pub profile: RuntimeProfile,
     pub paths: Paths,
     pub agent: Endpoint,
     pub labels: BTreeMap<String, String>,

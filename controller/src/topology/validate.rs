@@ -5,6 +5,7 @@
 //! this module checks meaning: port clashes, references to things that do not exist, modes that
 //! cannot work, names that are not DNS-safe, durations and sizes that do not parse.
 
+use super::profile::RuntimeProfile;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -352,9 +353,6 @@ pub fn validate_with_warnings(
     }
 }
 
-/// Maps a component name to the host other components reach it at.
-type HostFn = Box<dyn Fn(&str) -> String>;
-
 struct Ports {
     used: BTreeMap<u16, String>,
     /// spec.runtime.portOffset, added to every port of the environment, written or default, so
@@ -476,28 +474,10 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
         used: BTreeMap::new(),
         offset: off,
     };
-    let (host_of, bind): (HostFn, String) = match runtime {
-        RuntimeKind::Local => (
-            Box::new(|_: &str| "127.0.0.1".to_string()),
-            "127.0.0.1".into(),
-        ),
-        RuntimeKind::Docker => {
-            let n = name.clone();
-            (
-                Box::new(move |c: &str| format!("{n}-{c}")),
-                "0.0.0.0".into(),
-            )
-        }
-        RuntimeKind::Kubernetes => {
-            let (n, ns) = (name.clone(), namespace.clone());
-            (
-                Box::new(move |c: &str| format!("{n}-{c}.{ns}.svc")),
-                "0.0.0.0".into(),
-            )
-        }
-    };
-    let paths = resolve_paths(runtime, &rt_spec, &name, opts);
-    if runtime == RuntimeKind::Local {
+    let profile = RuntimeProfile::new(runtime, &name, &namespace);
+    let host_of = |c: &str| profile.host(c);
+    let paths = resolve_paths(&profile, &rt_spec, &name, opts);
+    if profile.host_state_dir {
         check_state_dir(&rt_spec, &name, opts, cx);
     }
 
@@ -529,7 +509,7 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
     let postgres = s
         .postgres
         .as_ref()
-        .map(|p| build_postgres(p, &paths, &host_of, &bind, &mut ports, cx));
+        .map(|p| build_postgres(p, &paths, &host_of, &mut ports, cx));
 
     // --- HAProxy -----------------------------------------------------------------------------
     let haproxy = s
@@ -784,7 +764,7 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
     // --- Prometheus and alerts -------------------------------------------------------------------
     let prometheus = s.prometheus.as_ref().map(|p| {
         let scraped = Scraped {
-            runtime,
+            agent_scraped: profile.agent_beside_stack,
             agent: &agent,
             alertmanager: alertmanager.as_ref(),
             exporters: &exporters,
@@ -827,7 +807,7 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
         cx,
     );
 
-    if runtime == RuntimeKind::Local {
+    if profile.host_state_dir {
         check_sockets(&rt_spec, opts, postgres.as_ref(), haproxy.as_ref(), cx);
     }
 
@@ -835,7 +815,7 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
         name,
         namespace,
         runtime,
-        bind,
+        profile,
         paths,
         agent,
         labels: t.metadata.labels.clone(),
@@ -1163,7 +1143,8 @@ fn build_exporters(
 /// What Prometheus scrapes besides its own extra jobs.
 #[derive(Clone, Copy)]
 struct Scraped<'a> {
-    runtime: RuntimeKind,
+    /// The agent runs beside the stack and gets a scrape job.
+    agent_scraped: bool,
     agent: &'a Endpoint,
     alertmanager: Option<&'a AlertmanagerModel>,
     exporters: &'a ExportersModel,
@@ -1183,7 +1164,7 @@ fn build_prometheus(
     cx: &mut Ctx,
 ) -> PrometheusModel {
     let Scraped {
-        runtime,
+        agent_scraped,
         agent,
         alertmanager,
         exporters,
@@ -1213,7 +1194,7 @@ fn build_prometheus(
     if let Some(a) = &alertmanager {
         jobs.push(job("alertmanager", vec![plain(&a.endpoint)], "/metrics"));
     }
-    if runtime == RuntimeKind::Local {
+    if agent_scraped {
         jobs.push(job("bssctl", vec![plain(agent)], "/metrics"));
     }
     if let Some(n) = &exporters.node {
@@ -1468,14 +1449,16 @@ fn is_host_port(s: &str) -> bool {
     }
 }
 
+/// Paths as the components see them: under the state directory on the host, fixed paths in a
+/// container.
 fn resolve_paths(
-    runtime: RuntimeKind,
+    profile: &RuntimeProfile,
     rt: &RuntimeSpec,
     name: &str,
     opts: &ValidateOptions,
 ) -> Paths {
-    match runtime {
-        RuntimeKind::Local => {
+    match profile.host_state_dir {
+        true => {
             let state = match &opts.state_dir {
                 Some(d) => d.clone(),
                 None => {
@@ -1493,7 +1476,7 @@ fn resolve_paths(
                 root,
             }
         }
-        RuntimeKind::Docker | RuntimeKind::Kubernetes => Paths {
+        false => Paths {
             root: "/var/lib/bssctl".into(),
             config: "/etc/bssctl".into(),
             data: "/var/lib/bssctl".into(),
@@ -1550,7 +1533,6 @@ fn build_postgres(
     p: &PostgresSpec,
     paths: &Paths,
     host_of: &dyn Fn(&str) -> String,
-    _bind: &str,
     ports: &mut Ports,
     cx: &mut Ctx,
 ) -> PostgresModel {
