@@ -13,8 +13,12 @@ pub struct RuntimeProfile {
     /// Address every server binds to: loopback on the host, every interface in a container
     /// (the container's network is the boundary there).
     pub bind: String,
-    /// The network `pg_hba.conf` admits password logins and replication from.
-    pub trusted_network: String,
+    /// The networks `pg_hba.conf` admits (SCRAM) logins and replication from: loopback on the
+    /// host; on Docker `samenet`, the subnet of the environment's own bridge network (the only
+    /// one its containers join; the host reaches them from that network's gateway); on
+    /// Kubernetes the private ranges pod networks use, narrowed further by the NetworkPolicies.
+    /// Never the whole Internet.
+    pub trusted_networks: Vec<String>,
     /// Where Envoy's admin listener binds. It can stop the proxy, so on the host it stays on
     /// loopback; in a container it must be reachable by the controller.
     pub admin_bind: String,
@@ -40,16 +44,21 @@ enum Naming {
 
 impl RuntimeProfile {
     pub fn new(kind: RuntimeKind, env: &str, namespace: &str) -> Self {
-        let (bind, trusted, naming) = match kind {
-            RuntimeKind::Local => ("127.0.0.1", "127.0.0.1/32", Naming::Loopback),
+        let (bind, trusted, naming): (&str, &[&str], Naming) = match kind {
+            RuntimeKind::Local => ("127.0.0.1", &["127.0.0.1/32"], Naming::Loopback),
             RuntimeKind::Docker => (
                 "0.0.0.0",
-                "0.0.0.0/0",
+                &["samenet"],
                 Naming::Container { env: env.into() },
             ),
             RuntimeKind::Kubernetes => (
                 "0.0.0.0",
-                "0.0.0.0/0",
+                &[
+                    "10.0.0.0/8",
+                    "172.16.0.0/12",
+                    "192.168.0.0/16",
+                    "100.64.0.0/10",
+                ],
                 Naming::Service {
                     env: env.into(),
                     namespace: namespace.into(),
@@ -59,7 +68,7 @@ impl RuntimeProfile {
         let on_host = kind == RuntimeKind::Local;
         RuntimeProfile {
             bind: bind.into(),
-            trusted_network: trusted.into(),
+            trusted_networks: trusted.iter().map(|n| n.to_string()).collect(),
             admin_bind: if on_host { "127.0.0.1" } else { bind }.into(),
             agent_beside_stack: on_host,
             host_state_dir: on_host,
@@ -99,6 +108,14 @@ mod tests {
         );
         assert!(local.agent_beside_stack && local.host_state_dir);
         assert!(!docker.agent_beside_stack && !k8s.host_state_dir);
-        assert_eq!(local.trusted_network, "127.0.0.1/32");
+        assert_eq!(local.trusted_networks, vec!["127.0.0.1/32"]);
+        for p in [&local, &docker, &k8s] {
+            assert!(
+                !p.trusted_networks
+                    .iter()
+                    .any(|n| n == "0.0.0.0/0" || n == "all" || n.ends_with("/0")),
+                "{p:?}"
+            );
+        }
     }
 }
