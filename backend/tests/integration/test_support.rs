@@ -642,6 +642,11 @@ pub struct Fixture {
 }
 
 pub async fn fixture() -> Fixture {
+    fixture_with(|_| {}).await
+}
+
+/// A fixture whose backend configuration `adjust` changes first (a smaller pool, say).
+pub async fn fixture_with(adjust: impl FnOnce(&mut Config)) -> Fixture {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BSS_LOG").unwrap_or_else(|_| "off".into()),
@@ -649,7 +654,9 @@ pub async fn fixture() -> Fixture {
         .with_test_writer()
         .try_init();
     let stack = Stack::start().await;
-    let running = backend::server::start(stack.config()).await.unwrap();
+    let mut cfg = stack.config();
+    adjust(&mut cfg);
+    let running = backend::server::start(cfg).await.unwrap();
     assert!(backend::invalidate::wait_live(&running.state.cache, Duration::from_secs(10)).await);
     let api = Api::new(running.addr);
     Fixture {

@@ -18,7 +18,7 @@ use backend::loadgen::{generate, Args, Report};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use test_support::{customer, fixture, Api, Fixture, Stack, API_KEY};
+use test_support::{customer, fixture, fixture_with, Fixture, API_KEY};
 
 fn args(f: &Fixture, rate: f64, duration: f64, max_in_flight: usize) -> Args {
     Args {
@@ -59,17 +59,7 @@ fn errors_of(r: &Report, prefix: &str) -> u64 {
 /// A backend whose knee is set by a small database pool (3 connections), so that twice its
 /// knee is a load the test's own client, in the same process on two cores, can still offer.
 async fn small_fixture() -> Fixture {
-    let stack = Stack::start().await;
-    let mut cfg = stack.config();
-    cfg.database.max_connections = 3;
-    let running = backend::server::start(cfg).await.unwrap();
-    assert!(backend::invalidate::wait_live(&running.state.cache, Duration::from_secs(10)).await);
-    let api = Api::new(running.addr);
-    Fixture {
-        stack,
-        running,
-        api,
-    }
+    fixture_with(|cfg| cfg.database.max_connections = 3).await
 }
 
 /// The two tests here load the machine on purpose: they do not run at the same time.
