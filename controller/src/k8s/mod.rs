@@ -7,11 +7,14 @@
 
 pub mod cli;
 pub mod client;
+pub mod entrypoint;
+pub mod failover;
 pub mod instance;
 pub mod labels;
 pub mod leader;
 pub mod manifests;
 pub mod operator;
+pub mod pod;
 pub mod rbac;
 pub mod resource;
 pub mod roles;
