@@ -48,6 +48,8 @@ struct Member {
 #[derive(Default)]
 struct Script {
     members: Mutex<BTreeMap<String, Member>>,
+    /// The port the replicas' WAL receivers stream from (the primary's).
+    primary_port: Mutex<u16>,
     ops: Mutex<Vec<(String, String)>>,
 }
 
@@ -111,7 +113,8 @@ impl Clients for Script {
             wal_receiver_status: (!me.primary)
                 .then(|| if me.streaming { "streaming" } else { "waiting" }.into()),
             last_msg_age_seconds: (!me.primary && me.streaming).then_some(0.1),
-            sender_port: (!me.primary && me.streaming).then_some(i32::from(m.port)),
+            sender_port: (!me.primary && me.streaming)
+                .then_some(i32::from(*self.primary_port.lock().unwrap())),
             ..MemberView::default()
         }
     }
@@ -238,6 +241,7 @@ fn a_corroborated_primary_death_fails_over_in_the_cluster() {
     };
     let obj = stored(&api, "shop");
     let base = operator::validate(&obj).unwrap();
+    *script.primary_port.lock().unwrap() = base.postgres.as_ref().unwrap().members[0].port;
     let window =
         Duration::from_millis(base.postgres.as_ref().unwrap().failover.detection_window.ms);
     let store = Arc::new(
@@ -420,6 +424,7 @@ fn a_primary_the_replicas_still_hear_is_not_failed_over() {
     };
     let obj = stored(&api, "shop");
     let base = operator::validate(&obj).unwrap();
+    *script.primary_port.lock().unwrap() = base.postgres.as_ref().unwrap().members[0].port;
     let store = Arc::new(
         rt.block_on(StatusStore::load(&cluster, &obj, &base, &tera))
             .unwrap(),
