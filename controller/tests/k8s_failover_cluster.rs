@@ -50,6 +50,9 @@ struct Script {
     members: Mutex<BTreeMap<String, Member>>,
     /// The port the replicas' WAL receivers stream from (the primary's).
     primary_port: Mutex<u16>,
+    /// When set: a member whose pod was deleted is down, and once the primary is down the
+    /// replicas have received its shutdown checkpoint (a clean shutdown sends it).
+    pods: Mutex<Option<Shared>>,
     ops: Mutex<Vec<(String, String)>>,
 }
 
@@ -92,6 +95,28 @@ impl Clients for Script {
     }
 
     fn member_view(&self, _ep: &Endpoint, m: &PgMember, _timeout: Duration) -> MemberView {
+        if let Some(api) = self.pods.lock().unwrap().as_ref() {
+            let gone = |n: &str| {
+                api.lock()
+                    .unwrap()
+                    .get(PODS, &format!("shop-{n}-0"))
+                    .is_none()
+            };
+            let mut all = self.members.lock().unwrap();
+            let primary = all
+                .iter()
+                .find(|(_, v)| v.primary)
+                .map(|(k, v)| (k.clone(), v.lsn));
+            if let Some((p, lsn)) = primary {
+                if gone(&p) && all[&p].up {
+                    all.get_mut(&p).unwrap().up = false;
+                    for v in all.values_mut().filter(|v| !v.primary) {
+                        v.lsn = lsn + 40;
+                        v.streaming = false;
+                    }
+                }
+            }
+        }
         let all = self.members.lock().unwrap();
         let me = &all[&m.name];
         if !me.up {
@@ -450,4 +475,120 @@ fn a_primary_the_replicas_still_hear_is_not_failed_over() {
     assert!(why.contains("replicas still receive WAL"), "{why}");
     assert_eq!(roles(&api).epoch, 0, "nothing was fenced");
     assert_eq!(role_label(&api, "postgres-0").as_deref(), Some("primary"));
+}
+
+#[test]
+fn a_switchover_stops_the_primary_cleanly_and_promotes_the_caught_up_target() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let api = fake_api::shared();
+    let l = k8s_support::load_k8s_str(&text());
+    let mut r = TopologyResource::from_topology(&l.topology, NS);
+    r.metadata.uid = Some("topo-uid-1".into());
+    r.metadata.generation = Some(1);
+    api.lock()
+        .unwrap()
+        .insert(TOPO, serde_json::to_value(&r).unwrap());
+    for m in ["postgres-0", "postgres-1", "postgres-2"] {
+        api.lock().unwrap().insert(PODS, pod(m, true));
+    }
+    let client = rt.block_on(async { fake_api::client(api.clone()) });
+    let tera = controller::render::load_templates(None).unwrap();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Some("test".into()),
+        tera.clone(),
+    ));
+    for _ in 0..2 {
+        rt.block_on(operator::reconcile(
+            Arc::new(stored(&api, "shop")),
+            ctx.clone(),
+        ))
+        .unwrap();
+    }
+    let script = Arc::new(Script::default());
+    for (m, primary) in [
+        ("postgres-0", true),
+        ("postgres-1", false),
+        ("postgres-2", false),
+    ] {
+        script.members.lock().unwrap().insert(
+            m.into(),
+            Member {
+                up: true,
+                primary,
+                lsn: 500,
+                streaming: !primary,
+            },
+        );
+    }
+    *script.pods.lock().unwrap() = Some(api.clone());
+    let cluster = Cluster {
+        client,
+        handle: rt.handle().clone(),
+        namespace: NS.into(),
+        env: "shop".into(),
+    };
+    let obj = stored(&api, "shop");
+    let base = operator::validate(&obj).unwrap();
+    *script.primary_port.lock().unwrap() = base.postgres.as_ref().unwrap().members[0].port;
+    let store = Arc::new(
+        rt.block_on(StatusStore::load(&cluster, &obj, &base, &tera))
+            .unwrap(),
+    );
+    let svc = failover::services(&cluster, store, script.clone());
+    let mut rep = controller::engine::NullReporter;
+    let run = |to: Option<&str>, rep: &mut controller::engine::NullReporter| {
+        std::thread::scope(|s| {
+            s.spawn(|| failover::switchover(&svc, &cluster, to, rep))
+                .join()
+                .unwrap()
+        })
+    };
+    // Refused without touching anything: the target must be a healthy replica.
+    assert!(run(Some("postgres-0"), &mut rep)
+        .unwrap_err()
+        .contains("already the primary"));
+    assert!(run(Some("postgres-9"), &mut rep)
+        .unwrap_err()
+        .contains("no member"));
+    assert_eq!(roles(&api).epoch, 0);
+
+    let ev = run(Some("postgres-2"), &mut rep).unwrap();
+    assert_eq!(
+        (ev.from.as_str(), ev.to.as_str()),
+        ("postgres-0", "postgres-2")
+    );
+    // The old primary was stopped with its grace period first (a fast shutdown), then the
+    // sequence's kill found it gone.
+    let deletes: Vec<String> = api
+        .lock()
+        .unwrap()
+        .requests
+        .iter()
+        .filter(|(m, u, _)| m == "DELETE" && u.contains("/pods/"))
+        .map(|(_, u, _)| u.clone())
+        .collect();
+    assert!(deletes[0].contains("shop-postgres-0-0"), "{deletes:?}");
+    let ops = script.ops.lock().unwrap().clone();
+    assert!(ops.contains(&("postgres-2".into(), "Promote { wait_seconds: 30 }".into())));
+    let s = roles(&api);
+    assert_eq!(s.primary, "postgres-2");
+    assert!(s.fenced.is_empty(), "the old primary rejoins by rewinding");
+    assert_eq!(role_label(&api, "postgres-2").as_deref(), Some("primary"));
+    assert_eq!(role_label(&api, "postgres-1").as_deref(), Some("replica"));
+    let st = stored(&api, "shop").status.unwrap();
+    assert_eq!(st.current_primary.as_deref(), Some("postgres-2"));
+    assert_eq!(st.history.len(), 1);
+    assert_eq!(st.history[0].kind, RoleChangeKind::Switchover);
+    for (m, uri, _) in &api.lock().unwrap().requests {
+        let a = rbac::attributes(m, uri).unwrap();
+        assert!(
+            rbac::allows(rbac::CLUSTER, &a.group, &a.resource, &a.verb),
+            "RBAC does not grant {a:?} ({m} {uri})"
+        );
+    }
 }
