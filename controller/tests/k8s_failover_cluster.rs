@@ -26,6 +26,7 @@ use controller::k8s::roles::RoleState;
 use controller::topology::model::PgMember;
 use controller::topology::status::RoleChangeKind;
 use k8s_support::fake_api::{self, Shared};
+use kube::ResourceExt;
 use serde_json::json;
 
 const NS: &str = "shop";
@@ -591,4 +592,164 @@ fn a_switchover_stops_the_primary_cleanly_and_promotes_the_caught_up_target() {
             "RBAC does not grant {a:?} ({m} {uri})"
         );
     }
+}
+
+#[test]
+fn the_command_line_asks_for_a_switchover_reads_logs_and_destroys() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let api = fake_api::shared();
+    let l = k8s_support::load_k8s_str(&text());
+    let mut r = TopologyResource::from_topology(&l.topology, NS);
+    r.metadata.uid = Some("topo-uid-1".into());
+    r.metadata.generation = Some(1);
+    api.lock()
+        .unwrap()
+        .insert(TOPO, serde_json::to_value(&r).unwrap());
+    for m in ["postgres-0", "postgres-1", "postgres-2"] {
+        api.lock().unwrap().insert(PODS, pod(m, true));
+    }
+    let client = rt.block_on(async { fake_api::client(api.clone()) });
+    let tera = controller::render::load_templates(None).unwrap();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Some("test".into()),
+        tera.clone(),
+    ));
+    for _ in 0..2 {
+        rt.block_on(operator::reconcile(
+            Arc::new(stored(&api, "shop")),
+            ctx.clone(),
+        ))
+        .unwrap();
+    }
+
+    // `bssctl logs --runtime kubernetes`: the component's pod, the last lines only.
+    rt.block_on(controller::k8s::client::logs(
+        &client,
+        NS,
+        "shop",
+        "postgres-1",
+        5,
+    ))
+    .unwrap();
+    assert!(api
+        .lock()
+        .unwrap()
+        .requests
+        .iter()
+        .any(|(m, u, _)| m == "GET"
+            && u.contains("/pods/shop-postgres-1-0/log")
+            && u.contains("tailLines=5")));
+    let err = rt
+        .block_on(controller::k8s::client::logs(
+            &client, NS, "shop", "nope", 5,
+        ))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("failed to find a pod of component `nope`"),
+        "{err}"
+    );
+
+    // `bssctl switchover --runtime kubernetes --to postgres-1`: the annotation, the operator's
+    // switchover, the history entry the command waits for, the annotation removed.
+    let script = Arc::new(Script::default());
+    for (m, primary) in [
+        ("postgres-0", true),
+        ("postgres-1", false),
+        ("postgres-2", false),
+    ] {
+        script.members.lock().unwrap().insert(
+            m.into(),
+            Member {
+                up: true,
+                primary,
+                lsn: 700,
+                streaming: !primary,
+            },
+        );
+    }
+    *script.pods.lock().unwrap() = Some(api.clone());
+    let cluster = Cluster {
+        client: client.clone(),
+        handle: rt.handle().clone(),
+        namespace: NS.into(),
+        env: "shop".into(),
+    };
+    let asked = rt.spawn({
+        let client = client.clone();
+        async move {
+            controller::k8s::client::switchover(
+                &client,
+                NS,
+                "shop",
+                Some("postgres-1"),
+                Duration::from_secs(60),
+            )
+            .await
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let obj = loop {
+        let o = stored(&api, "shop");
+        if o.annotations()
+            .contains_key(failover::SWITCHOVER_ANNOTATION)
+        {
+            break o;
+        }
+        assert!(Instant::now() < deadline, "no switchover annotation");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        obj.annotations()[failover::SWITCHOVER_ANNOTATION],
+        "postgres-1"
+    );
+    let base = operator::validate(&obj).unwrap();
+    *script.primary_port.lock().unwrap() = base.postgres.as_ref().unwrap().members[0].port;
+    let store = Arc::new(
+        rt.block_on(StatusStore::load(&cluster, &obj, &base, &tera))
+            .unwrap(),
+    );
+    let svc = failover::services(&cluster, store, script.clone());
+    let mut rep = controller::engine::NullReporter;
+    let done = std::thread::scope(|s| {
+        s.spawn(|| failover::switchover_if_annotated(&svc, &cluster, &obj, &mut rep))
+            .join()
+            .unwrap()
+    })
+    .expect("the annotation asks for a switchover")
+    .unwrap();
+    assert_eq!(done.to, "postgres-1");
+    let rc = rt.block_on(asked).unwrap().unwrap();
+    assert_eq!(
+        (rc.from.as_str(), rc.to.as_str()),
+        ("postgres-0", "postgres-1")
+    );
+    assert_eq!(rc.kind, RoleChangeKind::Switchover);
+    assert!(!stored(&api, "shop")
+        .annotations()
+        .contains_key(failover::SWITCHOVER_ANNOTATION));
+
+    // `bssctl destroy --runtime kubernetes`: deleted (the fake has no finalizer semantics; the
+    // real API server test covers the finalizer), then a second destroy finds nothing.
+    assert!(rt
+        .block_on(controller::k8s::client::destroy(
+            &client,
+            NS,
+            "shop",
+            Duration::from_secs(5)
+        ))
+        .unwrap());
+    assert!(!rt
+        .block_on(controller::k8s::client::destroy(
+            &client,
+            NS,
+            "shop",
+            Duration::from_secs(5)
+        ))
+        .unwrap());
 }

@@ -891,8 +891,9 @@ pub fn switchover(
     Ok(ev)
 }
 
-/// One switchover asked for by the annotation, then the annotation removed.
-fn annotated_switchover(
+/// The switchover the resource's annotation asks for (None: none asked), then the annotation
+/// removed. Blocking.
+pub fn switchover_if_annotated(
     svc: &Services,
     cluster: &Cluster,
     obj: &TopologyResource,
@@ -986,7 +987,7 @@ async fn monitor_one(
     let r = tokio::task::spawn_blocking(move || {
         let mut m = m;
         let mut rep = LogReporter;
-        if let Some(r) = annotated_switchover(&svc, &cluster, &obj, &mut rep) {
+        if let Some(r) = switchover_if_annotated(&svc, &cluster, &obj, &mut rep) {
             m.detector.reset(Instant::now());
             match r {
                 Ok(ev) => tracing::info!(topology = %name, from = %ev.from, to = %ev.to, "switchover done"),
