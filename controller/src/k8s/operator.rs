@@ -6,8 +6,9 @@
 //! transitions; a finalizer deletes everything on removal. Errors carry a category that decides
 //! the retry (invalid spec: wait for a change; transient: backoff).
 //!
-//! Not here: failure detection and the failover sequence (the engine); leader election
-//! (`leader`); the manifests themselves (`manifests`).
+//! The roles (primary, fenced members, epoch) are read from the live roles ConfigMap first, so a
+//! reconcile never undoes a failover. Not here: failure detection and the failover sequence
+//! (the engine, run by `failover`); leader election (`leader`); the manifests (`manifests`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};

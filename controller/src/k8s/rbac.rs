@@ -195,7 +195,7 @@ mod tests {
         );
         assert_eq!(a("GET", "/healthz"), None);
         assert!(allows(CLUSTER, "apps", "deployments", "patch"));
-        assert!(!allows(CLUSTER, "", "configmaps", "get"));
+        assert!(!allows(CLUSTER, "", "pods", "create"));
         assert!(!allows(CLUSTER, "", "secrets", "list"));
     }
 }
