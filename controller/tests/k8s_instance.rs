@@ -6,7 +6,8 @@
 //! One life: a fenced member waits; the primary is initialised; a replica clones; the fenced one
 //! clones once unfenced; the primary dies, the roles fence it and promote a replica (whose
 //! entrypoint promotes it; the other re-points); the old primary restarts fenced and waits, then
-//! rewinds and streams from the new primary; SIGTERM is a fast shutdown everywhere.
+//! rewinds and streams from the new primary; a running primary is fenced (clean shutdown), another
+//! member promoted, and it rewinds once unfenced; SIGTERM is a fast shutdown everywhere.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -133,14 +134,35 @@ impl Cluster {
         }
     }
 
-    /// Writes the roles ConfigMap's data as the kubelet projects it (atomically, one file a key).
+    /// Writes the roles ConfigMap's data as the kubelet's atomic writer projects it: every key
+    /// into a new version directory, `..data` swapped to it with a rename, `<key>` links to
+    /// `..data/<key>`, the old version removed.
     fn set_roles(&self, s: &RoleState) {
+        use std::os::unix::fs::symlink;
+        static VERSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let pg = self.t.postgres.as_ref().unwrap();
         let cm = roles::roles_config_map(&self.t, pg, s);
-        for (k, v) in cm.data.unwrap() {
-            let tmp = self.roles_dir.join(format!(".{k}.tmp"));
-            std::fs::write(&tmp, v).unwrap();
-            std::fs::rename(&tmp, self.roles_dir.join(k)).unwrap();
+        let n = VERSION.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let version = format!("..v{n}");
+        let vdir = self.roles_dir.join(&version);
+        std::fs::create_dir_all(&vdir).unwrap();
+        let data = cm.data.unwrap();
+        for (k, v) in &data {
+            std::fs::write(vdir.join(k), v).unwrap();
+        }
+        let tmp = self.roles_dir.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        symlink(&version, &tmp).unwrap();
+        let old = std::fs::read_link(self.roles_dir.join("..data")).ok();
+        std::fs::rename(&tmp, self.roles_dir.join("..data")).unwrap();
+        for k in data.keys() {
+            let link = self.roles_dir.join(k);
+            if std::fs::symlink_metadata(&link).is_err() {
+                symlink(format!("..data/{k}"), &link).unwrap();
+            }
+        }
+        if let Some(old) = old {
+            let _ = std::fs::remove_dir_all(self.roles_dir.join(old));
         }
     }
 
@@ -421,6 +443,39 @@ fn the_entrypoint_initialises_clones_waits_fenced_follows_a_failover_and_rewinds
             })
             .is_some_and(|r| r.len() == 1)
     });
+
+    // A planned role change as the operator's switchover writes it: the running primary is
+    // fenced (its entrypoint shuts postgres down cleanly and waits), postgres-2 is promoted, the
+    // old primary is unfenced and rewinds onto postgres-2; postgres-0 re-points to postgres-2.
+    let s5 = s4.fence(p1);
+    c.set_roles(&s5);
+    wait_until("postgres-1 to shut down when fenced", long, || {
+        c.log(p1).contains("fenced at epoch") && c.su(p1).is_err()
+    });
+    assert!(
+        c.exited(p1).is_none(),
+        "a fenced entrypoint waits, it does not exit"
+    );
+    let s6 = s5.promote(&pg, p2).unwrap();
+    c.set_roles(&s6);
+    wait_until("postgres-2 to be promoted by its entrypoint", long, || {
+        c.in_recovery(p2) == Some(false)
+    });
+    c.set_roles(&s6.unfence(p1));
+    wait_until(
+        "postgres-0 and postgres-1 to stream from postgres-2",
+        long,
+        || {
+            let s = c.streaming_from(p2);
+            s.contains(&p0.to_string()) && s.contains(&p1.to_string())
+        },
+    );
+    assert_eq!(
+        c.log(p1).matches("rewind ok").count(),
+        1,
+        "the old primary was rewound:\n{}",
+        c.log(p1)
+    );
 
     // SIGTERM: fast shutdown of postgres, the entrypoint exits 0 with nothing left behind.
     for m in [p0, p1, p2] {

@@ -86,8 +86,12 @@ impl Roles {
     }
 }
 
-/// Reads the roles ConfigMap as the kubelet projects it (one file per key).
+/// Reads the roles ConfigMap as the kubelet projects it (one file per key). The kubelet swaps a
+/// `..data` symlink to update every key at once: the keys are read from the directory it points
+/// to, so one read never mixes two versions.
 pub fn read_roles(dir: &Path) -> Result<Roles, EntrypointError> {
+    let resolved = std::fs::canonicalize(dir.join("..data")).unwrap_or_else(|_| dir.to_path_buf());
+    let dir = resolved.as_path();
     let path = dir.display().to_string();
     let mut data = std::collections::BTreeMap::new();
     for key in [KEY_PRIMARY, KEY_FENCED, KEY_EPOCH] {
@@ -262,7 +266,19 @@ pub fn run(o: &Options, stop: &AtomicBool) -> Result<i32, EntrypointError> {
             say(member, "stopped before postgres started");
             return Ok(0);
         }
-        let roles = read_roles(&o.roles)?;
+        let roles = match read_roles(&o.roles) {
+            Ok(r) => r,
+            // A volume being updated or not mounted yet: read again (a bad value is fatal).
+            Err(e @ EntrypointError::ReadRoles { .. }) => {
+                say(
+                    member,
+                    format!("{e}; reading again in {} ms", instance::RETRY_MS),
+                );
+                sleep_unless(stop, Duration::from_millis(instance::RETRY_MS));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let t = roles.current(member)?;
         let m = t
             .postgres
