@@ -217,6 +217,9 @@ enum Command {
     /// Run the Kubernetes operator: reconcile Topology resources in the cluster (kubeconfig or
     /// in-cluster config), with Lease leader election, /healthz and /metrics.
     Operator(controller::k8s::cli::OperatorArgs),
+    /// The PostgreSQL pod's entrypoint: read the roles ConfigMap, wait while fenced, initialise,
+    /// clone, rewind or start the member, then run postgres as its child.
+    Instance(controller::k8s::cli::InstanceArgs),
     /// Print a shell completion script: `source <(bssctl completions bash)`, or write it to your
     /// shell's completion directory (zsh: a `_bssctl` file in `$fpath`; fish:
     /// `~/.config/fish/completions/bssctl.fish`).
@@ -567,6 +570,9 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
         }
         Command::Up { file } => up(cli, file),
         Command::Status { file } => status(cli, file),
+        Command::Switchover { file, to } if on_kubernetes(cli, file) => {
+            controller::k8s::cli::switchover(&load(cli, file)?, to.as_deref())
+        }
         Command::Switchover { file, to } => switchover(cli, file, to.as_deref()),
         Command::Logs {
             file,
@@ -581,6 +587,7 @@ fn run(cli: &Cli) -> Result<ExitCode, ExitCode> {
             destroy(cli, file, *keep_data)
         }
         Command::Operator(args) => controller::k8s::cli::operator(args, cli.templates.as_deref()),
+        Command::Instance(args) => controller::k8s::cli::instance(args),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

@@ -310,12 +310,19 @@ async fn role_labels_follow_the_current_primary() {
     };
     assert_eq!(role(0).as_deref(), Some("primary"));
     assert_eq!(role(1).as_deref(), Some("replica"));
-    // A switchover recorded in the status moves the labels: old primary unlabelled first.
+    // A switchover recorded in the roles ConfigMap (and the status) moves the labels: old
+    // primary unlabelled first. The roles ConfigMap wins: the failover monitor writes it first.
     let mut s = stored(&api, &name);
     s.status.as_mut().unwrap().current_primary = Some("postgres-2".into());
-    api.lock()
-        .unwrap()
-        .insert(TOPO, serde_json::to_value(&s).unwrap());
+    {
+        let mut a = api.lock().unwrap();
+        a.insert(TOPO, serde_json::to_value(&s).unwrap());
+        let cms = format!("/api/v1/namespaces/{NS}/configmaps");
+        let mut cm = a.get(&cms, "minimal-postgres-roles").unwrap().clone();
+        cm["data"]["primary"] = json!("postgres-2");
+        cm["data"]["epoch"] = json!("2");
+        a.insert(&cms, cm);
+    }
     let before = api.lock().unwrap().requests.len();
     reconcile_stored(&api, &ctx, &name).await.unwrap();
     assert_eq!(role(2).as_deref(), Some("primary"));
@@ -484,6 +491,9 @@ fn rbac_grants_nothing_the_operator_does_not_call() {
             || v == "list" && r == "topologies" // the Controller's watcher lists before it watches
             || r == "topologies/finalizers" && v == "update"
             || g == "events.k8s.io" && v == "patch" // a repeated Event is patched (series)
+            // The failover monitor reads and deletes PostgreSQL pods (k8s_failover_cluster.rs
+            // checks its requests against the same rules).
+            || r == "pods" && (v == "get" || v == "delete")
     };
     let unexplained: Vec<_> = unused.iter().filter(|x| !justified(x)).collect();
     assert!(

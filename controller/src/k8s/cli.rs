@@ -135,6 +135,51 @@ pub fn operator(
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// Flags of `bssctl instance` (the manifests pass them; see `manifests::pod_template`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct InstanceArgs {
+    /// The PostgreSQL member this pod runs (`postgres-<index>`).
+    #[arg(long)]
+    pub member: String,
+    /// Directory of the mounted roles ConfigMap (primary, fenced, epoch, topology.json).
+    #[arg(long)]
+    pub roles: PathBuf,
+    /// Directory of the mounted Secret keys.
+    #[arg(long, requires = "secrets_to")]
+    pub secrets_from: Option<PathBuf>,
+    /// Where the secret files are copied with mode 0600.
+    #[arg(long, requires = "secrets_from")]
+    pub secrets_to: Option<PathBuf>,
+    /// Milliseconds between two reads of the roles while postgres runs.
+    #[arg(long, default_value_t = 1000)]
+    pub poll_ms: u64,
+    /// postgres and its arguments.
+    #[arg(last = true, required = true)]
+    pub argv: Vec<String>,
+}
+
+/// `bssctl instance`: exits with postgres's exit code.
+pub fn instance(args: &InstanceArgs) -> Result<std::process::ExitCode, std::process::ExitCode> {
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("error: {e}");
+        std::process::ExitCode::from(1)
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    super::entrypoint::watch_signals(stop.clone()).map_err(|e| fail(&e))?;
+    let o = super::entrypoint::Options {
+        member: args.member.clone(),
+        roles: args.roles.clone(),
+        secrets_from: args.secrets_from.clone(),
+        secrets_to: args.secrets_to.clone(),
+        argv: args.argv.clone(),
+        poll: std::time::Duration::from_millis(args.poll_ms.max(50)),
+    };
+    let code = super::entrypoint::run(&o, &stop).map_err(|e| fail(&e))?;
+    Ok(std::process::ExitCode::from(
+        u8::try_from(code).unwrap_or(1),
+    ))
+}
+
 fn block_on<T>(
     f: impl std::future::Future<Output = Result<T, super::client::ClientError>>,
 ) -> Result<T, std::process::ExitCode> {
@@ -257,6 +302,33 @@ pub fn logs(
         .await
     })?;
     print!("{s}");
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `bssctl switchover --runtime kubernetes [--to MEMBER]`.
+pub fn switchover(
+    l: &crate::topology::Loaded,
+    to: Option<&str>,
+) -> Result<std::process::ExitCode, std::process::ExitCode> {
+    let t = &l.validated;
+    let rc = block_on(async {
+        let c = super::client::connect().await?;
+        super::client::switchover(
+            &c,
+            &t.namespace,
+            &t.name,
+            to,
+            std::time::Duration::from_secs(300),
+        )
+        .await
+    })?;
+    println!(
+        "switchover {} -> {} done (started {}, finished {})",
+        rc.from,
+        rc.to,
+        rc.started_at,
+        rc.finished_at.as_deref().unwrap_or("-")
+    );
     Ok(std::process::ExitCode::SUCCESS)
 }
 

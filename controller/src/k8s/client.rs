@@ -59,6 +59,8 @@ pub enum ClientError {
     Prepare { object: String, detail: String },
     #[error("failed to find a pod of component `{component}` in {env}")]
     NoPod { env: String, component: String },
+    #[error("failed to switch over {env}: {detail}")]
+    Switchover { env: String, detail: String },
 }
 
 fn api_err(
@@ -440,4 +442,59 @@ pub async fn destroy(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Ok(true)
+}
+
+/// `bssctl switchover --runtime kubernetes`: asks the operator through the
+/// `bssctl.io/switchover` annotation (a member, or `auto`), then waits until the status history
+/// shows the switchover or the operator removed the annotation without one (refused).
+pub async fn switchover(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    to: Option<&str>,
+    timeout: Duration,
+) -> Result<crate::topology::status::RoleChange, ClientError> {
+    use super::failover::SWITCHOVER_ANNOTATION;
+    let api: Api<TopologyResource> = Api::namespaced(client.clone(), namespace);
+    let obj = api
+        .get(name)
+        .await
+        .map_err(api_err("get", format!("Topology/{name}")))?;
+    let before = obj.status.as_ref().map(|s| s.history.len()).unwrap_or(0);
+    let patch = serde_json::json!({"metadata": {"annotations": {SWITCHOVER_ANNOTATION: to.unwrap_or("auto")}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(api_err("annotate", format!("Topology/{name}")))?;
+    let start = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let o = api
+            .get(name)
+            .await
+            .map_err(api_err("get", format!("Topology/{name}")))?;
+        let history = o.status.map(|s| s.history).unwrap_or_default();
+        if let Some(rc) = history.get(before..).and_then(|h| {
+            h.iter()
+                .find(|r| r.kind == crate::topology::status::RoleChangeKind::Switchover)
+        }) {
+            return Ok(rc.clone());
+        }
+        if !o
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(SWITCHOVER_ANNOTATION)
+        {
+            return Err(ClientError::Switchover {
+                env: name.into(),
+                detail: "the operator removed the request without switching over (see its log and the Events)".into(),
+            });
+        }
+        if start.elapsed() > timeout {
+            return Err(ClientError::Switchover {
+                env: name.into(),
+                detail: format!("no switchover after {} s", timeout.as_secs()),
+            });
+        }
+    }
 }

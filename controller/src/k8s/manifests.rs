@@ -651,7 +651,17 @@ impl Ctx<'_> {
         }
         let mut secret_keys: Vec<String> = secrets_of(t, c).into_iter().collect();
         if kind == Kind::Postgres {
-            secret_keys.push("pgpass".into());
+            // The entrypoint initialises the cluster, creates bssctl's roles, and rewinds with
+            // the superuser (see `entrypoint`): it needs these besides the replicas' passfile.
+            secret_keys.extend(
+                [
+                    "pgpass",
+                    "postgres-superuser-password",
+                    "postgres-replication-password",
+                    "postgres-app-password",
+                ]
+                .map(String::from),
+            );
             secret_keys.sort();
             secret_keys.dedup();
         }
@@ -720,9 +730,19 @@ impl Ctx<'_> {
         };
         if let Some(d) = &data_path {
             if persistent {
+                // PostgreSQL's data directory is built beside itself and renamed into place
+                // (initdb, pg_basebackup): the volume holds its parent, not the directory.
+                let at = if kind == Kind::Postgres {
+                    std::path::Path::new(d)
+                        .parent()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| d.clone())
+                } else {
+                    d.clone()
+                };
                 mounts.push(VolumeMount {
                     name: "data".into(),
-                    mount_path: d.clone(),
+                    mount_path: at,
                     ..VolumeMount::default()
                 });
             } else {

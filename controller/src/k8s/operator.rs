@@ -6,8 +6,9 @@
 //! transitions; a finalizer deletes everything on removal. Errors carry a category that decides
 //! the retry (invalid spec: wait for a change; transient: backoff).
 //!
-//! Not here: failure detection and the failover sequence (the engine); leader election
-//! (`leader`); the manifests themselves (`manifests`).
+//! The roles (primary, fenced members, epoch) are read from the live roles ConfigMap first, so a
+//! reconcile never undoes a failover. Not here: failure detection and the failover sequence
+//! (the engine, run by `failover`); leader election (`leader`); the manifests (`manifests`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -263,13 +264,23 @@ pub fn desired(
     obj: &TopologyResource,
     ctx: &Context,
 ) -> Result<(ValidatedTopology, Manifests), ReconcileError> {
+    desired_with_roles(obj, ctx, None)
+}
+
+/// The desired objects with the roles as the live roles ConfigMap has them: a failover writes
+/// the fence marker and the new primary there first, and a reconcile never undoes them.
+pub fn desired_with_roles(
+    obj: &TopologyResource,
+    ctx: &Context,
+    live: Option<&RoleState>,
+) -> Result<(ValidatedTopology, Manifests), ReconcileError> {
     let name = obj.name_any();
     let mut t = validate(obj)?;
-    if let Some(p) = obj
+    let primary = live.map(|s| s.primary.as_str()).or(obj
         .status
         .as_ref()
-        .and_then(|s| s.current_primary.as_deref())
-    {
+        .and_then(|s| s.current_primary.as_deref()));
+    if let Some(p) = primary {
         if let Some(moved) = t.with_primary(p) {
             t = moved;
         }
@@ -278,8 +289,36 @@ pub fn desired(
         name: name.clone(),
         source: Box::new(source),
     })?;
-    let m = manifests::build(&t, &b).map_err(|source| ReconcileError::Build { name, source })?;
+    let mut m =
+        manifests::build(&t, &b).map_err(|source| ReconcileError::Build { name, source })?;
+    if let (Some(s), Some(pg)) = (live, t.postgres.as_ref()) {
+        let roles_name = names::roles(&t.name);
+        if let Some(o) = m
+            .objects
+            .iter_mut()
+            .find(|o| o.kind == "ConfigMap" && o.name == roles_name)
+        {
+            let cm = roles::roles_config_map(&t, pg, s);
+            o.body["data"] = json!(cm.data);
+        }
+    }
     Ok((t, m))
+}
+
+/// The roles ConfigMap's state in the cluster (None before the first apply, or unreadable:
+/// then the rendered roles are applied).
+async fn live_roles(
+    obj: &TopologyResource,
+    ctx: &Context,
+) -> Result<Option<RoleState>, ReconcileError> {
+    let ns = obj.namespace().unwrap_or_default();
+    let name = names::roles(&obj.name_any());
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let cm = api
+        .get_opt(&name)
+        .await
+        .map_err(api_err("get", format!("ConfigMap/{name}")))?;
+    Ok(cm.and_then(|c| RoleState::from_data(&c.data.unwrap_or_default()).ok()))
 }
 
 /// The body the operator applies: with its owner reference and the owner-uid label.
@@ -399,7 +438,11 @@ async fn delete_orphans(
 }
 
 /// Moves `bssctl.io/role` on the PostgreSQL pods so `-rw` selects exactly the desired primary.
-async fn ensure_role_labels(t: &ValidatedTopology, ctx: &Context) -> Result<usize, ReconcileError> {
+async fn ensure_role_labels(
+    t: &ValidatedTopology,
+    live: Option<&RoleState>,
+    ctx: &Context,
+) -> Result<usize, ReconcileError> {
     let Some(pg) = &t.postgres else { return Ok(0) };
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &t.namespace);
     let sel = labels::kind_selector(&t.name, crate::render::Kind::Postgres)
@@ -420,7 +463,8 @@ async fn ensure_role_labels(t: &ValidatedTopology, ctx: &Context) -> Result<usiz
             current.insert(member.clone(), l.get(labels::ROLE).cloned());
         }
     }
-    let moves = roles::label_moves(&current, &RoleState::initial(pg));
+    let want = live.cloned().unwrap_or_else(|| RoleState::initial(pg));
+    let moves = roles::label_moves(&current, &want);
     for mv in &moves {
         let Some(pod) = pod_of.get(&mv.member) else {
             continue;
@@ -461,7 +505,15 @@ async fn patch_status(
     let ns = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
     let api: Api<TopologyResource> = Api::namespaced(ctx.client.clone(), &ns);
-    let body = json!({"status": st});
+    // The role change fields belong to the failover monitor (`failover::StatusStore`): a
+    // reconcile that started before a failover must not write its stale copy back.
+    let mut st = serde_json::to_value(st).unwrap_or_default();
+    if let Some(m) = st.as_object_mut() {
+        for k in ["history", "targetPrimary", "targetPrimaryTimestamp"] {
+            m.remove(k);
+        }
+    }
+    let body = json!({ "status": st });
     api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
         .await
         .map_err(api_err("patch the status of", format!("Topology/{name}")))?;
@@ -509,14 +561,21 @@ async fn record_failure(obj: &TopologyResource, err: &ReconcileError, ctx: &Cont
 }
 
 async fn apply(obj: Arc<TopologyResource>, ctx: &Context) -> Result<Action, ReconcileError> {
-    let (t, m) = match desired(&obj, ctx) {
+    let live = match live_roles(&obj, ctx).await {
+        Ok(l) => l,
+        Err(e) => {
+            record_failure(&obj, &e, ctx).await;
+            return Err(e);
+        }
+    };
+    let (t, m) = match desired_with_roles(&obj, ctx, live.as_ref()) {
         Ok(x) => x,
         Err(e) => {
             record_failure(&obj, &e, ctx).await;
             return Err(e);
         }
     };
-    let result = apply_objects(&obj, &t, &m, ctx).await;
+    let result = apply_objects(&obj, &t, &m, live.as_ref(), ctx).await;
     match result {
         Ok(action) => Ok(action),
         Err(e) => {
@@ -530,6 +589,7 @@ async fn apply_objects(
     obj: &TopologyResource,
     t: &ValidatedTopology,
     m: &Manifests,
+    live: Option<&RoleState>,
     ctx: &Context,
 ) -> Result<Action, ReconcileError> {
     ensure_secret(obj, t, ctx).await?;
@@ -563,7 +623,7 @@ async fn apply_objects(
         )
         .await;
     }
-    ensure_role_labels(t, ctx).await?;
+    ensure_role_labels(t, live, ctx).await?;
 
     let prev = obj.status.clone().unwrap_or_default();
     let generation = obj.metadata.generation.unwrap_or(0);

@@ -36,8 +36,14 @@ pub const CLUSTER: &[Rule] = &[
     },
     Rule {
         group: "",
-        resources: &["configmaps", "services", "serviceaccounts"],
+        resources: &["services", "serviceaccounts"],
         verbs: APPLIED,
+    },
+    // The roles ConfigMap is read before every apply and by the failover monitor.
+    Rule {
+        group: "",
+        resources: &["configmaps"],
+        verbs: &["get", "list", "create", "patch", "delete"],
     },
     // Generated once: read to keep existing values, created when missing, never listed or changed.
     Rule {
@@ -49,7 +55,8 @@ pub const CLUSTER: &[Rule] = &[
     Rule {
         group: "",
         resources: &["pods"],
-        verbs: &["list", "patch"],
+        // get: whether a member's pod serves; delete: fencing (grace 0) and switchover.
+        verbs: &["get", "list", "patch", "delete"],
     },
     Rule {
         group: "apps",
@@ -188,7 +195,7 @@ mod tests {
         );
         assert_eq!(a("GET", "/healthz"), None);
         assert!(allows(CLUSTER, "apps", "deployments", "patch"));
-        assert!(!allows(CLUSTER, "", "configmaps", "get"));
+        assert!(!allows(CLUSTER, "", "pods", "create"));
         assert!(!allows(CLUSTER, "", "secrets", "list"));
     }
 }

@@ -21,6 +21,8 @@ pub const REPLICA: &str = "replica";
 pub const KEY_PRIMARY: &str = "primary";
 pub const KEY_FENCED: &str = "fenced";
 pub const KEY_EPOCH: &str = "epoch";
+/// The validated topology (JSON) the entrypoint renders its role settings from.
+pub const KEY_TOPOLOGY: &str = "topology.json";
 
 pub fn role_label(r: Role) -> &'static str {
     match r {
@@ -137,8 +139,15 @@ impl RoleState {
     }
 }
 
-/// The roles ConfigMap, mounted into every member at `manifests::ROLES_MOUNT`.
+/// The roles ConfigMap, mounted into every member at `manifests::ROLES_MOUNT`: the role state and
+/// the validated topology (no secret values: those stay in the Secret).
 pub fn roles_config_map(t: &ValidatedTopology, _pg: &PostgresModel, s: &RoleState) -> ConfigMap {
+    let mut data = s.to_data();
+    // A ValidatedTopology is plain data; serialising it cannot fail.
+    data.insert(
+        KEY_TOPOLOGY.to_string(),
+        serde_json::to_string(t).unwrap_or_default(),
+    );
     let mut l = labels::environment(&t.name);
     l.insert(labels::NAME.into(), "postgres".into());
     ConfigMap {
@@ -148,7 +157,7 @@ pub fn roles_config_map(t: &ValidatedTopology, _pg: &PostgresModel, s: &RoleStat
             labels: Some(l),
             ..Default::default()
         },
-        data: Some(s.to_data()),
+        data: Some(data),
         ..ConfigMap::default()
     }
 }

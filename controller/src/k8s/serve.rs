@@ -132,8 +132,14 @@ pub async fn run(opts: OperatorOptions, templates: tera::Tera) -> Result<(), Ser
                 tracing::debug!(error = %e, "reconcile stream");
             }
         });
+    let monitors = super::failover::run_monitors(
+        client.clone(),
+        ctx.templates.clone(),
+        opts.watch_namespace.clone(),
+    );
     tokio::select! {
         _ = controller => Ok(()),
+        _ = monitors => Ok(()),
         e = renew => Err(e),
     }
 }
