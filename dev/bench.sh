@@ -34,9 +34,7 @@ sed -e 's/name: bss-dev/name: bench/' -e 's/stateDir: .bssctl/stateDir: state\n 
 python3 - "$work/t.yaml" <<'PY'
 import sys; p=sys.argv[1]; s=open(p).read()
 s=s.replace("stateDir: state\\n    portOffset: 30000", "stateDir: state\n    portOffset: 30000")
-import re
-# explicit ports in the root topology: shift them too
-s=re.sub(r'(port|Port|writePort|readPort|adminPort): (\d+)', lambda m: f"{m.group(1)}: {int(m.group(2))+30000}", s)
+# portOffset shifts every port, the explicit ones of the root topology included.
 open(p,'w').write(s)
 PY
 t0=$(ms); run apply "$work/t.yaml"; t1=$(ms)
