@@ -1206,13 +1206,19 @@ fn full_wal_disk_on_the_primary_holds_the_failover_and_alerts() {
         "postgres-0 runs out of space",
         Duration::from_secs(60),
         || {
-            let log = std::fs::read_to_string(env.root.join("logs").join("postgres-0.log"))
-                .unwrap_or_default();
+            let path = env.root.join("logs").join("postgres-0.log");
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            let log = String::from_utf8_lossy(&bytes);
             log.contains("No space left on device")
                 .then_some(())
                 .ok_or_else(|| {
                     let tail: Vec<&str> = log.lines().rev().take(10).collect();
-                    format!("its log ends with {tail:?}")
+                    format!(
+                        "{} ({} bytes) ends with {tail:?}; agent: {}",
+                        path.display(),
+                        bytes.len(),
+                        env.agent_status()["held"]
+                    )
                 })
         },
     );
