@@ -188,9 +188,10 @@ impl Env {
             .unwrap();
         assert!(
             out.status.success(),
-            "apply failed:\n{}\n{}",
+            "apply failed:\n{}\n{}\n{}",
             String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tails()
         );
         let lock_s = lock.display().to_string();
         for pid in self.marked_processes() {
@@ -209,6 +210,27 @@ impl Env {
         }
     }
 
+    /// The last lines of every component's log (kept in a failure message: the environment's
+    /// directory is deleted with the test).
+    fn log_tails(&self) -> String {
+        let mut out = String::new();
+        let mut logs: Vec<_> = std::fs::read_dir(self.root.join("logs"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        logs.sort();
+        for p in logs {
+            let bytes = std::fs::read(&p).unwrap_or_default();
+            let text = String::from_utf8_lossy(&bytes);
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- {}\n", p.display()));
+            for l in &lines[lines.len().saturating_sub(15)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
     /// Rewrites the topology with `change` applied to the spec and runs `apply`.
     fn change(&mut self, what: &str, change: impl FnOnce(&mut serde_yaml::Value)) -> String {
         let good = std::fs::read_to_string(&self.file).unwrap();
@@ -220,7 +242,12 @@ impl Env {
             // The last good topology back, so `destroy` still accepts it.
             std::fs::write(&self.file, good).unwrap();
         }
-        assert_eq!(code, 0, "apply of {what} failed:\n{out}\n{err}");
+        assert_eq!(
+            code,
+            0,
+            "apply of {what} failed:\n{out}\n{err}\n{}",
+            self.log_tails()
+        );
         let (code, again, _) = self.run(&["plan"], &["--no-diff"]);
         assert_eq!(code, 0);
         assert!(
