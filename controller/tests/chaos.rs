@@ -645,9 +645,11 @@ fn finish(env: &Env, load: Load, scenario: &str) -> Outcome {
     let max_p = load.max_primaries.load(Ordering::SeqCst);
     // How the agent decided (its last event's reason: "N failed probes over Mms ...").
     let st = env.agent_status();
+    // Writes resume at the reroute, before the event is recorded: then it is still in progress.
     let reason = st["events"]
         .as_array()
         .and_then(|e| e.last())
+        .or(Some(&st["in_progress"]))
         .and_then(|e| e["reason"].as_str())
         .unwrap_or("")
         .to_string();
