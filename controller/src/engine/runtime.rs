@@ -275,8 +275,15 @@ pub trait Runtime {
     fn logs(&self, name: &str, lines: usize) -> String;
     /// Space left on the filesystems of the component's data directories (PostgreSQL: the data
     /// directory and `pg_wal`). Empty for a component without data; Err when it cannot be read
-    /// (a stopped container on a remote volume, for instance).
-    fn disk_space(&self, name: &str) -> Result<Vec<DiskSpace>, RuntimeError>;
+    /// (a stopped container on a remote volume, for instance). The default, for a runtime that
+    /// cannot read it: Err, so failover judges storage by the member's log alone.
+    fn disk_space(&self, name: &str) -> Result<Vec<DiskSpace>, RuntimeError> {
+        Err(RuntimeError::step(
+            name,
+            "read its free space",
+            format!("the {} runtime cannot read it", self.capabilities().name),
+        ))
+    }
     /// Stops the component and deletes its data and files.
     fn remove(&mut self, name: &str, kind: Kind) -> Result<(), RuntimeError>;
     /// Things of this environment the runtime runs that `desired` does not name.
