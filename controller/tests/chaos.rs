@@ -188,9 +188,10 @@ impl Env {
             .unwrap();
         assert!(
             out.status.success(),
-            "apply failed:\n{}\n{}",
+            "apply failed:\n{}\n{}\n{}",
             String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tails()
         );
         let lock_s = lock.display().to_string();
         for pid in self.marked_processes() {
@@ -209,6 +210,27 @@ impl Env {
         }
     }
 
+    /// The last lines of every component's log (kept in a failure message: the environment's
+    /// directory is deleted with the test).
+    fn log_tails(&self) -> String {
+        let mut out = String::new();
+        let mut logs: Vec<_> = std::fs::read_dir(self.root.join("logs"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        logs.sort();
+        for p in logs {
+            let bytes = std::fs::read(&p).unwrap_or_default();
+            let text = String::from_utf8_lossy(&bytes);
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- {}\n", p.display()));
+            for l in &lines[lines.len().saturating_sub(15)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
     /// Rewrites the topology with `change` applied to the spec and runs `apply`.
     fn change(&mut self, what: &str, change: impl FnOnce(&mut serde_yaml::Value)) -> String {
         let good = std::fs::read_to_string(&self.file).unwrap();
@@ -220,7 +242,12 @@ impl Env {
             // The last good topology back, so `destroy` still accepts it.
             std::fs::write(&self.file, good).unwrap();
         }
-        assert_eq!(code, 0, "apply of {what} failed:\n{out}\n{err}");
+        assert_eq!(
+            code,
+            0,
+            "apply of {what} failed:\n{out}\n{err}\n{}",
+            self.log_tails()
+        );
         let (code, again, _) = self.run(&["plan"], &["--no-diff"]);
         assert_eq!(code, 0);
         assert!(
@@ -618,9 +645,11 @@ fn finish(env: &Env, load: Load, scenario: &str) -> Outcome {
     let max_p = load.max_primaries.load(Ordering::SeqCst);
     // How the agent decided (its last event's reason: "N failed probes over Mms ...").
     let st = env.agent_status();
+    // Writes resume at the reroute, before the event is recorded: then it is still in progress.
     let reason = st["events"]
         .as_array()
         .and_then(|e| e.last())
+        .or(Some(&st["in_progress"]))
         .and_then(|e| e["reason"].as_str())
         .unwrap_or("")
         .to_string();
@@ -1052,4 +1081,240 @@ fn plan_line(plan: &str, component: &str) -> String {
             (f.next() == Some(component)).then(|| f.collect::<Vec<_>>().join(" "))
         })
         .unwrap_or_default()
+}
+
+/// A small filesystem mounted by the test (a tmpfs: the machine's own disk is far too big to
+/// fill), lazily unmounted when dropped so no test leaves a mount behind.
+struct SmallFs {
+    dir: std::path::PathBuf,
+}
+
+impl SmallFs {
+    fn mount(dir: std::path::PathBuf, mib: u64) -> SmallFs {
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}M,mode=0711"),
+                "tmpfs",
+            ])
+            .arg(&dir)
+            .output()
+            .expect("mount(8) from util-linux (apt-get install -y mount)");
+        assert!(
+            out.status.success(),
+            "mounting a {mib} MiB tmpfs at {} failed (the disk-full scenario needs root): {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallFs { dir }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+/// `GET /metrics` of the agent (with its token).
+fn agent_metrics(env: &Env) -> String {
+    let bearer = format!("Bearer {}", env.secret("agent-token"));
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .get(&format!("http://127.0.0.1:{}/metrics", env.port(7070)))
+        .set("Authorization", &bearer)
+        .call()
+        .ok()
+        .and_then(|r| r.into_string().ok())
+        .unwrap_or_default()
+}
+
+/// The primary's `pg_wal` on a small filesystem of its own (as with a separate WAL volume) that
+/// fills up: the primary PANICs and stays down. The agent must NOT fail over (promoting does not
+/// fix storage and risks a second primary once space is freed: CloudNativePG's rule) but must
+/// say why and alert; once space is freed the same primary comes back, nothing acknowledged is
+/// lost and there was never a second timeline.
+#[test]
+fn full_wal_disk_on_the_primary_holds_the_failover_and_alerts() {
+    let env = Env::root_defaults("chaos-disk-full");
+    let root = env.run_root();
+    // Moving pg_wal is planned work: agent stopped (so the stop is no death), clean shutdown,
+    // copy, link, then `apply` starts both again.
+    controller::runtime::agent_process::stop(&env.root);
+    let rec = process::read_record(&format!("{root}/run"), "postgres-0").unwrap();
+    process::signal(rec.pid, "INT");
+    wait_until("postgres-0 stops", Duration::from_secs(30), || {
+        let left = process::component_processes(&root, "postgres-0");
+        left.is_empty()
+            .then_some(())
+            .ok_or_else(|| format!("{left:?}"))
+    });
+    let data = env.root.join("data").join("postgres-0");
+    let wal = data.join("pg_wal");
+    let fs = SmallFs::mount(
+        env.root.parent().unwrap().parent().unwrap().join("walfs"),
+        160,
+    );
+    let moved = fs.dir.join("pg_wal");
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&wal)
+        .arg(&moved)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&wal).unwrap();
+    std::os::unix::fs::symlink(&moved, &wal).unwrap();
+    let (code, out, err) = env.run(&["apply"], &[]);
+    assert_eq!(code, 0, "apply after moving pg_wal failed:\n{out}\n{err}");
+    assert_eq!(env.primaries(), vec![0]);
+
+    let load = start_load(&env);
+    // Something else fills the WAL filesystem, and the workload goes on producing WAL (1 MiB
+    // logical messages, which touch no data file): the primary needs a new segment and PANICs.
+    let fill = fs.dir.join("fill");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&fill).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    let filling = Arc::new(AtomicBool::new(true));
+    let filler = {
+        let (filling, port, pw) = (
+            filling.clone(),
+            env.member_port(0),
+            env.secret("postgres-superuser-password"),
+        );
+        std::thread::spawn(move || {
+            while filling.load(Ordering::SeqCst) {
+                let c = controller::pgsql::connect(
+                    "127.0.0.1",
+                    port,
+                    "postgres",
+                    &pw,
+                    "postgres",
+                    Duration::from_secs(1),
+                );
+                let Ok(mut c) = c else {
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                };
+                while filling.load(Ordering::SeqCst)
+                    && c.batch_execute(
+                        "SELECT pg_logical_emit_message(false, 'chaos-fill', repeat('x', 1048576))",
+                    )
+                    .is_ok()
+                {}
+            }
+        })
+    };
+    wait_until(
+        "the agent holds the failover back for the full disk",
+        Duration::from_secs(60),
+        || {
+            let st = env.agent_status();
+            let held = st["held"].as_str().unwrap_or("");
+            held.contains("not failing over: disk full on postgres-0")
+                .then_some(())
+                .ok_or_else(|| format!("held = {held:?}, last_decision = {}", st["last_decision"]))
+        },
+    );
+    wait_until(
+        "postgres-0 runs out of space",
+        Duration::from_secs(60),
+        || {
+            let path = env.root.join("logs").join("postgres-0.log");
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            let log = String::from_utf8_lossy(&bytes);
+            log.contains("No space left on device")
+                .then_some(())
+                .ok_or_else(|| {
+                    let tail: Vec<&str> = log.lines().rev().take(10).collect();
+                    format!(
+                        "{} ({} bytes) ends with {tail:?}; agent: {}",
+                        path.display(),
+                        bytes.len(),
+                        env.agent_status()["held"]
+                    )
+                })
+        },
+    );
+    // Several detection windows (3 s) pass with the primary down: nothing is promoted.
+    std::thread::sleep(Duration::from_secs(10));
+    let st = env.agent_status();
+    assert_eq!(st["failovers_total"], 0, "{st}");
+    assert_eq!(env.recorded_primary(), "postgres-0");
+    assert!(
+        !env.primaries().iter().any(|p| *p != 0),
+        "a replica was promoted: {:?}",
+        env.primaries()
+    );
+    // Said where an operator looks: status, the journal, the metrics the alert rules use.
+    let (_, json, _) = env.run(&["status", "-o", "json"], &[]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(
+        v["no_failover_because"]
+            .as_str()
+            .is_some_and(|w| w.contains("not failing over: disk full on postgres-0")),
+        "{json}"
+    );
+    let decisions = journal(&env, "failover", "decision");
+    assert!(
+        decisions.iter().any(|e| e["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("not failing over: disk full on postgres-0"))),
+        "{decisions:?}"
+    );
+    let m = agent_metrics(&env);
+    assert!(
+        m.contains("bssctl_failover_held{member=\"postgres-0\",reason=\"disk_full\"} 1")
+            && m.contains("bssctl_postgres_disk_full{member=\"postgres-0\"} 1")
+            && m.contains("bssctl_postgres_disk_full{member=\"postgres-1\"} 0"),
+        "{m}"
+    );
+
+    // Space freed: the same primary comes back (restarted by the agent if it stayed down).
+    filling.store(false, Ordering::SeqCst);
+    filler.join().unwrap();
+    std::fs::remove_file(&fill).unwrap();
+    wait_until(
+        "postgres-0 is primary again",
+        Duration::from_secs(90),
+        || {
+            (env.primaries() == vec![0])
+                .then_some(())
+                .ok_or_else(|| format!("primaries {:?}", env.primaries()))
+        },
+    );
+    let o = finish(&env, load, "disk-full");
+    assert_eq!(o.lost, 0, "acknowledged writes lost: {o:?}");
+    assert_eq!(o.timelines.len(), 1, "a promotion happened: {o:?}");
+    for i in 1..env.members() {
+        wait_rejoined(&env, i);
+    }
+    let st = env.agent_status();
+    assert_eq!(st["failovers_total"], 0, "{st}");
+    assert_eq!(st["held"], "", "{st}");
+    wait_until("the metrics clear", Duration::from_secs(15), || {
+        let m = agent_metrics(&env);
+        (m.contains("bssctl_failover_held{member=\"postgres-0\",reason=\"disk_full\"} 0")
+            && m.contains("bssctl_postgres_disk_full{member=\"postgres-0\"} 0"))
+        .then_some(())
+        .ok_or(m)
+    });
+    env.assert_settings_match_files("after the full disk");
+    env.destroy_and_prove();
+    drop(fs);
 }

@@ -18,7 +18,8 @@ use super::spec::{self, HostDirs};
 use super::{container_name, images, labels, network_name, volume_name};
 use crate::engine::health::ports_of;
 use crate::engine::runtime::{
-    Capabilities, Endpoint, Observed, Runtime, RuntimeError, Signal, StartOpts, StopMode, Task,
+    Capabilities, DiskSpace, Endpoint, Observed, Runtime, RuntimeError, Signal, StartOpts,
+    StopMode, Task,
 };
 use crate::render::{Bundle, ComponentBundle, Kind};
 use crate::state;
@@ -838,6 +839,69 @@ impl Runtime for Docker {
             .as_ref()
             .and_then(|c| c.logs(&self.cname(name), lines).ok())
             .unwrap_or_default()
+    }
+
+    fn disk_space(&self, name: &str) -> Result<Vec<DiskSpace>, RuntimeError> {
+        let Some(m) = self
+            .t
+            .postgres
+            .as_ref()
+            .and_then(|p| p.member(name))
+            .cloned()
+        else {
+            return Ok(Vec::new());
+        };
+        let what = "read its free space";
+        // A stopped member on a local-driver volume: its host directory.
+        if let Some(dir) = self.stopped_data_dir(name, &m.data_dir) {
+            let mut v = Vec::new();
+            for d in [dir.clone(), dir.join("pg_wal")] {
+                match rustix::fs::statvfs(&d) {
+                    Ok(s) => v.push(DiskSpace {
+                        path: d.display().to_string(),
+                        available_bytes: s.f_bavail.saturating_mul(s.f_frsize),
+                        total_bytes: s.f_blocks.saturating_mul(s.f_frsize),
+                    }),
+                    Err(rustix::io::Errno::NOENT) if d != dir => {}
+                    Err(e) => return Err(step(name, what, e)),
+                }
+            }
+            return Ok(v);
+        }
+        // A running one: statfs inside its container (its mounts, as PostgreSQL sees them).
+        let d = sh_quote(&m.data_dir);
+        let cmd = vec![
+            "sh".to_string(),
+            "-c".into(),
+            format!("for p in {d} {d}/pg_wal; do [ -e \"$p\" ] && stat -f -L -c \"%a %S %b $p\" \"$p\"; done; true"),
+        ];
+        let out = self
+            .client(name)?
+            .exec(&self.cname(name), &cmd, None, Duration::from_secs(5))
+            .map_err(|e| step(name, what, e))?
+            .output;
+        let v: Vec<DiskSpace> = out
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.splitn(4, ' ');
+                let avail: u64 = f.next()?.parse().ok()?;
+                let bsize: u64 = f.next()?.parse().ok()?;
+                let blocks: u64 = f.next()?.parse().ok()?;
+                Some(DiskSpace {
+                    path: f.next()?.to_string(),
+                    available_bytes: avail.saturating_mul(bsize),
+                    total_bytes: blocks.saturating_mul(bsize),
+                })
+            })
+            .collect();
+        if v.is_empty() {
+            return Err(step(
+                name,
+                what,
+                format!("unexpected statfs output {out:?}"),
+            ));
+        }
+        Ok(v)
     }
 
     fn remove(&mut self, name: &str, kind: Kind) -> Result<(), RuntimeError> {

@@ -796,6 +796,35 @@ pub fn metrics(s: &Snapshot) -> String {
     let _ = writeln!(o, "# HELP bssctl_failover_in_progress 1 while a failover or switchover runs.\n# TYPE bssctl_failover_in_progress gauge\nbssctl_failover_in_progress {}", u8::from(f.in_progress.is_some()));
     let _ = writeln!(o, "# HELP bssctl_primary_healthy 1 when the last probe of the primary succeeded.\n# TYPE bssctl_primary_healthy gauge\nbssctl_primary_healthy {}", u8::from(f.primary_healthy));
     let _ = writeln!(o, "# HELP bssctl_primary_unreachable_seconds How long the primary has failed every probe.\n# TYPE bssctl_primary_unreachable_seconds gauge\nbssctl_primary_unreachable_seconds {}", f.unreachable_for_ms as f64 / 1000.0);
+    let _ = writeln!(o, "# HELP bssctl_failover_held 1 while the failover of the unreachable primary is held back because its storage is full.\n# TYPE bssctl_failover_held gauge");
+    if let Some(p) = f.primary.as_deref() {
+        let _ = writeln!(
+            o,
+            "bssctl_failover_held{{member=\"{}\",reason=\"disk_full\"}} {}",
+            esc(p),
+            u8::from(!f.held.is_empty())
+        );
+    }
+    let _ = writeln!(o, "# HELP bssctl_postgres_disk_full 1 when the fullest filesystem of the member (data directory or pg_wal) has less than two WAL segments free.\n# TYPE bssctl_postgres_disk_full gauge");
+    for d in &f.storage {
+        let _ = writeln!(
+            o,
+            "bssctl_postgres_disk_full{{member=\"{}\"}} {}",
+            esc(&d.member),
+            u8::from(d.full)
+        );
+    }
+    let _ = writeln!(o, "# HELP bssctl_postgres_disk_available_bytes Free bytes on the fullest filesystem of the member (data directory or pg_wal).\n# TYPE bssctl_postgres_disk_available_bytes gauge");
+    for d in &f.storage {
+        if let Some(b) = d.available_bytes {
+            let _ = writeln!(
+                o,
+                "bssctl_postgres_disk_available_bytes{{member=\"{}\",path=\"{}\"}} {b}",
+                esc(&d.member),
+                esc(&d.path)
+            );
+        }
+    }
     let _ = writeln!(o, "# HELP bssctl_member_role 1 for the role each member reports (pg_is_in_recovery), by the failover monitor.\n# TYPE bssctl_member_role gauge");
     for m in &f.members {
         let _ = writeln!(

@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use crate::engine::failover::MemberView;
+use crate::engine::runtime::DiskSpace;
 use crate::topology::model::ValidatedTopology;
 
 /// Consecutive probe failures of the primary and when it last answered.
@@ -155,6 +156,80 @@ pub fn primary_heard_by_replicas(t: &ValidatedTopology, views: &[MemberView]) ->
     })
 }
 
+/// Below this many free bytes a member's filesystem counts as full: less than two WAL segments
+/// (16 MiB each), so a primary can neither switch to its next segment nor finish crash recovery
+/// (its end-of-recovery checkpoint needs WAL space too).
+pub const DISK_FULL_BELOW: u64 = 32 << 20;
+
+/// What the log says when PostgreSQL ran out of space (the errno text, locale C).
+pub const ENOSPC_TEXT: &str = "No space left on device";
+
+/// Whether a member's storage is full, and the evidence: the fullest of its filesystems (data
+/// directory, `pg_wal`) by statvfs, and the last log line naming `No space left on device`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Storage {
+    /// Some filesystem of the member has less than `DISK_FULL_BELOW` free.
+    pub full: bool,
+    /// The fullest filesystem (None: its space could not be read).
+    pub fullest: Option<DiskSpace>,
+    /// The last log line of the tail that reports running out of space.
+    pub enospc_line: Option<String>,
+}
+
+impl Storage {
+    /// Judges `space` (None: unreadable) and the member's `log_tail`. With the space unreadable
+    /// (a stopped container on a remote volume), the log alone decides.
+    pub fn judge(space: Option<&[DiskSpace]>, log_tail: &str) -> Storage {
+        let enospc_line = log_tail
+            .lines()
+            .rev()
+            .find(|l| l.contains(ENOSPC_TEXT))
+            .map(|l| l.trim().chars().take(300).collect::<String>());
+        let fullest = space.and_then(|v| v.iter().min_by_key(|d| d.available_bytes).cloned());
+        let full = match (&fullest, space) {
+            (Some(d), _) => d.available_bytes < DISK_FULL_BELOW,
+            (None, Some(_)) => false,
+            (None, None) => enospc_line.is_some(),
+        };
+        Storage {
+            full,
+            fullest,
+            enospc_line,
+        }
+    }
+
+    /// Whether a restart has room to succeed: the space is known and not full.
+    pub fn has_room(&self) -> bool {
+        self.fullest.is_some() && !self.full
+    }
+}
+
+/// Why a failover of the unreachable primary `member` must be held back: its storage is full.
+/// Promoting a replica does not help when the cause is storage (the new primary's disk is no
+/// bigger, and the old one still has every acknowledged commit), and a primary that recovers
+/// once space is freed would be a second one (CloudNativePG holds back too).
+pub fn hold_for_storage(member: &str, s: &Storage) -> Option<String> {
+    if !s.full {
+        return None;
+    }
+    let mut why = format!("not failing over: disk full on {member}");
+    if let Some(d) = &s.fullest {
+        why.push_str(&format!(
+            " ({} has {} KiB free of {} MiB)",
+            d.path,
+            d.available_bytes / 1024,
+            d.total_bytes >> 20
+        ));
+    }
+    if let Some(l) = &s.enospc_line {
+        why.push_str(&format!("; its log: {l}"));
+    }
+    why.push_str(
+        "; promoting a replica does not fix storage; free space and the primary is started again",
+    );
+    Some(why)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -263,6 +338,48 @@ mod tests {
     }
 
     const WINDOW: Duration = Duration::from_secs(3);
+
+    fn space(path: &str, avail_mib: u64) -> DiskSpace {
+        DiskSpace {
+            path: path.into(),
+            available_bytes: avail_mib << 20,
+            total_bytes: 160 << 20,
+        }
+    }
+
+    #[test]
+    fn a_full_wal_filesystem_holds_the_failover_back() {
+        let log = "LOG:  checkpoint starting\nPANIC:  could not write to file \"pg_wal/xlogtemp.77\": No space left on device\nLOG:  server process (PID 77) was terminated by signal 6: Aborted";
+        // pg_wal on its own small filesystem, the data directory on a big one.
+        let v = [
+            space("/d/postgres-0", 9000),
+            space("/d/postgres-0/pg_wal", 0),
+        ];
+        let s = Storage::judge(Some(&v), log);
+        assert!(s.full && !s.has_room());
+        let why = hold_for_storage("postgres-0", &s).unwrap();
+        assert!(why.starts_with("not failing over: disk full on postgres-0 (/d/postgres-0/pg_wal has 0 KiB free of 160 MiB)"), "{why}");
+        assert!(why.contains("xlogtemp.77"), "{why}");
+        // Space freed: no hold, room to restart, though the old PANIC is still in the log.
+        let v = [
+            space("/d/postgres-0", 9000),
+            space("/d/postgres-0/pg_wal", 120),
+        ];
+        let s = Storage::judge(Some(&v), log);
+        assert!(!s.full && s.has_room());
+        assert_eq!(hold_for_storage("postgres-0", &s), None);
+        // A dead primary with space left and no such log line: an ordinary failover.
+        let s = Storage::judge(Some(&[space("/d", 500)]), "LOG:  database system is ready");
+        assert_eq!(hold_for_storage("postgres-0", &s), None);
+        // Space unreadable: the log alone decides, and a restart is not known to have room.
+        let s = Storage::judge(None, log);
+        assert!(s.full && !s.has_room());
+        let s = Storage::judge(None, "FATAL:  the database system is shutting down");
+        assert!(!s.full && !s.has_room());
+        // Just under two WAL segments free counts as full.
+        let s = Storage::judge(Some(&[space("/d", 31)]), "");
+        assert!(s.full);
+    }
 
     #[test]
     fn a_stall_shorter_than_the_window_is_only_suspect() {

@@ -20,9 +20,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::clients::{Clients, PgOp, PgReply};
 use crate::engine::converge::{control_field, parse_lsn};
-use crate::engine::detect::{self, Detector, Verdict};
+use crate::engine::detect::{self, Detector, Storage, Verdict};
 use crate::engine::runtime::{Runtime, StopMode, Task};
 use crate::engine::store::StateStore;
+use crate::engine::supervise::{Decision, Supervisor};
 use crate::engine::{Env, RuntimeFactory};
 use crate::pgsql;
 use crate::plan::Action;
@@ -144,6 +145,23 @@ pub struct FailoverStatus {
     pub events: VecDeque<FailoverEvent>,
     pub members: Vec<MemberView>,
     pub replication: Vec<pgsql::ReplicaStat>,
+    /// Free space of every member's fullest filesystem (data directory or `pg_wal`).
+    pub storage: Vec<MemberStorage>,
+    /// Why the failover of the unreachable primary is held back (its storage is full); empty
+    /// otherwise.
+    pub held: String,
+}
+
+/// What the monitor last read of one member's storage.
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+pub struct MemberStorage {
+    pub member: String,
+    /// The fullest of its filesystems (empty when its space could not be read).
+    pub path: String,
+    pub available_bytes: Option<u64>,
+    pub total_bytes: Option<u64>,
+    /// Less than `detect::DISK_FULL_BELOW` free (or, space unreadable, its log says so).
+    pub full: bool,
 }
 
 /// Requests the agent API hands to the monitor (the only thread that changes roles).
@@ -964,6 +982,67 @@ struct MonitorState {
     k: Knowledge,
     rejoin_at: BTreeMap<String, (Instant, Duration)>,
     last_outage_note: String,
+    /// Storage of every member, read every `STORAGE_EVERY` (the primary every probe while it
+    /// fails).
+    storage: BTreeMap<String, Storage>,
+    storage_read: Option<Instant>,
+    /// The failover is held back because the primary's storage is full: the reason, and since
+    /// when the storage has had room again (the primary is restarted meanwhile).
+    held: Option<String>,
+    room_since: Option<Instant>,
+    /// Backoff of the held primary's restarts.
+    sup: Supervisor,
+}
+
+/// How often every member's free space is read.
+const STORAGE_EVERY: Duration = Duration::from_secs(5);
+
+/// A held primary whose storage has room again gets this long (restarted with backoff) to
+/// answer before the hold lifts and an ordinary failover may follow: then the cause is no
+/// longer storage.
+const HOLD_AFTER_ROOM: Duration = Duration::from_secs(60);
+
+fn read_storage(rt: &dyn Runtime, member: &str) -> Storage {
+    let space = rt.disk_space(member).ok();
+    Storage::judge(space.as_deref(), &rt.logs(member, 30))
+}
+
+/// Starts the recorded primary again after its failover was held back for full storage: no
+/// replica was promoted, so it is still the only primary. Refuses anything else (another member,
+/// a member marked for rewind, an unfinished role change).
+pub fn restart_held_primary(
+    svc: &Services,
+    member: &str,
+    rep: &mut dyn Reporter,
+) -> Result<(), FailoverError> {
+    let (a, _base, cur) = load(&*svc.store)?;
+    let err = |detail: String| FailoverError::Refused(format!("restart {member}: {detail}"));
+    let pg = cur
+        .postgres
+        .as_ref()
+        .ok_or_else(|| err("no postgres".into()))?;
+    if pg.primary != member {
+        return Err(err(format!("the recorded primary is {}", pg.primary)));
+    }
+    if svc.store.needs_rewind(member) || svc.store.intent().is_some() {
+        return Err(err("it was fenced; it rejoins as a replica instead".into()));
+    }
+    let c = a
+        .bundle
+        .components
+        .get(member)
+        .ok_or_else(|| err("not in the applied bundle".into()))?;
+    let mut rt = (svc.runtime)(&cur);
+    let mut env = Env {
+        t: &cur,
+        rt: rt.as_mut(),
+        cl: &*svc.clients,
+        store: &*svc.store,
+        rep,
+    };
+    env.ensure(member, c, None, Action::Create)
+        .map(|_| ())
+        .map_err(|e| err(e.to_string()))
 }
 
 /// The monitor: probes every `probe_interval`, fails over after `detection_window`, rejoins
@@ -982,6 +1061,11 @@ pub fn monitor(
         k: Knowledge::default(),
         rejoin_at: BTreeMap::new(),
         last_outage_note: String::new(),
+        storage: BTreeMap::new(),
+        storage_read: None,
+        held: None,
+        room_since: None,
+        sup: Supervisor::default(),
     };
     let rejoining: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let set = |f: &dyn Fn(&mut FailoverStatus)| {
@@ -1073,7 +1157,32 @@ pub fn monitor(
             corroborated,
         );
         let verdict = st.detector.observe(Instant::now(), healthy, window);
+        // Storage: every member now and then (metrics, alerts), the failing primary every probe.
+        if st
+            .storage_read
+            .is_none_or(|at| at.elapsed() >= STORAGE_EVERY)
+        {
+            for m in &pg.members {
+                st.storage
+                    .insert(m.name.clone(), read_storage(rt.as_ref(), &m.name));
+            }
+            st.storage_read = Some(Instant::now());
+        } else if !healthy {
+            st.storage
+                .insert(pg.primary.clone(), read_storage(rt.as_ref(), &pg.primary));
+        }
         if healthy {
+            if let Some(h) = st.held.take() {
+                tracing::warn!(primary = %pg.primary, "the primary answers again after its storage was full; no failover happened ({h})");
+                rep.event(&Event::step(
+                    "failover",
+                    "decision",
+                    "ok",
+                    Duration::ZERO,
+                    format!("{} answers again; the held failover is off", pg.primary),
+                ));
+            }
+            st.room_since = None;
             st.last_outage_note.clear();
             st.k.last_primary_lsn = pv.as_ref().and_then(|v| v.current_lsn);
             if let Some(m) = pg.primary_member() {
@@ -1100,11 +1209,108 @@ pub fn monitor(
             s.unreachable_for_ms = if healthy { 0 } else { down_for.as_millis() };
             s.members = views.clone();
             s.replication = replication.clone();
+            s.storage = pg
+                .members
+                .iter()
+                .map(|m| {
+                    let x = st.storage.get(&m.name);
+                    let d = x.and_then(|x| x.fullest.as_ref());
+                    MemberStorage {
+                        member: m.name.clone(),
+                        path: d.map(|d| d.path.clone()).unwrap_or_default(),
+                        available_bytes: d.map(|d| d.available_bytes),
+                        total_bytes: d.map(|d| d.total_bytes),
+                        full: x.is_some_and(|x| x.full),
+                    }
+                })
+                .collect();
+            s.held = st.held.clone().unwrap_or_default();
             if healthy {
                 // The outage that explained a non-promotion is over.
                 s.last_decision.clear();
             }
         });
+        // Full storage on the failing primary holds the failover back (CloudNativePG's rule:
+        // promoting does not fix storage, and the old primary would come back as a second one
+        // once space is freed). With room again it is restarted, as the only primary.
+        let primary_storage = st.storage.get(&pg.primary).cloned().unwrap_or_default();
+        if fo.enabled && !healthy {
+            if let Some(why) = detect::hold_for_storage(&pg.primary, &primary_storage) {
+                if st.held.as_deref() != Some(why.as_str()) {
+                    if st.held.is_none() {
+                        tracing::error!(primary = %pg.primary, "{why}");
+                        rep.event(&Event::step(
+                            "failover",
+                            "decision",
+                            "fail",
+                            down_for,
+                            why.clone(),
+                        ));
+                    }
+                    st.held = Some(why.clone());
+                }
+                st.room_since = None;
+                set(&|s| {
+                    s.last_decision = why.clone();
+                    s.held = why.clone();
+                });
+            } else if st.held.is_some() {
+                let since = *st.room_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > HOLD_AFTER_ROOM {
+                    tracing::error!(primary = %pg.primary, "the storage of the primary has had room for {}s but it does not answer; the failover is no longer held back", HOLD_AFTER_ROOM.as_secs());
+                    st.held = None;
+                    st.room_since = None;
+                    set(&|s| s.held.clear());
+                    // A later failover waits a whole window from here.
+                    let now = Instant::now();
+                    st.detector.reset(now);
+                    st.detector.observe(now, false, window);
+                }
+            }
+        }
+        if let Some(why) = st.held.clone().filter(|_| fo.enabled && !healthy) {
+            let running = rt.observe(&pg.primary).is_some_and(|o| o.running);
+            let busy = rejoining
+                .lock()
+                .map(|s| s.contains(&pg.primary))
+                .unwrap_or(true);
+            let now = Instant::now();
+            if !busy
+                && st
+                    .sup
+                    .decide_held_primary(now, &pg.primary, running, primary_storage.has_room())
+                    == Decision::Restart
+            {
+                st.sup.restarted(now, &pg.primary);
+                if let Ok(mut s) = rejoining.lock() {
+                    s.insert(pg.primary.clone());
+                }
+                let (svc2, name, busy2, root2) = (
+                    svc.clone(),
+                    pg.primary.clone(),
+                    rejoining.clone(),
+                    journal_root.to_path_buf(),
+                );
+                tracing::warn!(member = %name, "its storage has room again; starting the primary again (no failover happened)");
+                std::thread::spawn(move || {
+                    let mut rep = Journal::open(&root2);
+                    if let Err(e) = restart_held_primary(&svc2, &name, &mut rep) {
+                        tracing::error!(member = %name, error = %e, "restart of the held primary failed; will retry");
+                    }
+                    if let Ok(mut s) = busy2.lock() {
+                        s.remove(&name);
+                    }
+                });
+            }
+            set(&|s| s.last_decision = why.clone());
+            drop(rt);
+            let next = detect::next_probe_at(tick, interval, None);
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
+            continue;
+        }
         if let (true, Verdict::Dead { fails, down_for }) = (fo.enabled, verdict) {
             let decision = match detect::primary_heard_by_replicas(&t, &views) {
                 Some(why) => Err(why),

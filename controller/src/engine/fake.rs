@@ -13,7 +13,8 @@ use std::time::Duration;
 use crate::engine::clients::{ClientError, Clients, Method, PgOp, PgReply};
 use crate::engine::failover::{FailoverEvent, MemberView, WriteRouter};
 use crate::engine::runtime::{
-    Capabilities, Endpoint, Observed, Runtime, RuntimeError, Signal, StartOpts, StopMode, Task,
+    Capabilities, DiskSpace, Endpoint, Observed, Runtime, RuntimeError, Signal, StartOpts,
+    StopMode, Task,
 };
 use crate::engine::store::StateStore;
 use crate::render::{Bundle, ComponentBundle, Kind};
@@ -58,6 +59,8 @@ pub struct World {
     pub intent: Option<FailoverEvent>,
     pub history: Vec<FailoverEvent>,
     pub rewind: BTreeSet<String>,
+    /// Free space per member (`disk_space`); a member not listed has plenty.
+    pub disk: BTreeMap<String, Vec<DiskSpace>>,
 }
 
 impl World {
@@ -249,6 +252,17 @@ impl Runtime for FakeRuntime {
 
     fn logs(&self, name: &str, _: usize) -> String {
         format!("(fake log of {name})")
+    }
+
+    fn disk_space(&self, name: &str) -> Result<Vec<DiskSpace>, RuntimeError> {
+        let w = w(&self.0);
+        Ok(w.disk.get(name).cloned().unwrap_or_else(|| {
+            vec![DiskSpace {
+                path: format!("/fake/{name}"),
+                available_bytes: 10 << 30,
+                total_bytes: 20 << 30,
+            }]
+        }))
     }
 
     fn remove(&mut self, name: &str, _: Kind) -> Result<(), RuntimeError> {

@@ -178,6 +178,17 @@ pub struct Observed {
     pub epoch: u32,
 }
 
+/// Space left on the filesystem that holds one of a component's directories.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct DiskSpace {
+    /// The directory, as the component sees it (a PostgreSQL member: its data directory and its
+    /// `pg_wal`, which may be a mount or a link of its own).
+    pub path: String,
+    /// Bytes the component's (unprivileged) user can still allocate there.
+    pub available_bytes: u64,
+    pub total_bytes: u64,
+}
+
 /// How a config-only change reaches a running component on this runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -262,6 +273,17 @@ pub trait Runtime {
     fn endpoint(&self, name: &str, port: u16) -> Endpoint;
     /// The last `lines` lines of the component's output.
     fn logs(&self, name: &str, lines: usize) -> String;
+    /// Space left on the filesystems of the component's data directories (PostgreSQL: the data
+    /// directory and `pg_wal`). Empty for a component without data; Err when it cannot be read
+    /// (a stopped container on a remote volume, for instance). The default, for a runtime that
+    /// cannot read it: Err, so failover judges storage by the member's log alone.
+    fn disk_space(&self, name: &str) -> Result<Vec<DiskSpace>, RuntimeError> {
+        Err(RuntimeError::step(
+            name,
+            "read its free space",
+            format!("the {} runtime cannot read it", self.capabilities().name),
+        ))
+    }
     /// Stops the component and deletes its data and files.
     fn remove(&mut self, name: &str, kind: Kind) -> Result<(), RuntimeError>;
     /// Things of this environment the runtime runs that `desired` does not name.

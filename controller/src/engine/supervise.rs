@@ -1,8 +1,11 @@
 //! Supervision: which crashed components to restart now, as a pure decision over what is
 //! observed, with exponential backoff per component (1 s doubling to 60 s, reset after a minute
 //! of health). A PostgreSQL primary is never restarted here: its loss belongs to failover, and
-//! restarting it blindly could bring back a second primary. Replicas are rejoined by the
-//! failover monitor when failover is on (a former primary must be rewound first).
+//! restarting it blindly could bring back a second primary — except the one case where the
+//! failover monitor held the failover back because the primary's storage is full: nothing was
+//! promoted, so once there is room again the same primary is restarted, with the same backoff
+//! (`decide_held_primary`). Replicas are rejoined by the failover monitor when failover is on (a
+//! former primary must be rewound first).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -89,6 +92,44 @@ impl Supervisor {
         Decision::Restart
     }
 
+    /// The primary whose failover is held back because its storage is full (no replica was
+    /// promoted, so it is still the only primary): left alone while there is no room, restarted
+    /// with backoff once there is (space freed, volume grown), kept while it runs.
+    pub fn decide_held_primary(
+        &mut self,
+        now: Instant,
+        name: &str,
+        running: bool,
+        has_room: bool,
+    ) -> Decision {
+        if running {
+            return self.decide(
+                now,
+                name,
+                Seen {
+                    kind: Kind::Postgres,
+                    running: true,
+                    is_primary: true,
+                    failover_on: true,
+                },
+            );
+        }
+        if !has_room {
+            return Decision::Leave(LeaveReason::Primary);
+        }
+        // As an ordinary supervised process from here on.
+        self.decide(
+            now,
+            name,
+            Seen {
+                kind: Kind::Redis,
+                running: false,
+                is_primary: false,
+                failover_on: false,
+            },
+        )
+    }
+
     /// A restart of `name` was attempted at `now`: the next one waits twice as long.
     pub fn restarted(&mut self, now: Instant, name: &str) {
         let b = self.backoff.entry(name.to_string()).or_insert(Backoff {
@@ -149,6 +190,37 @@ mod tests {
         assert_eq!(
             s.decide(crash + Duration::from_secs(1), "redis", down(Kind::Redis)),
             Decision::Restart
+        );
+    }
+
+    #[test]
+    fn a_primary_held_for_full_storage_restarts_only_with_room() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::default();
+        for i in 0..5 {
+            assert_eq!(
+                s.decide_held_primary(t0 + Duration::from_secs(i), "postgres-0", false, false),
+                Decision::Leave(LeaveReason::Primary)
+            );
+        }
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(
+            s.decide_held_primary(t1, "postgres-0", false, true),
+            Decision::Restart
+        );
+        s.restarted(t1, "postgres-0");
+        // It failed again at once (still too little space): the next attempt backs off.
+        assert!(matches!(
+            s.decide_held_primary(t1 + Duration::from_millis(500), "postgres-0", false, true),
+            Decision::Wait { .. }
+        ));
+        assert_eq!(
+            s.decide_held_primary(t1 + Duration::from_secs(1), "postgres-0", false, true),
+            Decision::Restart
+        );
+        assert_eq!(
+            s.decide_held_primary(t1 + Duration::from_secs(2), "postgres-0", true, true),
+            Decision::Keep
         );
     }
 

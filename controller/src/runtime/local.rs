@@ -15,7 +15,8 @@ use super::owned_root;
 use super::process::{self, Record, Spawn};
 use crate::engine::health::ports_of;
 use crate::engine::runtime::{
-    Capabilities, Endpoint, Observed, Runtime, RuntimeError, Signal, StartOpts, StopMode, Task,
+    Capabilities, DiskSpace, Endpoint, Observed, Runtime, RuntimeError, Signal, StartOpts,
+    StopMode, Task,
 };
 use crate::probe;
 use crate::render::{Bundle, ComponentBundle, Kind};
@@ -101,6 +102,16 @@ fn clear_zombie_lock(data_dir: &str) {
         );
         let _ = std::fs::remove_file(&path);
     }
+}
+
+/// Space of the filesystem holding `dir` (statvfs; a link such as a moved `pg_wal` is followed).
+fn disk_space_of(dir: &Path) -> std::io::Result<DiskSpace> {
+    let v = rustix::fs::statvfs(dir).map_err(std::io::Error::from)?;
+    Ok(DiskSpace {
+        path: dir.display().to_string(),
+        available_bytes: v.f_bavail.saturating_mul(v.f_frsize),
+        total_bytes: v.f_blocks.saturating_mul(v.f_frsize),
+    })
 }
 
 fn run_tool(
@@ -862,6 +873,23 @@ impl Runtime for Local {
 
     fn logs(&self, name: &str, lines: usize) -> String {
         tail_log(&self.t, name, lines)
+    }
+
+    fn disk_space(&self, name: &str) -> Result<Vec<DiskSpace>, RuntimeError> {
+        let Ok(m) = self.member(name) else {
+            return Ok(Vec::new());
+        };
+        let data = PathBuf::from(&m.data_dir);
+        let mut v = Vec::new();
+        for dir in [data.clone(), data.join("pg_wal")] {
+            match disk_space_of(&dir) {
+                Ok(d) => v.push(d),
+                // No pg_wal yet (a member never initialized): its data directory is enough.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != data => {}
+                Err(e) => return Err(RuntimeError::step(name, "read its free space", e)),
+            }
+        }
+        Ok(v)
     }
 
     fn remove(&mut self, name: &str, kind: Kind) -> Result<(), RuntimeError> {

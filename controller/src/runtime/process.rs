@@ -223,6 +223,8 @@ pub fn spawn(s: Spawn) -> Result<Started, ProcessError> {
     // escape), closes every descriptor but 0-2 (a lock or socket bssctl inherited must not be held
     // by the stack), then starts "$@" in the background and prints its pid. Its output goes to
     // the log we opened (sh's stderr), since the component's user may not be allowed to open it.
+    // No redirection on the closing loop: bash saves fd 2 above 9 for it, the loop closes that
+    // copy, and the restore leaves stderr pointing nowhere (every component's log stayed empty).
     let mut c = Command::new("bash");
     c.arg("-c")
         .arg(LAUNCHER)
@@ -268,7 +270,7 @@ pub fn spawn(s: Spawn) -> Result<Started, ProcessError> {
 }
 
 const LAUNCHER: &str = r#"read -r _ || exit 1
-for f in /proc/$$/fd/*; do n=${f##*/}; [ "$n" -gt 2 ] && eval "exec $n>&-"; done 2>/dev/null
+for f in /proc/$$/fd/*; do n=${f##*/}; [ "$n" -gt 2 ] && eval "exec $n>&-"; done
 "$@" 1>&2 </dev/null & echo $!"#;
 
 /// Process group of a live process.
@@ -873,7 +875,7 @@ mod tests {
             // Two grandchildren in new sessions, environment cleared, then the leader waits.
             args: vec![
                 "-c".into(),
-                "setsid env -i sleep 300 & setsid env -i sleep 300 & exec sleep 300".into(),
+                "echo to-stdout; echo to-stderr >&2; setsid env -i sleep 300 & setsid env -i sleep 300 & exec sleep 300".into(),
             ],
             env: vec![],
             log: dir.path().join("db.log"),
@@ -898,6 +900,12 @@ mod tests {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         assert!(fds.len() <= 3, "inherited descriptors: {fds:?}");
+        // Both of its output streams reach its log.
+        let log = std::fs::read_to_string(dir.path().join("db.log")).unwrap();
+        assert!(
+            log.contains("to-stdout") && log.contains("to-stderr"),
+            "log: {log:?}"
+        );
         if tracking() != Tracking::ProcessTree {
             // The marker is gone from the grandchildren (env -i), the cgroup still has them.
             let all = processes_of(&root);
