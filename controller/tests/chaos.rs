@@ -711,17 +711,22 @@ fn assert_all_gone(what: &str, procs: &[(u32, u64)], timeout: Duration) {
 }
 
 fn wait_failover(env: &Env, from: &str) -> String {
-    let mut to = String::new();
-    wait_until("a failover", Duration::from_secs(30), || {
+    let start = Instant::now();
+    loop {
         let p = env.recorded_primary();
         if p != from && !p.is_empty() {
-            to = p;
-            Ok(())
-        } else {
-            Err(format!("primary still {p}"))
+            return p;
         }
-    });
-    to
+        if start.elapsed() > Duration::from_secs(30) {
+            // The environment's directory goes with the test: keep what says why.
+            panic!(
+                "a failover did not happen within 30s: primary still {p}\nagent status: {}\n{}",
+                env.agent_status(),
+                env.log_tails()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn wait_rejoined(env: &Env, member: u16) {
