@@ -1223,8 +1223,22 @@ fn docker_apply(
         print_diags(&d, cli.output);
         ExitCode::from(1)
     })?;
-    let b = render_bundle(cli, &l)?;
     let dir = controller::docker::cli::state_dir(file, cli.state_dir.as_deref(), &l);
+    // The primary failover or a switchover moved to stays the primary (as `current` does).
+    let host_root = std::path::absolute(controller::docker::runtime::host_root(
+        Some(&dir),
+        &l.validated.name,
+    ))
+    .map_err(fail)?;
+    let host = controller::docker::runtime::host_view(&l.validated, &host_root);
+    let primary = state::read_applied(&host)
+        .map_err(fail)?
+        .and_then(|a| a.primary);
+    let l = match primary.and_then(|p| l.validated.with_primary(&p)) {
+        Some(t) => Loaded { validated: t, ..l },
+        None => l,
+    };
+    let b = render_bundle(cli, &l)?;
     let mut rep = reporter(cli, &l.validated, verbose);
     let templates = cli.templates.as_ref().map(|d| d.display().to_string());
     let r = controller::docker::cli::apply(&l.validated, &b, &dir, rep.as_mut(), templates)

@@ -862,6 +862,26 @@ fn cli_on_docker_converges_after_kill_reports_switches_scales_and_destroys() {
     assert_eq!(p as u16, port(5433), "writes go to the new primary");
     drop(w);
 
+    // With the agent (a host process): status names it, and switchover goes through its API
+    // (token under the host state root) back to postgres-0.
+    let (code, _, err) = cli(&["apply"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = cli(&["status"]);
+    assert!(
+        out.lines().next().is_some_and(|l| l.contains("agent pid ")),
+        "{out}"
+    );
+    let (code, _, err) = cli_with(&["switchover"], &["--to", "postgres-0"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("switchover postgres-1 -> postgres-0 done"),
+        "{err}"
+    );
+    let (_, out, _) = cli(&["-o", "json", "status"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["primary"], "postgres-0", "{out}");
+    assert!(v["agent_pid"].is_u64(), "{out}");
+
     // destroy --keep-data: only the volumes are left; destroy: nothing is left.
     let (code, _, err) = cli(&["destroy", "--keep-data"]);
     assert_eq!(code, 0, "{err}");
