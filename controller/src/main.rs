@@ -655,6 +655,83 @@ fn current(cli: &Cli, file: &Path) -> Result<(Loaded, Option<state::Applied>), E
     Ok((Loaded { validated: t, ..l }, applied))
 }
 
+/// Where an environment's controller state is: on Docker under `<stateDir>/<env>` on the host
+/// (the host view of the topology), else at the topology's own paths.
+struct Site {
+    /// The topology as it is now (the primary failover may have moved), container paths on Docker.
+    t: topology::ValidatedTopology,
+    /// The topology with the controller's host paths (the same as `t` off Docker).
+    host: topology::ValidatedTopology,
+    /// The agent's root (`--root`).
+    root: PathBuf,
+    applied: Option<state::Applied>,
+    docker: bool,
+}
+
+impl Site {
+    fn runtime(&self) -> Result<Box<dyn engine::Runtime + Send>, ExitCode> {
+        if self.docker {
+            Ok(Box::new(controller::docker::runtime::Docker::new(
+                &self.t, &self.root,
+            )))
+        } else {
+            runtime::for_topology(&self.t).map_err(fail)
+        }
+    }
+
+    /// Directory of the agent's API token.
+    fn token_dir(&self) -> PathBuf {
+        if self.docker {
+            self.root.join("secrets")
+        } else {
+            PathBuf::from(&self.t.paths.secrets)
+        }
+    }
+}
+
+/// The site of `file`: `current` off Docker; on Docker the host view under the state directory.
+fn site(cli: &Cli, file: &Path) -> Result<Site, ExitCode> {
+    if effective_runtime(cli, file) != Some(RuntimeKind::Docker) {
+        let (l, applied) = current(cli, file)?;
+        return Ok(Site {
+            root: agent::root_of(&l.validated),
+            host: l.validated.clone(),
+            t: l.validated,
+            applied,
+            docker: false,
+        });
+    }
+    let mut o = opts(cli);
+    o.runtime = Some(RuntimeKind::Docker);
+    let l = topology::load(file, &o).map_err(|d| {
+        print_diags(&d, cli.output);
+        ExitCode::from(1)
+    })?;
+    let dir = controller::docker::cli::state_dir(file, cli.state_dir.as_deref(), &l);
+    let root = std::path::absolute(controller::docker::runtime::host_root(
+        Some(&dir),
+        &l.validated.name,
+    ))
+    .map_err(fail)?;
+    let host = controller::docker::runtime::host_view(&l.validated, &root);
+    let applied = state::read_applied(&host).map_err(fail)?;
+    let t = match applied.as_ref().and_then(|a| a.primary.as_deref()) {
+        Some(p) => l
+            .validated
+            .with_primary(p)
+            .unwrap_or_else(|| l.validated.clone()),
+        None => l.validated.clone(),
+    };
+    let host = controller::docker::runtime::host_view(&t, &root);
+    Ok(Site {
+        t,
+        host,
+        root,
+        applied,
+        docker: true,
+    })
+}
+
 fn reporter(
     cli: &Cli,
     t: &topology::ValidatedTopology,
@@ -838,31 +915,31 @@ fn emit_stdout(text: &str) {
 }
 
 fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
-    let (l, applied) = current(cli, file)?;
-    let Some(applied) = applied else {
+    let site = site(cli, file)?;
+    let Some(applied) = site.applied.as_ref() else {
         return Err(fail(format!(
             "{} has not been applied (no {})",
-            l.validated.name,
-            state::applied_path(&l.validated).display()
+            site.t.name,
+            state::applied_path(&site.host).display()
         )));
     };
-    let mut rt = runtime::for_topology(&l.validated).map_err(fail)?;
-    let store = FileStore::new(&l.validated);
-    let cl = RealClients::new(&l.validated, Arc::new(FileStore::new(&l.validated)));
+    let mut rt = site.runtime()?;
+    let store = FileStore::new(&site.host);
+    let cl = RealClients::new(&site.t, Arc::new(FileStore::new(&site.host)));
     let st = engine::Env {
-        t: &l.validated,
+        t: &site.t,
         rt: rt.as_mut(),
         cl: &cl,
         store: &store,
         rep: &mut engine::NullReporter,
     }
     .status(&applied.bundle);
-    let agent_pid = agent::running(&agent::root_of(&l.validated));
+    let agent_pid = agent::running(&site.root);
     let hist = engine::StateStore::history(&store);
     // Why the agent promoted nothing during an outage (maxLagOnFailover, quorum), when it runs.
     let no_failover = agent_pid
         .and_then(|_| {
-            let url = format!("http://127.0.0.1:{}/failover", l.validated.agent.port);
+            let url = format!("http://127.0.0.1:{}/failover", site.t.agent.port);
             controller::probe::http_get(&url, std::time::Duration::from_secs(2)).ok()
         })
         .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
@@ -871,7 +948,7 @@ fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
     // Written at once at the end: a closed pipe (`status | head -3`) ends it quietly.
     let mut out = String::new();
     if cli.output == Output::Json {
-        let doc = serde_json::json!({"environment": l.validated.name, "agent_pid": agent_pid, "primary": applied.primary, "components": st, "failover_history": hist, "no_failover_because": no_failover});
+        let doc = serde_json::json!({"environment": site.t.name, "agent_pid": agent_pid, "primary": applied.primary, "components": st, "failover_history": hist, "no_failover_because": no_failover});
         outln!(
             out,
             "{}",
@@ -881,9 +958,9 @@ fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
         outln!(
             out,
             "environment {}  agent {}",
-            l.validated.name,
+            site.t.name,
             agent_pid
-                .map(|p| format!("pid {p} on 127.0.0.1:{}", l.validated.agent.port))
+                .map(|p| format!("pid {p} on 127.0.0.1:{}", site.t.agent.port))
                 .unwrap_or_else(|| "not running".into())
         );
         outln!(
@@ -967,15 +1044,14 @@ fn status(cli: &Cli, file: &Path) -> Result<ExitCode, ExitCode> {
 }
 
 fn switchover(cli: &Cli, file: &Path, to: Option<&str>) -> Result<ExitCode, ExitCode> {
-    let (l, applied) = current(cli, file)?;
-    if applied.is_none() {
-        return Err(fail(format!("{} has not been applied", l.validated.name)));
+    let site = site(cli, file)?;
+    if site.applied.is_none() {
+        return Err(fail(format!("{} has not been applied", site.t.name)));
     }
-    let root = agent::root_of(&l.validated);
+    let root = site.root.clone();
     let ev = if agent::running(&root).is_some() {
-        let url = format!("http://127.0.0.1:{}/switchover", l.validated.agent.port);
-        let token =
-            engine::agent::read_token(Path::new(&l.validated.paths.secrets)).map_err(fail)?;
+        let url = format!("http://127.0.0.1:{}/switchover", site.t.agent.port);
+        let token = engine::agent::read_token(&site.token_dir()).map_err(fail)?;
         let body = serde_json::json!({ "to": to }).to_string();
         let http = ureq::AgentBuilder::new()
             .timeout(Duration::from_secs(150))
@@ -1000,8 +1076,12 @@ fn switchover(cli: &Cli, file: &Path, to: Option<&str>) -> Result<ExitCode, Exit
         serde_json::from_str::<failover::FailoverEvent>(&body).map_err(fail)?
     } else {
         let mut journal = failover::Journal::open(&root);
-        failover::switchover(&services(&l.validated), to, &mut journal, &mut |_| {})
-            .map_err(fail)?
+        let svc = if site.docker {
+            services_at(&site.t, Some(&root))
+        } else {
+            services(&site.t)
+        };
+        failover::switchover(&svc, to, &mut journal, &mut |_| {}).map_err(fail)?
     };
     if cli.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&ev).unwrap_or_default());
@@ -1029,11 +1109,14 @@ fn logs(
     lines: usize,
 ) -> Result<ExitCode, ExitCode> {
     use std::io::{Read, Seek, SeekFrom, Write};
-    let (l, _) = current(cli, file)?;
+    let site = site(cli, file)?;
+    if site.docker && component != engine::agent::AGENT {
+        return docker_logs(&site, component, follow, lines);
+    }
     let path = if component == engine::agent::AGENT {
-        agent::root_of(&l.validated).join("logs/agent.log")
+        site.root.join("logs/agent.log")
     } else {
-        runtime::local::log_path(&l.validated, component)
+        runtime::local::log_path(&site.t, component)
     };
     let mut f = std::fs::File::open(&path).map_err(|e| {
         fail(format!(
@@ -1065,6 +1148,42 @@ fn logs(
                 pos = len;
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `logs` of a component on Docker: its container's output (stdout and stderr) through the engine
+/// API, the last `lines` lines, then followed until the container stops when `follow`.
+fn docker_logs(
+    site: &Site,
+    component: &str,
+    follow: bool,
+    lines: usize,
+) -> Result<ExitCode, ExitCode> {
+    use std::io::Write;
+    let known = site
+        .applied
+        .as_ref()
+        .is_some_and(|a| a.bundle.components.contains_key(component));
+    if !known {
+        return Err(fail(format!(
+            "no component `{component}` in the applied {} (see `bssctl status`)",
+            site.t.name
+        )));
+    }
+    let client = controller::docker::client::Client::connect().map_err(fail)?;
+    let cname = controller::docker::container_name(&site.t.name, component);
+    let mut out = std::io::stdout();
+    if follow {
+        client
+            .follow_logs(&cname, lines, &mut |chunk| {
+                let _ = out.write_all(chunk.as_bytes());
+                let _ = out.flush();
+            })
+            .map_err(fail)?;
+    } else {
+        let text = client.logs(&cname, lines).map_err(fail)?;
+        let _ = out.write_all(text.as_bytes());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -1111,8 +1230,22 @@ fn docker_apply(
         print_diags(&d, cli.output);
         ExitCode::from(1)
     })?;
-    let b = render_bundle(cli, &l)?;
     let dir = controller::docker::cli::state_dir(file, cli.state_dir.as_deref(), &l);
+    // The primary failover or a switchover moved to stays the primary (as `current` does).
+    let host_root = std::path::absolute(controller::docker::runtime::host_root(
+        Some(&dir),
+        &l.validated.name,
+    ))
+    .map_err(fail)?;
+    let host = controller::docker::runtime::host_view(&l.validated, &host_root);
+    let primary = state::read_applied(&host)
+        .map_err(fail)?
+        .and_then(|a| a.primary);
+    let l = match primary.and_then(|p| l.validated.with_primary(&p)) {
+        Some(t) => Loaded { validated: t, ..l },
+        None => l,
+    };
+    let b = render_bundle(cli, &l)?;
     let mut rep = reporter(cli, &l.validated, verbose);
     let templates = cli.templates.as_ref().map(|d| d.display().to_string());
     let r = controller::docker::cli::apply(&l.validated, &b, &dir, rep.as_mut(), templates)

@@ -166,6 +166,75 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<(), S
     }
 }
 
+/// Runs `during` while unpaced clients query PostgreSQL on `pg_ports` (a fresh connection per
+/// query, as the e2e of the local runtime does) and GET `url`; returns (ok, failed) as
+/// ((postgres, http), (postgres, http)).
+fn under_load(
+    pg_ports: &[u16],
+    password: &str,
+    url: &str,
+    during: impl FnOnce(),
+) -> ((u64, u64), (u64, u64)) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let counters: Vec<Arc<AtomicU64>> = (0..4).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let mut loaders = Vec::new();
+    for &port in pg_ports {
+        let (stop, ok, er, pw) = (
+            stop.clone(),
+            counters[0].clone(),
+            counters[1].clone(),
+            password.to_string(),
+        );
+        loaders.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let mut c = postgres::Config::new();
+                c.host("127.0.0.1")
+                    .port(port)
+                    .user("bss_app")
+                    .password(pw.as_str())
+                    .dbname("bss")
+                    .connect_timeout(Duration::from_secs(5));
+                match c
+                    .connect(postgres::NoTls)
+                    .and_then(|mut cl| cl.query_one("SELECT 1", &[]))
+                {
+                    Ok(_) => ok.fetch_add(1, Ordering::SeqCst),
+                    Err(_) => er.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        }));
+    }
+    for _ in 0..2 {
+        let (stop, ok, er, url) = (
+            stop.clone(),
+            counters[2].clone(),
+            counters[3].clone(),
+            url.to_string(),
+        );
+        loaders.push(std::thread::spawn(move || {
+            let agent = ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(10))
+                .build();
+            while !stop.load(Ordering::SeqCst) {
+                match agent.get(&url).call() {
+                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::SeqCst),
+                    _ => er.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    during();
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::SeqCst);
+    for l in loaders {
+        l.join().unwrap();
+    }
+    let v: Vec<u64> = counters.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+    ((v[0], v[2]), (v[1], v[3]))
+}
+
 #[test]
 fn full_stack_on_docker_applies_serves_reloads_and_is_destroyed() {
     let name = format!("e2ed{}", std::process::id() % 10_000);
@@ -402,9 +471,19 @@ fn full_stack_on_docker_applies_serves_reloads_and_is_destroyed() {
             .collect()
     };
     let before = ids(&c);
-    let (actions, ms) = s.apply();
-    eprintln!("no-op apply on docker: {:.2}s", ms as f64 / 1000.0);
-    assert!(actions.values().all(|a| *a == Action::None), "{actions:?}");
+    let mut noop = Vec::new();
+    for _ in 0..3 {
+        let (actions, ms) = s.apply();
+        assert!(actions.values().all(|a| *a == Action::None), "{actions:?}");
+        noop.push(ms);
+    }
+    noop.sort();
+    eprintln!(
+        "no-op apply on docker (3 runs): min {:.2}s median {:.2}s max {:.2}s",
+        noop[0] as f64 / 1000.0,
+        noop[1] as f64 / 1000.0,
+        noop[2] as f64 / 1000.0
+    );
     assert_eq!(ids(&c), before, "a no-op apply re-created a container");
 
     // A changed alert rule: Prometheus reloads it in place (same container) and serves it.
@@ -435,6 +514,68 @@ fn full_stack_on_docker_applies_serves_reloads_and_is_destroyed() {
         "reloaded in place, not re-created"
     );
 
+    // A reloadable change under unpaced load: HAProxy's balance changes (master-worker reload)
+    // while clients hammer PostgreSQL through HAProxy's read and write ports and the backend
+    // through Envoy (whose /health reaches PostgreSQL through HAProxy): zero failed requests,
+    // and nothing but HAProxy is touched.
+    let before = ids(&c);
+    let text = std::fs::read_to_string(&s.env.file).unwrap();
+    std::fs::write(
+        &s.env.file,
+        text.replace("  haproxy: {}", "  haproxy: {balance: leastconn}"),
+    )
+    .unwrap();
+    let (ok, failed) = under_load(
+        &[port(5435), port(5436)],
+        &s.secret("postgres-app-password"),
+        &format!("{envoy}/health"),
+        || {
+            let (actions, _) = s.apply();
+            assert_eq!(actions.get("haproxy"), Some(&Action::Reload), "{actions:?}");
+        },
+    );
+    eprintln!("under an haproxy reload on docker: {ok:?} ok / {failed:?} failed (pg, http)");
+    assert!(
+        ok.0 > 20 && ok.1 > 50,
+        "too little load to show anything: {ok:?}"
+    );
+    assert_eq!(failed, (0, 0), "requests failed during the reload");
+    assert_eq!(ids(&c), before, "a reload re-created a container");
+
+    // Destroy keeping data: no container or network left, the data volumes stay and a new apply
+    // finds the data (the table written above).
+    let left =
+        s.rt.teardown(s.applied().map(|a| a.bundle).as_ref(), true)
+            .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(c.containers(&name).unwrap().is_empty());
+    assert!(c.networks(&name).unwrap().is_empty());
+    let kept = c.volumes(&name).unwrap();
+    for v in [
+        "postgres-0",
+        "postgres-1",
+        "postgres-2",
+        "redis",
+        "prometheus",
+    ] {
+        assert!(
+            kept.contains(&format!("bssctl-{name}-{v}-data")),
+            "volume of {v} not kept: {kept:?}"
+        );
+    }
+    let (actions, _) = s.apply();
+    assert!(
+        actions.values().all(|a| *a == Action::Create),
+        "{actions:?}"
+    );
+    let mut w = s.pg(port(5436), "bss_app", "postgres-app-password", "bss");
+    let n: i64 = w
+        .query_one("SELECT count(*) FROM e2e_writes", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the kept data is served again");
+    drop(w);
+
     // Teardown: no container, network or volume of the environment is left.
     let left = s.rt.teardown(None, false).unwrap();
     assert!(left.is_empty(), "{left:?}");
@@ -457,4 +598,303 @@ fn full_stack_on_docker_applies_serves_reloads_and_is_destroyed() {
         "volumes left"
     );
     assert!(c.networks(&name).unwrap().is_empty());
+}
+
+/// The CLI on Docker: `apply` killed with SIGKILL in the middle converges on the next apply;
+/// `status` (text and `-o json`), `logs` and `switchover` answer as on the local runtime; the
+/// brokers run on storage s3 (the kafka-store container) and a produced event is consumed; a
+/// replica is scaled out and in (slot, container and volume); `destroy --keep-data` keeps only
+/// the volumes and `destroy` leaves nothing.
+#[test]
+fn cli_on_docker_converges_after_kill_reports_switches_scales_and_destroys() {
+    let name = format!("e2ec{}", std::process::id() % 10_000);
+    let mut s = Stack::new(
+        &name,
+        "  postgres: {replicas: 1}\n  haproxy: {}\n  kafka: {storage: s3}\n",
+    );
+    let offset = s.env.offset;
+    let port = move |p: u16| p + offset;
+    let c = Client::connect().unwrap();
+    let file = s.env.file.clone();
+    // `bssctl --runtime docker <args> FILE <extra>`.
+    let cli_with = |args: &[&str], extra: &[&str]| -> (i32, String, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bssctl"))
+            .args(["--runtime", "docker"])
+            .args(args)
+            .arg(&file)
+            .args(extra)
+            .env_remove("BSSCTL_STATE_DIR")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let cli = |args: &[&str]| cli_with(args, &[]);
+    let names = |c: &Client| -> Vec<String> {
+        let mut v: Vec<String> = c
+            .containers(&name)
+            .unwrap()
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        v.sort();
+        v
+    };
+
+    // kill -9 of bssctl once the replica's base backup (or the replica) has started.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bssctl"))
+        .args(["--runtime", "docker", "apply", "--no-agent"])
+        .arg(&s.env.file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let replica = format!("{name}-postgres-1");
+    wait_until(
+        "the replica's task or container to appear",
+        Duration::from_secs(600),
+        || {
+            let n = names(&c);
+            if n.iter().any(|x| x.starts_with(&replica)) {
+                Ok(())
+            } else {
+                Err(format!("{n:?}"))
+            }
+        },
+    );
+    child.kill().unwrap(); // SIGKILL
+    let _ = child.wait();
+    let (code, _, err) = cli(&["apply", "--no-agent"]);
+    assert_eq!(code, 0, "the apply after kill -9 did not converge:\n{err}");
+
+    // status: every component healthy, same columns as on the local runtime.
+    let (code, out, _) = cli(&["status"]);
+    assert_eq!(code, 0, "not every component healthy:\n{out}");
+    assert!(
+        out.starts_with(&format!("environment {name}  agent not running")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("component")
+                && l.contains("state")
+                && l.contains("health")
+                && l.contains("role")),
+        "{out}"
+    );
+    for (comp, role) in [
+        ("postgres-0", "primary"),
+        ("postgres-1", "replica"),
+        ("haproxy", ""),
+        ("kafka-store", ""),
+        ("kafka-0", ""),
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(&format!("{comp} "))
+                && l.contains("healthy")
+                && l.contains(role)),
+            "{comp}: {out}"
+        );
+    }
+    let (code, out, _) = cli(&["-o", "json", "status"]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["environment"], name.as_str());
+    let comps = v["components"].as_array().unwrap();
+    assert_eq!(comps.len(), 5, "{out}");
+    assert!(comps.iter().all(|c| c["healthy"] == true), "{out}");
+
+    // logs: the container's own output.
+    let (code, out, err) = cli_with(&["logs"], &["postgres-0", "-n", "50"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("database system is ready to accept connections"),
+        "{out}"
+    );
+    let (code, _, err) = cli_with(&["logs"], &["nosuch"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no component `nosuch`"), "{err}");
+
+    // The brokers on storage s3: the store is a container of its own with a data volume, and
+    // an event produced through the broker is consumed back.
+    assert!(names(&c).contains(&format!("{name}-kafka-store")));
+    assert!(c
+        .volumes(&name)
+        .unwrap()
+        .contains(&format!("bssctl-{name}-kafka-store-data")));
+    let k = s.t.kafka.as_ref().unwrap().brokers[0].clone();
+    assert!(k.storage_url.starts_with("s3://"), "{}", k.storage_url);
+    let broker = format!("tcp://{}:{}", k.endpoint.host, k.endpoint.port);
+    let produce = format!(
+        "echo '{{\"key\": \"s3\", \"value\": {{\"probe\": \"on-s3\"}}}}' | tansu cat produce bss.analytics.events --broker {broker} -"
+    );
+    s.rt.exec(
+        &k.name,
+        &Task::Tool {
+            program: "sh".into(),
+            args: vec!["-c".into(), produce],
+        },
+    )
+    .unwrap();
+    let consume = |s: &mut Stack| -> String {
+        s.rt.exec(
+            &k.name,
+            &Task::Tool {
+                program: "tansu".into(),
+                args: [
+                    "cat",
+                    "consume",
+                    "bss.analytics.events",
+                    "--broker",
+                    &broker,
+                    "--max-wait-time-ms",
+                    "2000",
+                ]
+                .map(String::from)
+                .to_vec(),
+            },
+        )
+        .unwrap()
+    };
+    assert!(consume(&mut s).contains("on-s3"));
+    // The event is in the store, not in the broker: it survives a re-created broker.
+    c.remove(&format!("{name}-kafka-0")).unwrap();
+    let (code, _, err) = cli(&["apply", "--no-agent"]);
+    assert_eq!(code, 0, "{err}");
+    let after = consume(&mut s);
+    assert!(after.contains("on-s3"), "lost with the broker: {after}");
+
+    let slots = |s: &Stack, p: u16| -> Vec<String> {
+        let mut su = s.pg(p, "postgres", "postgres-superuser-password", "postgres");
+        su.query("SELECT slot_name FROM pg_replication_slots ORDER BY 1", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    assert_eq!(slots(&s, port(5432)), vec!["postgres_1"]);
+
+    // Scale out: postgres-2 is cloned with its own slot and streams; HAProxy reloads in place.
+    let text = std::fs::read_to_string(&s.env.file).unwrap();
+    let ids = |c: &Client| -> Vec<(String, String)> {
+        c.containers(&name)
+            .unwrap()
+            .into_iter()
+            .map(|o| (o.name, o.id))
+            .collect()
+    };
+    let before = ids(&c);
+    std::fs::write(&s.env.file, text.replace("replicas: 1", "replicas: 2")).unwrap();
+    let (code, _, err) = cli(&["apply", "--no-agent"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(slots(&s, port(5432)), vec!["postgres_1", "postgres_2"]);
+    wait_until("postgres-2 streaming", Duration::from_secs(30), || {
+        let mut su = s.pg(
+            port(5432),
+            "postgres",
+            "postgres-superuser-password",
+            "postgres",
+        );
+        let n: i64 = su
+            .query_one(
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+                &[],
+            )
+            .map_err(|e| e.to_string())?
+            .get(0);
+        if n == 2 {
+            Ok(())
+        } else {
+            Err(format!("{n} streaming"))
+        }
+    });
+    let now = ids(&c);
+    for comp in ["postgres-0", "postgres-1", "haproxy"] {
+        let id =
+            |v: &[(String, String)]| v.iter().find(|x| x.0 == format!("{name}-{comp}")).cloned();
+        assert_eq!(
+            id(&before),
+            id(&now),
+            "{comp} was re-created by the scale-out"
+        );
+    }
+
+    // Scale in: postgres-2's container, slot and volume are gone.
+    std::fs::write(&s.env.file, &text).unwrap();
+    let (code, _, err) = cli(&["apply", "--no-agent"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(slots(&s, port(5432)), vec!["postgres_1"]);
+    assert!(!names(&c).contains(&format!("{name}-postgres-2")));
+    assert!(!c
+        .volumes(&name)
+        .unwrap()
+        .contains(&format!("bssctl-{name}-postgres-2-data")));
+
+    // switchover without an agent: postgres-1 becomes the primary, HAProxy follows.
+    let (code, _, err) = cli_with(&["switchover"], &["--to", "postgres-1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("switchover postgres-0 -> postgres-1 done"),
+        "{err}"
+    );
+    let (code, out, _) = cli(&["-o", "json", "status"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["primary"], "postgres-1", "{out}");
+    let role = |n: &str| {
+        v["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == n)
+            .map(|c| c["role"].clone())
+    };
+    assert_eq!(role("postgres-1"), Some("primary".into()), "{out}");
+    assert_eq!(code, 0, "{out}");
+    let mut w = s.pg(port(5436), "bss_app", "postgres-app-password", "bss");
+    let p: i32 = w
+        .query_one("SELECT inet_server_port()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(p as u16, port(5433), "writes go to the new primary");
+    drop(w);
+
+    // With the agent (a host process): status names it, and switchover goes through its API
+    // (token under the host state root) back to postgres-0.
+    let (code, _, err) = cli(&["apply"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = cli(&["status"]);
+    assert!(
+        out.lines().next().is_some_and(|l| l.contains("agent pid ")),
+        "{out}"
+    );
+    let (code, _, err) = cli_with(&["switchover"], &["--to", "postgres-0"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("switchover postgres-1 -> postgres-0 done"),
+        "{err}"
+    );
+    let (_, out, _) = cli(&["-o", "json", "status"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["primary"], "postgres-0", "{out}");
+    assert!(v["agent_pid"].is_u64(), "{out}");
+
+    // destroy --keep-data: only the volumes are left; destroy: nothing is left.
+    let (code, _, err) = cli(&["destroy", "--keep-data"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(names(&c).is_empty());
+    assert!(c.networks(&name).unwrap().is_empty());
+    assert!(
+        !c.volumes(&name).unwrap().is_empty(),
+        "--keep-data kept no volume"
+    );
+    let (code, _, err) = cli(&["destroy"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("no container, network or volume"), "{err}");
+    assert!(names(&c).is_empty());
+    assert!(c.networks(&name).unwrap().is_empty());
+    assert!(c.volumes(&name).unwrap().is_empty());
 }

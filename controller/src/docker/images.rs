@@ -1,7 +1,8 @@
 //! Container images of the Docker runtime, built on this machine without a registry: a Debian
 //! root filesystem from `debootstrap --variant=minbase` imported into the engine, a shared base
 //! image on top of it, then one image per component kind (Debian packages, or a binary copied from
-//! the host: Envoy and tansu from the tools dir, `bss-backend` from the workspace build).
+//! the host: Envoy and tansu from the tools dir, `bss-backend` and `bssctl` (the kafka store) from
+//! the workspace build).
 //!
 //! Every tag is a hash of the image's inputs (recipe text, host apt sources, copied binaries, the
 //! parent tag), so an image is rebuilt only when one of them changed; the engine is the cache.
@@ -75,6 +76,8 @@ enum Source {
     Tool(&'static str),
     /// `bss-backend` from the workspace build.
     Backend,
+    /// The `bssctl` binary itself (the running one, else the workspace build).
+    Bssctl,
 }
 
 /// One image bssctl builds.
@@ -131,6 +134,11 @@ pub fn recipes() -> Vec<Recipe> {
             dockerfile: include_str!("../../../images/bss-backend.Dockerfile"),
             binary: Some(("bss-backend", Source::Backend)),
         },
+        Recipe {
+            name: "kafka-store",
+            dockerfile: include_str!("../../../images/kafka-store.Dockerfile"),
+            binary: Some(("bssctl", Source::Bssctl)),
+        },
     ]
 }
 
@@ -144,8 +152,8 @@ pub fn image_of(kind: Kind) -> &'static str {
         Kind::Postgres => "postgres",
         Kind::Redis => "redis",
         Kind::Kafka => "tansu",
-        // `bssctl kafka-store` (the brokers' S3 store) runs from the broker's image.
-        Kind::KafkaStore => "tansu",
+        // `bssctl kafka-store` (the brokers' S3 store): the bssctl binary in an image of its own.
+        Kind::KafkaStore => "kafka-store",
         Kind::Haproxy => "haproxy",
         Kind::Backend | Kind::StreamProcessor => "backend",
         Kind::Envoy => "envoy",
@@ -322,6 +330,7 @@ pub fn plan_with(
             let tool = match src {
                 Source::Tool(t) => *t,
                 Source::Backend => "bss-backend",
+                Source::Bssctl => "bssctl",
             };
             let found = find(tool).map_err(|hint| ImageError::Binary {
                 image: r.name.into(),
@@ -740,7 +749,7 @@ mod tests {
             "sources.list",
         );
         let dir = tempfile::tempdir().expect("tempdir");
-        for t in ["envoy", "tansu", "bss-backend"] {
+        for t in ["envoy", "tansu", "bss-backend", "bssctl"] {
             std::fs::write(dir.path().join(t), t).expect("write binary");
         }
         let find = |t: &str| -> Result<PathBuf, String> { Ok(dir.path().join(t)) };

@@ -594,9 +594,10 @@ impl Runtime for Docker {
 
     fn prepare(&mut self) -> Result<Vec<String>, RuntimeError> {
         let mut notes = Vec::new();
-        std::fs::create_dir_all(&self.host.paths.root).map_err(|e| {
-            RuntimeError::Prepare(format!("failed to create {}: {e}", self.host.paths.root))
-        })?;
+        // Marked as ours, as the local runtime's root: `destroy` and the next `apply` stop the
+        // agent only under a root bssctl can prove it owns.
+        crate::runtime::owned_root::ensure_owned(Path::new(&self.host.paths.root))
+            .map_err(|e| RuntimeError::Prepare(e.to_string()))?;
         state::ensure_secrets(&self.host).map_err(|e| RuntimeError::Prepare(e.to_string()))?;
         self.ensure_network()?;
         // Task containers of an apply killed half-way.

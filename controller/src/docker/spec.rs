@@ -47,11 +47,17 @@ pub fn uid_of(kind: Kind) -> u32 {
     }
 }
 
-/// Components that keep data across container re-creation (a named volume).
+/// Components that keep data across container re-creation (a named volume; the kafka store holds
+/// the brokers' log and offsets on storage s3).
 pub fn has_data(kind: Kind) -> bool {
     matches!(
         kind,
-        Kind::Postgres | Kind::Redis | Kind::Kafka | Kind::Prometheus | Kind::Alertmanager
+        Kind::Postgres
+            | Kind::Redis
+            | Kind::Kafka
+            | Kind::KafkaStore
+            | Kind::Prometheus
+            | Kind::Alertmanager
     )
 }
 

@@ -561,19 +561,8 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
     let kafka = s.kafka.as_ref().map(|k| {
         let path = "spec.kafka";
         let n = k.brokers.unwrap_or(1);
-        let storage = match (k.storage, runtime) {
-            (Some(st), _) => st,
-            // `kafka-store` runs as `bssctl kafka-store`, which the Docker images do not carry yet.
-            (None, RuntimeKind::Docker) => KafkaStorage::Memory,
-            (None, _) => KafkaStorage::S3,
-        };
-        if runtime == RuntimeKind::Docker && storage == KafkaStorage::S3 {
-            cx.err(
-                &join(path, "storage"),
-                "storage: s3 is not available on the docker runtime yet: its images do not carry the kafka-store server",
-                "use storage: memory with brokers: 1 on docker (events then do not survive a broker restart), or the local runtime",
-            );
-        }
+        // s3 everywhere: on Docker `kafka-store` runs from an image of its own (the bssctl binary).
+        let storage = k.storage.unwrap_or(KafkaStorage::S3);
         if n == 0 {
             cx.err(&join(path, "brokers"), "a Kafka cluster needs at least one broker", "set brokers: 1");
         }
