@@ -483,8 +483,7 @@ pub enum KafkaStorage {
     /// tansu's in-memory engine: one broker per cluster, every event and committed offset lost
     /// when the broker stops.
     Memory,
-    /// The default (on the docker runtime the default is `memory`: its images do not carry the
-    /// store yet). Objects in an S3 store that bssctl runs as component `kafka-store`
+    /// The default, on every runtime. Objects in an S3 store that bssctl runs as component `kafka-store`
     /// (`bssctl kafka-store`: a directory, atomic conditional writes): the log and the group
     /// offsets survive a restart of the brokers and of the store, and several brokers share it.
     #[default]
