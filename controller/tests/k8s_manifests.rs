@@ -193,9 +193,32 @@ fn postgres_members_are_statefulsets_with_a_claim_and_the_instance_entrypoint() 
             .collect();
         assert_eq!(
             &cmd[..4],
-            &["bssctl", "instance", "--member", &format!("postgres-{i}")]
+            &[
+                "/bssctl/bin/bssctl",
+                "instance",
+                "--member",
+                &format!("postgres-{i}")
+            ]
         );
         assert!(cmd.contains(&"postgres"));
+        // The binary comes from the init container, which copies it out of the bssctl image
+        // into the volume the PostgreSQL container mounts read-only.
+        let pod = &s.body["spec"]["template"]["spec"];
+        let init = &pod["initContainers"][0];
+        assert_eq!(
+            init["image"],
+            format!("bssctl/kafka-store:{}", env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(init["command"][2], "/bssctl/bin/bssctl");
+        assert_eq!(init["volumeMounts"][0]["name"], "bssctl-bin");
+        let bin_mount = pod["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "bssctl-bin")
+            .unwrap();
+        assert_eq!(bin_mount["mountPath"], "/bssctl/bin");
+        assert_eq!(bin_mount["readOnly"], true);
         let headless = m.get("Service", &format!("minimal-postgres-{i}")).unwrap();
         assert_eq!(headless.body["spec"]["clusterIP"], "None");
     }

@@ -223,6 +223,43 @@ fn storage(kind: Kind) -> Option<&'static str> {
 }
 
 /// The image of a component: `spec.images.<key>` or `bssctl/<key>:<bssctl version>`.
+/// Where PostgreSQL pods find the `bssctl instance` entrypoint.
+pub const ENTRYPOINT_DIR: &str = "/bssctl/bin";
+
+/// The init container of a PostgreSQL pod: copies the bssctl binary from its own image (the one
+/// `kafka-store` runs, which is bssctl itself) into the pod's `bssctl-bin` volume, as
+/// CloudNativePG's bootstrap container copies its instance manager.
+fn entrypoint_copier(t: &ValidatedTopology) -> Container {
+    Container {
+        name: "bssctl-entrypoint".into(),
+        image: Some(image(t, Kind::KafkaStore)),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(vec![
+            "cp".into(),
+            "/usr/local/bin/bssctl".into(),
+            format!("{ENTRYPOINT_DIR}/bssctl"),
+        ]),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), Quantity("10m".into())),
+                ("memory".to_string(), Quantity("32Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_string(),
+                Quantity("64Mi".into()),
+            )])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(container_security()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "bssctl-bin".into(),
+            mount_path: ENTRYPOINT_DIR.into(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    }
+}
+
 pub fn image(t: &ValidatedTopology, kind: Kind) -> String {
     let key = match kind {
         Kind::StreamProcessor => "backend",
@@ -762,6 +799,19 @@ impl Ctx<'_> {
             });
         }
         if kind == Kind::Postgres {
+            // The entrypoint's binary, copied in by the init container (the PostgreSQL image
+            // carries no bssctl, so it need not be rebuilt with every bssctl build).
+            volumes.push(Volume {
+                name: "bssctl-bin".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            });
+            mounts.push(VolumeMount {
+                name: "bssctl-bin".into(),
+                mount_path: ENTRYPOINT_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
             volumes.push(Volume {
                 name: "roles".into(),
                 config_map: Some(ConfigMapVolumeSource {
@@ -839,7 +889,7 @@ impl Ctx<'_> {
         if kind == Kind::Postgres {
             // The instance entrypoint reads the desired role and the fence marker first.
             let mut wrapped = vec![
-                "bssctl".to_string(),
+                format!("{ENTRYPOINT_DIR}/bssctl"),
                 "instance".into(),
                 "--member".into(),
                 name.into(),
@@ -908,6 +958,7 @@ impl Ctx<'_> {
                 } else {
                     30
                 }),
+                init_containers: (kind == Kind::Postgres).then(|| vec![entrypoint_copier(t)]),
                 containers: vec![container],
                 volumes: Some(volumes),
                 ..PodSpec::default()
