@@ -545,7 +545,7 @@ async fn switchover_route(State(api): State<Api>, uri: http::Uri, body: Body) ->
         }
         match rx.recv_timeout(Duration::from_secs(120)) {
             Ok(Ok(ev)) => json_response(&ev),
-            Ok(Err(e)) => problem(409, "Switchover refused or failed", &e),
+            Ok(Err(e)) => problem(409, "Switchover refused or failed", &e.to_string()),
             Err(_) => problem(
                 504,
                 "Timeout",

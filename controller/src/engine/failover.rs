@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::clients::{Clients, PgOp, PgReply};
+use crate::engine::clients::{ClientError, Clients, PgOp, PgReply};
 use crate::engine::converge::{control_field, parse_lsn};
 use crate::engine::detect::{self, Detector, Storage, Verdict};
 use crate::engine::runtime::{Runtime, StopMode, Task};
@@ -168,8 +168,39 @@ pub struct MemberStorage {
 pub enum Request {
     Switchover {
         to: Option<String>,
-        reply: Sender<Result<FailoverEvent, String>>,
+        reply: Sender<Result<FailoverEvent, FailoverError>>,
     },
+}
+
+/// Why the write router could not fence or route.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// Commands the router's backend refused or failed, each with its answer.
+    #[error("{}", .0.join("; "))]
+    Refused(Vec<String>),
+    /// The router's own API failed (the Kubernetes API, say).
+    #[error("{0}")]
+    Backend(String),
+    #[error("no postgres in this topology")]
+    NoPostgres,
+}
+
+/// Why no replica can be promoted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NoCandidate {
+    #[error("no postgres in this topology")]
+    NoPostgres,
+    #[error("no replica answers; nothing can be promoted safely")]
+    NoneAnswers,
+    #[error("synchronous mode: only {answering} of {replicas} replicas answer, {need} are needed to be sure one holds every acknowledged commit")]
+    SyncQuorum {
+        answering: usize,
+        replicas: usize,
+        need: usize,
+    },
+    /// Every answering replica is excluded; why, per replica.
+    #[error("no eligible replica: {}", .0.join("; "))]
+    Ineligible(Vec<String>),
 }
 
 /// Where writes go. HAProxy's runtime API locally and on Docker; a Service selector on
@@ -181,14 +212,14 @@ pub trait WriteRouter: Send + Sync {
         rt: &mut dyn Runtime,
         t: &ValidatedTopology,
         member: &str,
-    ) -> Result<(), String>;
+    ) -> Result<(), RouterError>;
     /// Writes go to `member` now.
     fn route(
         &self,
         rt: &mut dyn Runtime,
         t: &ValidatedTopology,
         member: &str,
-    ) -> Result<(), String>;
+    ) -> Result<(), RouterError>;
 }
 
 /// HAProxy's runtime API (through the runtime's admin channel to the `haproxy` component).
@@ -198,7 +229,7 @@ fn haproxy_cmds(
     rt: &mut dyn Runtime,
     t: &ValidatedTopology,
     cmds: &[String],
-) -> Result<(), String> {
+) -> Result<(), RouterError> {
     if t.haproxy.is_none() {
         return Ok(());
     }
@@ -213,7 +244,7 @@ fn haproxy_cmds(
     if errs.is_empty() {
         Ok(())
     } else {
-        Err(errs.join("; "))
+        Err(RouterError::Refused(errs))
     }
 }
 
@@ -223,7 +254,7 @@ impl WriteRouter for HaproxyRouter {
         rt: &mut dyn Runtime,
         t: &ValidatedTopology,
         member: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), RouterError> {
         haproxy_cmds(
             rt,
             t,
@@ -239,7 +270,7 @@ impl WriteRouter for HaproxyRouter {
         rt: &mut dyn Runtime,
         t: &ValidatedTopology,
         member: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), RouterError> {
         haproxy_cmds(
             rt,
             t,
@@ -347,24 +378,24 @@ pub fn choose(
     failed: &str,
     views: &[MemberView],
     k: &Knowledge,
-) -> Result<String, String> {
-    let pg = t.postgres.as_ref().ok_or("no postgres")?;
+) -> Result<String, NoCandidate> {
+    let pg = t.postgres.as_ref().ok_or(NoCandidate::NoPostgres)?;
     let replicas: Vec<&PgMember> = pg.members.iter().filter(|m| m.name != failed).collect();
     let answering: Vec<&MemberView> = views
         .iter()
         .filter(|v| v.name != failed && v.reachable && v.role.as_deref() == Some("replica"))
         .collect();
     if answering.is_empty() {
-        return Err("no replica answers; nothing can be promoted safely".into());
+        return Err(NoCandidate::NoneAnswers);
     }
     if pg.mode == ReplicationMode::Sync {
         let need = replicas.len().saturating_sub(pg.sync_count as usize) + 1;
         if answering.len() < need {
-            return Err(format!(
-                "synchronous mode: only {} of {} replicas answer, {need} are needed to be sure one holds every acknowledged commit",
-                answering.len(),
-                replicas.len()
-            ));
+            return Err(NoCandidate::SyncQuorum {
+                answering: answering.len(),
+                replicas: replicas.len(),
+                need,
+            });
         }
     }
     let newest = answering
@@ -409,7 +440,7 @@ pub fn choose(
     });
     ok.first()
         .map(|v| v.name.clone())
-        .ok_or_else(|| format!("no eligible replica: {}", why.join("; ")))
+        .ok_or(NoCandidate::Ineligible(why))
 }
 
 /// Journal + log sink for failover steps (the state store's journal and tracing).
@@ -507,9 +538,13 @@ fn fence_kill(
     })
 }
 
-fn pg_op(cl: &dyn Clients, rt: &dyn Runtime, m: &PgMember, op: PgOp) -> Result<PgReply, String> {
+fn pg_op(
+    cl: &dyn Clients,
+    rt: &dyn Runtime,
+    m: &PgMember,
+    op: PgOp,
+) -> Result<PgReply, ClientError> {
     cl.pg(rt, m, &op, Duration::from_secs(3))
-        .map_err(|e| e.to_string())
 }
 
 /// After `from` is fenced: promote `to`, reroute writes, record the new primary, re-point the
@@ -536,24 +571,25 @@ fn take_over(
         .clone();
     let mut rt = (svc.runtime)(&t_new);
     let cl = &*svc.clients;
-    let promote_err = |detail: String| FailoverError::Promote {
+    let promote_err = |detail: &dyn std::fmt::Display| FailoverError::Promote {
         member: to.name.clone(),
-        detail,
+        detail: detail.to_string(),
     };
 
     // Promote: the primary configuration (synchronous_standby_names included, so no commit is
     // acknowledged before a standby has it) is in place before the server leaves recovery.
-    if pg_op(cl, rt.as_ref(), &to, PgOp::InRecovery).map_err(promote_err)? == PgReply::Bool(true) {
+    if pg_op(cl, rt.as_ref(), &to, PgOp::InRecovery).map_err(|e| promote_err(&e))?
+        == PgReply::Bool(true)
+    {
         if let Some(c) = bundle.components.get(&to.name) {
-            rt.put_config(&to.name, c)
-                .map_err(|e| promote_err(e.to_string()))?;
+            rt.put_config(&to.name, c).map_err(|e| promote_err(&e))?;
         }
-        pg_op(cl, rt.as_ref(), &to, PgOp::ReloadConf).map_err(promote_err)?;
+        pg_op(cl, rt.as_ref(), &to, PgOp::ReloadConf).map_err(|e| promote_err(&e))?;
         match pg_op(cl, rt.as_ref(), &to, PgOp::Promote { wait_seconds: 30 })
-            .map_err(promote_err)?
+            .map_err(|e| promote_err(&e))?
         {
             PgReply::Bool(true) => {}
-            _ => return Err(promote_err("pg_promote() did not finish in 30s".into())),
+            _ => return Err(promote_err(&"pg_promote() did not finish in 30s")),
         }
     }
     ev.promoted_ms.get_or_insert_with(now_ms);
@@ -563,9 +599,9 @@ fn take_over(
     // Writes to the new primary at once, then the slots the others need.
     svc.router
         .route(rt.as_mut(), &t_new, &to.name)
-        .map_err(|detail| FailoverError::Route {
+        .map_err(|e| FailoverError::Route {
             member: to.name.clone(),
-            detail,
+            detail: e.to_string(),
         })?;
     ev.rerouted_ms.get_or_insert_with(now_ms);
     ev.duration_ms = ev.rerouted_ms.map(|r| r.saturating_sub(ev.detected_ms));
@@ -573,7 +609,8 @@ fn take_over(
     publish(ev);
     if pg.slots {
         for m in pg.members.iter().filter(|m| m.name != to.name) {
-            pg_op(cl, rt.as_ref(), &to, PgOp::EnsureSlot(m.slot.clone())).map_err(promote_err)?;
+            pg_op(cl, rt.as_ref(), &to, PgOp::EnsureSlot(m.slot.clone()))
+                .map_err(|e| promote_err(&e))?;
         }
     }
 
@@ -809,7 +846,9 @@ pub fn switchover(
             }
             t.to_string()
         }
-        None => choose(&cur, &from, &views, &k).map_err(FailoverError::Refused)?,
+        None => {
+            choose(&cur, &from, &views, &k).map_err(|e| FailoverError::Refused(e.to_string()))?
+        }
     };
     let mut ev = FailoverEvent {
         id: next_id(store),
@@ -1122,7 +1161,7 @@ pub fn monitor(
                     } else if let Ok(mut s) = shared.lock() {
                         s.in_progress = None;
                     }
-                    let _ = reply.send(r.map_err(|e| e.to_string()));
+                    let _ = reply.send(r);
                     st.detector.reset(Instant::now());
                 }
             }
@@ -1314,7 +1353,7 @@ pub fn monitor(
         if let (true, Verdict::Dead { fails, down_for }) = (fo.enabled, verdict) {
             let decision = match detect::primary_heard_by_replicas(&t, &views) {
                 Some(why) => Err(why),
-                None => choose(&t, &pg.primary, &views, &st.k),
+                None => choose(&t, &pg.primary, &views, &st.k).map_err(|e| e.to_string()),
             };
             match decision {
                 Ok(to) => {
@@ -1517,10 +1556,14 @@ mod tests {
             ..Default::default()
         };
         let v = [replica("postgres-1", 100, 1)];
-        assert!(choose(&t, "postgres-0", &v, &k)
-            .unwrap_err()
-            .contains("bytes behind"));
-        assert!(choose(&t, "postgres-0", &[], &k).is_err());
+        assert!(matches!(
+            choose(&t, "postgres-0", &v, &k),
+            Err(NoCandidate::Ineligible(why)) if why.iter().any(|w| w.contains("bytes behind"))
+        ));
+        assert_eq!(
+            choose(&t, "postgres-0", &[], &k),
+            Err(NoCandidate::NoneAnswers)
+        );
     }
 
     #[test]
@@ -1529,9 +1572,14 @@ mod tests {
         let mut k = Knowledge::default();
         // ANY 1 of 2: both must answer to be sure one has every acknowledged commit.
         let v = [replica("postgres-1", 100, 10)];
-        assert!(choose(&t, "postgres-0", &v, &k)
-            .unwrap_err()
-            .contains("needed"));
+        assert_eq!(
+            choose(&t, "postgres-0", &v, &k),
+            Err(NoCandidate::SyncQuorum {
+                answering: 1,
+                replicas: 2,
+                need: 2
+            })
+        );
         k.sync_standbys.insert("postgres-2".into());
         let v = [
             replica("postgres-1", 100, 30),

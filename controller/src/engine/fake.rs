@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::engine::clients::{ClientError, Clients, Method, PgOp, PgReply};
-use crate::engine::failover::{FailoverEvent, MemberView, WriteRouter};
+use crate::engine::failover::{FailoverEvent, MemberView, RouterError, WriteRouter};
 use crate::engine::runtime::{
     Capabilities, DiskSpace, Endpoint, Observed, Runtime, RuntimeError, Signal, StartOpts,
     StopMode, Task,
@@ -498,7 +498,7 @@ impl WriteRouter for FakeRouter {
         _: &mut dyn Runtime,
         _: &ValidatedTopology,
         member: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), RouterError> {
         let mut w = w(&self.0);
         w.log.push(format!("router fence {member}"));
         if w.write_server.as_deref() == Some(member) {
@@ -511,7 +511,7 @@ impl WriteRouter for FakeRouter {
         _: &mut dyn Runtime,
         _: &ValidatedTopology,
         member: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), RouterError> {
         let mut w = w(&self.0);
         w.log.push(format!("router route {member}"));
         w.write_server = Some(member.into());

@@ -32,7 +32,8 @@ use super::roles::{self, RoleState};
 use crate::engine::clients::Clients;
 use crate::engine::detect::{self, Detector, Verdict};
 use crate::engine::failover::{
-    self as ef, EventKind, EventStatus, FailoverEvent, Knowledge, Services, WriteRouter,
+    self as ef, EventKind, EventStatus, FailoverEvent, Knowledge, RouterError, Services,
+    WriteRouter,
 };
 use crate::engine::runtime::{
     Capabilities, Endpoint, Observed, Runtime, RuntimeError, Signal, StartOpts, StopMode, Task,
@@ -211,7 +212,7 @@ impl WriteRouter for ServiceRouter {
         _rt: &mut dyn Runtime,
         t: &ValidatedTopology,
         member: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), RouterError> {
         self.change(t, |s| {
             Ok(if s.fenced.contains(member) {
                 s
@@ -219,6 +220,7 @@ impl WriteRouter for ServiceRouter {
                 s.fence(member)
             })
         })
+        .map_err(RouterError::Backend)
     }
 
     fn route(
@@ -226,8 +228,8 @@ impl WriteRouter for ServiceRouter {
         _rt: &mut dyn Runtime,
         t: &ValidatedTopology,
         member: &str,
-    ) -> Result<(), String> {
-        let pg = t.postgres.clone().ok_or("no postgres in this topology")?;
+    ) -> Result<(), RouterError> {
+        let pg = t.postgres.clone().ok_or(RouterError::NoPostgres)?;
         self.change(t, |s| {
             if s.primary == member {
                 Ok(s)
@@ -235,6 +237,7 @@ impl WriteRouter for ServiceRouter {
                 s.promote(&pg, member).map_err(|e| e.to_string())
             }
         })
+        .map_err(RouterError::Backend)
     }
 }
 
@@ -690,7 +693,7 @@ impl Monitor {
                 }
                 let to = match ef::choose(&cur, &primary, &views, &self.k) {
                     Ok(to) => to,
-                    Err(why) => return Round::Waiting(why),
+                    Err(why) => return Round::Waiting(why.to_string()),
                 };
                 let mut ev = FailoverEvent {
                     id: store.history().iter().map(|e| e.id).max().unwrap_or(0) + 1,
@@ -830,7 +833,7 @@ pub fn switchover(
             }
             t.to_string()
         }
-        None => ef::choose(&cur, &from, &views, &k)?,
+        None => ef::choose(&cur, &from, &views, &k).map_err(|e| e.to_string())?,
     };
     let tm = pg.member(&target).ok_or("unknown target")?.clone();
     let fm = pg.member(&from).ok_or("unknown primary")?.clone();
