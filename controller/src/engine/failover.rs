@@ -997,14 +997,27 @@ pub fn rejoin(svc: &Services, member: &str, rep: &mut dyn Reporter) -> Result<()
             "it is the primary; it is never restarted blindly".into(),
         ));
     }
+    start_member(svc, &a, &cur, member, rep, rejoin_err)
+}
+
+/// Brings `member` up from the applied bundle with the engine's recipe (a replica rewinds or
+/// clones as needed); `err` turns the reason into the caller's error.
+fn start_member(
+    svc: &Services,
+    a: &crate::state::Applied,
+    cur: &ValidatedTopology,
+    member: &str,
+    rep: &mut dyn Reporter,
+    err: impl Fn(String) -> FailoverError,
+) -> Result<(), FailoverError> {
     let c = a
         .bundle
         .components
         .get(member)
-        .ok_or_else(|| rejoin_err("not in the applied bundle".into()))?;
-    let mut rt = (svc.runtime)(&cur);
+        .ok_or_else(|| err("not in the applied bundle".into()))?;
+    let mut rt = (svc.runtime)(cur);
     let mut env = Env {
-        t: &cur,
+        t: cur,
         rt: rt.as_mut(),
         cl: &*svc.clients,
         store: &*svc.store,
@@ -1012,7 +1025,7 @@ pub fn rejoin(svc: &Services, member: &str, rep: &mut dyn Reporter) -> Result<()
     };
     env.ensure(member, c, None, Action::Create)
         .map(|_| ())
-        .map_err(|e| rejoin_err(e.to_string()))
+        .map_err(|e| err(e.to_string()))
 }
 
 /// What the monitor carries from one loop to the next.
@@ -1066,22 +1079,7 @@ pub fn restart_held_primary(
     if svc.store.needs_rewind(member) || svc.store.intent().is_some() {
         return Err(err("it was fenced; it rejoins as a replica instead".into()));
     }
-    let c = a
-        .bundle
-        .components
-        .get(member)
-        .ok_or_else(|| err("not in the applied bundle".into()))?;
-    let mut rt = (svc.runtime)(&cur);
-    let mut env = Env {
-        t: &cur,
-        rt: rt.as_mut(),
-        cl: &*svc.clients,
-        store: &*svc.store,
-        rep,
-    };
-    env.ensure(member, c, None, Action::Create)
-        .map(|_| ())
-        .map_err(|e| err(e.to_string()))
+    start_member(svc, &a, &cur, member, rep, err)
 }
 
 /// The monitor: probes every `probe_interval`, fails over after `detection_window`, rejoins
