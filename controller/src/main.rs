@@ -153,15 +153,16 @@ enum Command {
     Schema,
     /// Print the Kubernetes CustomResourceDefinition of the Topology resource.
     Crd,
-    /// Apply on the Docker runtime (images built when missing). Stands in for `apply --runtime
-    /// docker` until `runtime::for_topology` returns the Docker runtime.
+    /// Apply on the Docker runtime (images built when missing) without starting the agent: `apply
+    /// --runtime docker --no-agent`.
     #[command(name = "docker-apply")]
     DockerApply {
         file: PathBuf,
         #[arg(long, short = 'v')]
         verbose: bool,
     },
-    /// Remove every container, network and (unless --keep-data) volume of the environment on Docker.
+    /// Remove every container, network and (unless --keep-data) volume of the environment on Docker
+    /// (`destroy --runtime docker`).
     #[command(name = "docker-destroy")]
     DockerDestroy {
         file: PathBuf,
@@ -665,12 +666,13 @@ struct Site {
     /// The agent's root (`--root`).
     root: PathBuf,
     applied: Option<state::Applied>,
-    docker: bool,
+    /// On Docker: the state directory the environment's root lies in.
+    docker: Option<PathBuf>,
 }
 
 impl Site {
     fn runtime(&self) -> Result<Box<dyn engine::Runtime + Send>, ExitCode> {
-        if self.docker {
+        if self.docker.is_some() {
             Ok(Box::new(controller::docker::runtime::Docker::new(
                 &self.t, &self.root,
             )))
@@ -681,7 +683,7 @@ impl Site {
 
     /// Directory of the agent's API token.
     fn token_dir(&self) -> PathBuf {
-        if self.docker {
+        if self.docker.is_some() {
             self.root.join("secrets")
         } else {
             PathBuf::from(&self.t.paths.secrets)
@@ -698,9 +700,14 @@ fn site(cli: &Cli, file: &Path) -> Result<Site, ExitCode> {
             host: l.validated.clone(),
             t: l.validated,
             applied,
-            docker: false,
+            docker: None,
         });
     }
+    docker_site(cli, file).map(|(s, _)| s)
+}
+
+/// `file` loaded for the Docker runtime, its state directory and the environment's host root.
+fn docker_root(cli: &Cli, file: &Path) -> Result<(Loaded, PathBuf, PathBuf), ExitCode> {
     let mut o = opts(cli);
     o.runtime = Some(RuntimeKind::Docker);
     let l = topology::load(file, &o).map_err(|d| {
@@ -713,8 +720,16 @@ fn site(cli: &Cli, file: &Path) -> Result<Site, ExitCode> {
         &l.validated.name,
     ))
     .map_err(fail)?;
+    Ok((l, dir, root))
+}
+
+/// The Docker site of `file` whatever its `spec.runtime.kind` says (`docker-apply`,
+/// `docker-destroy`), with the loaded document for rendering.
+fn docker_site(cli: &Cli, file: &Path) -> Result<(Site, Loaded), ExitCode> {
+    let (l, dir, root) = docker_root(cli, file)?;
     let host = controller::docker::runtime::host_view(&l.validated, &root);
     let applied = state::read_applied(&host).map_err(fail)?;
+    // The primary failover or a switchover moved to stays the primary (as `current` does).
     let t = match applied.as_ref().and_then(|a| a.primary.as_deref()) {
         Some(p) => l
             .validated
@@ -723,13 +738,14 @@ fn site(cli: &Cli, file: &Path) -> Result<Site, ExitCode> {
         None => l.validated.clone(),
     };
     let host = controller::docker::runtime::host_view(&t, &root);
-    Ok(Site {
-        t,
+    let site = Site {
+        t: t.clone(),
         host,
         root,
         applied,
-        docker: true,
-    })
+        docker: Some(dir),
+    };
+    Ok((site, Loaded { validated: t, ..l }))
 }
 
 fn reporter(
@@ -1076,7 +1092,7 @@ fn switchover(cli: &Cli, file: &Path, to: Option<&str>) -> Result<ExitCode, Exit
         serde_json::from_str::<failover::FailoverEvent>(&body).map_err(fail)?
     } else {
         let mut journal = failover::Journal::open(&root);
-        let svc = if site.docker {
+        let svc = if site.docker.is_some() {
             services_at(&site.t, Some(&root))
         } else {
             services(&site.t)
@@ -1110,7 +1126,7 @@ fn logs(
 ) -> Result<ExitCode, ExitCode> {
     use std::io::{Read, Seek, SeekFrom, Write};
     let site = site(cli, file)?;
-    if site.docker && component != engine::agent::AGENT {
+    if site.docker.is_some() && component != engine::agent::AGENT {
         return docker_logs(&site, component, follow, lines);
     }
     let path = if component == engine::agent::AGENT {
@@ -1224,27 +1240,8 @@ fn docker_apply(
     verbose: bool,
     with_agent: bool,
 ) -> Result<ExitCode, ExitCode> {
-    let mut o = opts(cli);
-    o.runtime = Some(RuntimeKind::Docker);
-    let l = topology::load(file, &o).map_err(|d| {
-        print_diags(&d, cli.output);
-        ExitCode::from(1)
-    })?;
-    let dir = controller::docker::cli::state_dir(file, cli.state_dir.as_deref(), &l);
-    // The primary failover or a switchover moved to stays the primary (as `current` does).
-    let host_root = std::path::absolute(controller::docker::runtime::host_root(
-        Some(&dir),
-        &l.validated.name,
-    ))
-    .map_err(fail)?;
-    let host = controller::docker::runtime::host_view(&l.validated, &host_root);
-    let primary = state::read_applied(&host)
-        .map_err(fail)?
-        .and_then(|a| a.primary);
-    let l = match primary.and_then(|p| l.validated.with_primary(&p)) {
-        Some(t) => Loaded { validated: t, ..l },
-        None => l,
-    };
+    let (site, l) = docker_site(cli, file)?;
+    let dir = site.docker.clone().unwrap_or_default();
     let b = render_bundle(cli, &l)?;
     let mut rep = reporter(cli, &l.validated, verbose);
     let templates = cli.templates.as_ref().map(|d| d.display().to_string());
@@ -1267,13 +1264,9 @@ fn docker_apply(
         );
     }
     if with_agent {
-        let root = std::path::absolute(controller::docker::runtime::host_root(
-            Some(&dir),
-            &l.validated.name,
-        ))
-        .map_err(fail)?;
-        agent::stop(&root);
-        let pid = agent::start_detached(&root, l.validated.agent.port).map_err(fail)?;
+        let root = &site.root;
+        agent::stop(root);
+        let pid = agent::start_detached(root, l.validated.agent.port).map_err(fail)?;
         if cli.output == Output::Text {
             eprintln!(
                 "agent pid {pid}, API http://127.0.0.1:{}",
@@ -1287,19 +1280,9 @@ fn docker_apply(
 /// `destroy` on the Docker runtime: the agent, every container, the network and (unless
 /// `--keep-data`) the volumes of the environment; proves nothing is left.
 fn docker_destroy(cli: &Cli, file: &Path, keep_data: bool) -> Result<ExitCode, ExitCode> {
-    let mut o = opts(cli);
-    o.runtime = Some(RuntimeKind::Docker);
-    let l = topology::load(file, &o).map_err(|d| {
-        print_diags(&d, cli.output);
-        ExitCode::from(1)
-    })?;
-    let dir = controller::docker::cli::state_dir(file, cli.state_dir.as_deref(), &l);
-    if let Ok(root) = std::path::absolute(controller::docker::runtime::host_root(
-        Some(&dir),
-        &l.validated.name,
-    )) {
-        agent::stop(&root);
-    }
+    // No applied record is read: destroy works whatever state an interrupted apply left.
+    let (l, dir, root) = docker_root(cli, file)?;
+    agent::stop(&root);
     let left = controller::docker::cli::destroy(&l.validated, &dir, keep_data).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(1)

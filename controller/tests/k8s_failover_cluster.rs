@@ -317,6 +317,8 @@ fn a_corroborated_primary_death_fails_over_in_the_cluster() {
         ("postgres-0", "postgres-1")
     );
     assert!(ev.fenced_ms.is_some() && ev.promoted_ms.is_some() && ev.rerouted_ms.is_some());
+    // The members follow the roles ConfigMap: no re-point step is refused after the role change.
+    assert!(ev.detail.is_empty(), "after the failover: {}", ev.detail);
 
     // Promoted through SQL at its pod address; the others' slots ensured on it.
     let ops = script.ops.lock().unwrap().clone();

@@ -530,6 +530,7 @@ impl Runtime for Docker {
             envoy_hot_restart: false,
             // Rendered files are a bind-mounted directory: they change under a running container.
             live_files: true,
+            members_follow_roles: false,
         }
     }
 

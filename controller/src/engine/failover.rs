@@ -625,6 +625,15 @@ fn take_over(
     // Re-point the running replicas and make what runs match the new files; the HAProxy config
     // is rewritten and reloaded (verified) so a later reload keeps the routing.
     let mut problems = Vec::new();
+    let follow = rt.capabilities().members_follow_roles;
+    if follow {
+        step(
+            rep,
+            ev,
+            "re-point",
+            "the members follow the recorded roles themselves".into(),
+        );
+    }
     {
         let mut env = Env {
             t: &t_new,
@@ -644,6 +653,9 @@ fn take_over(
                 // Its files were written and reloaded before the promotion; only the record of
                 // what runs follows, so a later apply does not restart it.
                 let _ = env.rt.mark_config(&m.name, &c_new.hash());
+                continue;
+            }
+            if follow {
                 continue;
             }
             if !env.rt.observe(&m.name).is_some_and(|o| o.running) {

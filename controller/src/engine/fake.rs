@@ -86,6 +86,7 @@ impl Runtime for FakeRuntime {
             name: "fake",
             envoy_hot_restart: true,
             live_files: true,
+            members_follow_roles: false,
         }
     }
 

@@ -210,6 +210,9 @@ pub struct Capabilities {
     /// Files change inside a running component (local files, bind mounts); false where a new
     /// config needs a new instance (immutable ConfigMap mounts with subPath, for instance).
     pub live_files: bool,
+    /// Each PostgreSQL member follows the recorded roles by itself (the Kubernetes instance
+    /// entrypoint watches the roles ConfigMap), so a failover re-points no member itself.
+    pub members_follow_roles: bool,
 }
 
 impl Capabilities {

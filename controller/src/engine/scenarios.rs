@@ -189,6 +189,7 @@ fn a_reload_is_a_restart_where_the_runtime_cannot_reload() {
         name: "immutable",
         envoy_hot_restart: false,
         live_files: false,
+        members_follow_roles: false,
     };
     super::converge::adjust_plan(&mut pl, &caps);
     let c = pl.get("prometheus").unwrap();

@@ -281,6 +281,7 @@ impl Runtime for ClusterRuntime {
             name: "kubernetes",
             envoy_hot_restart: false,
             live_files: false,
+            members_follow_roles: true,
         }
     }
     fn preflight(&self, _desired: &Bundle) -> Result<(), RuntimeError> {

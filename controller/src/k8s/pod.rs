@@ -167,6 +167,7 @@ impl Runtime for PodRuntime {
             name: "kubernetes",
             envoy_hot_restart: false,
             live_files: false,
+            members_follow_roles: false,
         }
     }
 

@@ -714,6 +714,7 @@ impl Runtime for Local {
             name: "local",
             envoy_hot_restart: true,
             live_files: true,
+            members_follow_roles: false,
         }
     }
 
