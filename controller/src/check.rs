@@ -275,10 +275,13 @@ fn prepare(t: &ValidatedTopology, bundle: &Bundle) -> std::io::Result<()> {
         std::fs::write(&s.file, "check-only-secret-value")?;
         std::fs::set_permissions(&s.file, std::fs::Permissions::from_mode(0o600))?;
     }
-    std::fs::write(
-        format!("{}/redis-auth.conf", t.paths.secrets),
-        "requirepass check-only-secret-value\n",
-    )?;
+    // Redis' ACL include and the web configs, as the runtime derives them.
+    let derived = crate::derived::files(t, &|_| Some("check-only-secret-value".into()))
+        .map_err(std::io::Error::other)?;
+    for f in derived {
+        std::fs::write(&f.path, f.content)?;
+        std::fs::set_permissions(&f.path, std::fs::Permissions::from_mode(0o600))?;
+    }
     // The copies of the agent's API token that Prometheus and Alertmanager read (promtool checks
     // that a credentials_file exists).
     for consumer in ["prometheus", "alertmanager"] {

@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod crd;
+pub mod derived;
 pub mod diag;
 pub mod docker;
 pub mod engine;

@@ -315,7 +315,7 @@ fn full_stack_on_docker_applies_serves_reloads_and_is_destroyed() {
             &port(6379).to_string(),
             "--no-auth-warning",
         ])
-        .args(["-a", &s.secret("redis-password"), "ping"])
+        .args(["--user", "admin", "-a", &s.secret("redis-password"), "ping"])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "PONG");
@@ -413,9 +413,11 @@ fn full_stack_on_docker_applies_serves_reloads_and_is_destroyed() {
     }
 
     // Alertmanager reports its config.
+    let am_auth =
+        controller::probe::basic_auth_header("bssctl", &s.secret("alertmanager-web-password"));
     let (code, body, _) = get(
         &format!("http://127.0.0.1:{}/api/v2/status", port(9093)),
-        &[],
+        &[("Authorization", &am_auth)],
     );
     assert_eq!(code, 200);
     assert!(
