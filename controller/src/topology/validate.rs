@@ -2466,7 +2466,7 @@ fn build_alertmanager(
 pub const WEB_USER: &str = "bssctl";
 
 /// Redis' ACL users. Each client gets only what it sends: the backend its cache commands on
-/// `bss:*` keys (backend/src/cache.rs: MGET, SETEX, INCR, EXPIRE, DEL in a pipeline, SCAN and
+/// `bss:*` keys (backend/src/cache.rs: MGET, SETEX, INCRBY (redis-rs `incr`), EXPIRE, DEL, SCAN and
 /// UNLINK for resync, PING; no pub/sub, invalidation comes from PostgreSQL), redis_exporter its
 /// metrics commands and no keys, bssctl's probe PING and INFO. `default` is off.
 fn redis_acl(paths: &Paths) -> RedisAclModel {
@@ -2483,7 +2483,7 @@ fn redis_acl(paths: &Paths) -> RedisAclModel {
             user(
                 REDIS_BACKEND_USER,
                 "redis-backend-password",
-                "~bss:* resetchannels -@all +ping +select +mget +setex +set +incr +expire +del +unlink +scan",
+                "~bss:* resetchannels -@all +ping +select +mget +setex +set +incr +incrby +expire +del +unlink +scan",
             ),
             user(
                 REDIS_EXPORTER_USER,
