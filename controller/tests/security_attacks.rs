@@ -860,7 +860,13 @@ fn component_endpoints_refuse_browsers_and_callers_without_credentials() {
             "{method} {path} without credentials: {code} {body}"
         );
     }
-    let (code, body) = rawh(am, "GET", "/api/v2/silences", &[am_auth.clone()], "");
+    let (code, body) = rawh(
+        am,
+        "GET",
+        "/api/v2/silences",
+        std::slice::from_ref(&am_auth),
+        "",
+    );
     assert_eq!(code, 200, "{body}");
     assert_eq!(body.trim(), "[]", "a silence was created: {body}");
 
@@ -908,7 +914,7 @@ fn component_endpoints_refuse_browsers_and_callers_without_credentials() {
         "/metrics".to_string(),
         format!("/probe?target=127.0.0.1:{fake}"),
     ] {
-        let (code, body) = rawh(pgx, "GET", &path, &[evil.clone()], "");
+        let (code, body) = rawh(pgx, "GET", &path, std::slice::from_ref(&evil), "");
         assert_eq!(code, 401, "GET {path}: {code} {body}");
     }
     let x_auth = (
@@ -925,7 +931,7 @@ fn component_endpoints_refuse_browsers_and_callers_without_credentials() {
         env.port(9121),
         "GET",
         &format!("/scrape?target=redis://127.0.0.1:{rfake}"),
-        &[evil.clone()],
+        std::slice::from_ref(&evil),
         "",
     );
     assert_eq!(code, 200);
@@ -969,7 +975,7 @@ fn component_endpoints_refuse_browsers_and_callers_without_credentials() {
         ("GET", "/stats/prometheus/../../quitquitquit"),
         ("GET", "/stats/prometheus%2F..%2Fquitquitquit"),
     ] {
-        let (code, body) = rawh(admin_tcp, method, path, &[evil.clone()], "");
+        let (code, body) = rawh(admin_tcp, method, path, std::slice::from_ref(&evil), "");
         assert!(
             code == 404 || code == 400,
             "{method} {path} on the stats port: {code} {body}"
