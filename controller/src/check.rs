@@ -81,6 +81,21 @@ struct Job {
     f: Box<dyn FnOnce() -> (bool, String) + Send>,
 }
 
+/// `promtool check web-config` of a derived basic-auth web config (Alertmanager, exporters).
+fn web_config_job(component: &str, path: &str) -> Job {
+    let file = std::path::Path::new(path)
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    tool_job(
+        component,
+        &file,
+        "promtool",
+        vec!["check".into(), "web-config".into(), path.to_string()],
+        vec![],
+    )
+}
+
 fn tool_job(
     component: &str,
     file: &str,
@@ -180,13 +195,18 @@ pub fn check(t: &ValidatedTopology, bundle: &Bundle) -> Vec<CheckResult> {
                     ));
                 }
             }
-            Kind::Alertmanager => jobs.push(tool_job(
-                name,
-                "alertmanager.yml",
-                "amtool",
-                vec!["check-config".into(), p(name, "alertmanager.yml")],
-                vec![],
-            )),
+            Kind::Alertmanager => {
+                jobs.push(tool_job(
+                    name,
+                    "alertmanager.yml",
+                    "amtool",
+                    vec!["check-config".into(), p(name, "alertmanager.yml")],
+                    vec![],
+                ));
+                if let Some(w) = t.alertmanager.as_ref().and_then(|a| a.web_auth.as_ref()) {
+                    jobs.push(web_config_job(name, &w.web_config));
+                }
+            }
             Kind::Redis => {
                 let conf = p(name, "redis.conf");
                 jobs.push(Job {
@@ -198,6 +218,10 @@ pub fn check(t: &ValidatedTopology, bundle: &Bundle) -> Vec<CheckResult> {
             }
             _ => {}
         }
+    }
+    // One web config for every postgres exporter: checked once.
+    if let (Some(w), Some(x)) = (&t.exporters.postgres_web_auth, t.exporters.postgres.first()) {
+        jobs.push(web_config_job(&x.name, &w.web_config));
     }
     if let Some(pg) = &t.postgres {
         let t2 = t.clone();
