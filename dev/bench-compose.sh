@@ -59,12 +59,28 @@ grep -E '^#   \./secrets/' "$WORK/compose/compose.yaml" | while read -r _ path _
   mkdir -p "$(dirname "$f")"; head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$f"
   chown "$uid:$uid" "$f" "$(dirname "$f")"; chmod 0400 "$f"; chmod 0500 "$(dirname "$f")"
 done
-# The Redis password the exporter and Redis share: one value for both.
-if [ -f "$WORK/compose/secrets/redis/redis-auth.conf" ]; then
-  pw=$(cat "$WORK/compose/secrets/redis-exporter/env/REDIS_PASSWORD")
-  chmod 0600 "$WORK/compose/secrets/redis/redis-auth.conf"
-  printf 'requirepass "%s"\n' "$pw" > "$WORK/compose/secrets/redis/redis-auth.conf"
-  chmod 0400 "$WORK/compose/secrets/redis/redis-auth.conf"
+# Files bssctl derives from secret values (docs/security.md, "Redis users"): written here from the
+# values just generated, as the Docker runtime writes them.
+S="$WORK/compose/secrets"
+put() { # file content
+  mkdir -p "$(dirname "$1")"; [ -f "$1" ] && chmod 0600 "$1"
+  printf '%s\n' "$2" > "$1"; chmod 0400 "$1"
+}
+if [ -f "$S/redis/redis-acl.conf" ]; then
+  xpw=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
+  rnd() { head -c 24 /dev/urandom | sha256sum | cut -d' ' -f1; }
+  addr=$(grep -rh '^REDIS_ADDR=' "$WORK/compose" | head -n1 | cut -d= -f2-)
+  put "$S/redis/redis-acl.conf" "user default reset off
+user admin reset on #$(rnd) ~* &* +@all
+user redis-exporter reset on #$(printf '%s' "$xpw" | sha256sum | cut -d' ' -f1) resetkeys resetchannels -@all +ping +select +info +client|setname +client|list +config|get +slowlog|get +slowlog|len +latency|latest +latency|histogram +memory|stats +module|list +cluster|info"
+  [ -f "$S/redis-exporter/redis-exporter-passwords.json" ] &&
+    put "$S/redis-exporter/redis-exporter-passwords.json" "{\"$addr\":\"$xpw\"}"
+fi
+if [ -f "$S/alertmanager/alertmanager-web.yml" ] && [ -f "$S/prometheus/alertmanager-web-password" ]; then
+  hash=$(python3 -c 'import crypt,sys; print(crypt.crypt(sys.stdin.read().strip(), crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1024)))' \
+    < "$S/prometheus/alertmanager-web-password" 2>/dev/null)
+  put "$S/alertmanager/alertmanager-web.yml" "basic_auth_users:
+  bssctl: \"$hash\""
 fi
 cd "$WORK/compose"
 t0=$(now)

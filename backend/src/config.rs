@@ -99,6 +99,9 @@ impl std::fmt::Debug for DatabaseConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RedisConfig {
     pub url: String,
+    /// ACL user (Redis 6+); none: the `default` user.
+    #[serde(default)]
+    pub username: Option<String>,
     pub password_file: Option<PathBuf>,
     #[serde(skip)]
     pub password: Option<String>,
@@ -108,6 +111,7 @@ impl std::fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisConfig")
             .field("url", &self.url)
+            .field("username", &self.username)
             .field("password_file", &self.password_file)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .finish()

@@ -46,6 +46,9 @@ pub async fn redis_manager(cfg: &Config) -> Result<ConnectionManager, ServerErro
     if let Some(p) = &cfg.redis.password {
         info.redis.password = Some(p.clone());
     }
+    if let Some(u) = &cfg.redis.username {
+        info.redis.username = Some(u.clone());
+    }
     let client = redis::Client::open(info).map_err(err)?;
     let mgr_cfg = ConnectionManagerConfig::new()
         .set_connection_timeout(Duration::from_secs(2))

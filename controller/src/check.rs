@@ -81,6 +81,21 @@ struct Job {
     f: Box<dyn FnOnce() -> (bool, String) + Send>,
 }
 
+/// `promtool check web-config` of a derived basic-auth web config (Alertmanager, exporters).
+fn web_config_job(component: &str, path: &str) -> Job {
+    let file = std::path::Path::new(path)
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    tool_job(
+        component,
+        &file,
+        "promtool",
+        vec!["check".into(), "web-config".into(), path.to_string()],
+        vec![],
+    )
+}
+
 fn tool_job(
     component: &str,
     file: &str,
@@ -180,13 +195,18 @@ pub fn check(t: &ValidatedTopology, bundle: &Bundle) -> Vec<CheckResult> {
                     ));
                 }
             }
-            Kind::Alertmanager => jobs.push(tool_job(
-                name,
-                "alertmanager.yml",
-                "amtool",
-                vec!["check-config".into(), p(name, "alertmanager.yml")],
-                vec![],
-            )),
+            Kind::Alertmanager => {
+                jobs.push(tool_job(
+                    name,
+                    "alertmanager.yml",
+                    "amtool",
+                    vec!["check-config".into(), p(name, "alertmanager.yml")],
+                    vec![],
+                ));
+                if let Some(w) = t.alertmanager.as_ref().and_then(|a| a.web_auth.as_ref()) {
+                    jobs.push(web_config_job(name, &w.web_config));
+                }
+            }
             Kind::Redis => {
                 let conf = p(name, "redis.conf");
                 jobs.push(Job {
@@ -198,6 +218,10 @@ pub fn check(t: &ValidatedTopology, bundle: &Bundle) -> Vec<CheckResult> {
             }
             _ => {}
         }
+    }
+    // One web config for every postgres exporter: checked once.
+    if let (Some(w), Some(x)) = (&t.exporters.postgres_web_auth, t.exporters.postgres.first()) {
+        jobs.push(web_config_job(&x.name, &w.web_config));
     }
     if let Some(pg) = &t.postgres {
         let t2 = t.clone();
@@ -275,10 +299,13 @@ fn prepare(t: &ValidatedTopology, bundle: &Bundle) -> std::io::Result<()> {
         std::fs::write(&s.file, "check-only-secret-value")?;
         std::fs::set_permissions(&s.file, std::fs::Permissions::from_mode(0o600))?;
     }
-    std::fs::write(
-        format!("{}/redis-auth.conf", t.paths.secrets),
-        "requirepass check-only-secret-value\n",
-    )?;
+    // Redis' ACL include and the web configs, as the runtime derives them.
+    let derived = crate::derived::files(t, &|_| Some("check-only-secret-value".into()))
+        .map_err(std::io::Error::other)?;
+    for f in derived {
+        std::fs::write(&f.path, f.content)?;
+        std::fs::set_permissions(&f.path, std::fs::Permissions::from_mode(0o600))?;
+    }
     // The copies of the agent's API token that Prometheus and Alertmanager read (promtool checks
     // that a credentials_file exists).
     for consumer in ["prometheus", "alertmanager"] {

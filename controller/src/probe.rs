@@ -16,27 +16,109 @@ pub fn tcp(host: &str, port: u16, timeout: Duration) -> bool {
 
 /// GET `url`; the status code and body, or why it failed.
 pub fn http_get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
+    http_request(url, false, None, timeout)
+}
+
+pub fn http_post(url: &str, timeout: Duration) -> Result<(u16, String), String> {
+    http_request(url, true, None, timeout)
+}
+
+/// GET (or POST) `url`, with basic auth `(user, password)` when given.
+pub fn http_request(
+    url: &str,
+    post: bool,
+    basic_auth: Option<(&str, &str)>,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
     let agent = ureq::AgentBuilder::new().timeout(timeout).build();
-    match agent.get(url).call() {
+    let mut req = if post {
+        agent.post(url)
+    } else {
+        agent.get(url)
+    };
+    if let Some((u, p)) = basic_auth {
+        req = req.set("Authorization", &basic_auth_header(u, p));
+    }
+    match req.call() {
         Ok(r) => {
             let code = r.status();
             Ok((code, r.into_string().unwrap_or_default()))
         }
         Err(ureq::Error::Status(code, r)) => Ok((code, r.into_string().unwrap_or_default())),
+        // Never the request (it may carry the password): ureq's errors name the URL only.
         Err(e) => Err(e.to_string()),
     }
 }
 
-pub fn http_post(url: &str, timeout: Duration) -> Result<(u16, String), String> {
-    let agent = ureq::AgentBuilder::new().timeout(timeout).build();
-    match agent.post(url).call() {
-        Ok(r) => {
-            let code = r.status();
-            Ok((code, r.into_string().unwrap_or_default()))
+/// `Basic <base64(user:password)>` (RFC 7617).
+pub fn basic_auth_header(user: &str, password: &str) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let raw = format!("{user}:{password}");
+    let mut out = String::from("Basic ");
+    for c in raw.as_bytes().chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
         }
-        Err(ureq::Error::Status(code, r)) => Ok((code, r.into_string().unwrap_or_default())),
-        Err(e) => Err(e.to_string()),
     }
+    out
+}
+
+/// GET `path` over HTTP/1.1 on a unix socket (Envoy's admin): status code and body.
+pub fn http_get_unix(socket: &str, path: &str, timeout: Duration) -> Result<(u16, String), String> {
+    let mut s = UnixStream::connect(socket).map_err(|e| format!("{socket}: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    parse_http_response(&raw)
+}
+
+/// Status and body of a complete HTTP/1.1 response (Content-Length, chunked or until close).
+pub fn parse_http_response(raw: &[u8]) -> Result<(u16, String), String> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or("incomplete HTTP response")?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or("no HTTP status line")?;
+    let chunked = lines.any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    if !chunked {
+        return Ok((status, body.to_string()));
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let (size, after) = rest.split_once("\r\n").ok_or("truncated chunk")?;
+        let n = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| "bad chunk size")?;
+        if n == 0 {
+            break;
+        }
+        let chunk = after.get(..n).ok_or("truncated chunk")?;
+        out.push_str(chunk);
+        rest = after.get(n..).unwrap_or("").trim_start_matches("\r\n");
+    }
+    Ok((status, out))
 }
 
 /// True when GET `url` answers 2xx.
@@ -60,20 +142,23 @@ fn resp_cmd(args: &[&str]) -> Vec<u8> {
     out
 }
 
-/// Redis PING (after AUTH when a password is given): Ok(()) on PONG.
+/// Redis PING (after AUTH `[user] password` when given): Ok(()) on PONG.
 pub fn redis_ping(
     host: &str,
     port: u16,
-    password: Option<&str>,
+    auth: Option<(Option<&str>, &str)>,
     timeout: Duration,
 ) -> Result<(), String> {
+    let password = auth.map(|(_, p)| p);
     let a = addr(host, port).ok_or("cannot resolve")?;
     let mut s = TcpStream::connect_timeout(&a, timeout).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     let mut req = Vec::new();
-    if let Some(p) = password {
-        req.extend(resp_cmd(&["AUTH", p]));
+    match auth {
+        Some((Some(u), p)) => req.extend(resp_cmd(&["AUTH", u, p])),
+        Some((None, p)) => req.extend(resp_cmd(&["AUTH", p])),
+        None => {}
     }
     req.extend(resp_cmd(&["PING"]));
     s.write_all(&req).map_err(|e| e.to_string())?;
@@ -146,4 +231,28 @@ pub fn haproxy_worker_pid(socket: &str) -> Option<u32> {
 pub fn haproxy_info_pid(text: &str) -> Option<u32> {
     text.lines()
         .find_map(|l| l.strip_prefix("Pid: ").and_then(|p| p.trim().parse().ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn basic_auth_and_http_parsing() {
+        assert_eq!(
+            super::basic_auth_header("Aladdin", "open sesame"),
+            "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
+        assert_eq!(super::basic_auth_header("a", "b"), "Basic YTpi");
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nLIVE\r\n1\r\n\n\r\n0\r\n\r\n";
+        assert_eq!(
+            super::parse_http_response(chunked).unwrap(),
+            (200, "LIVE\n".to_string())
+        );
+        let plain = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 9\r\n\r\nPRE_INIT\n";
+        assert_eq!(
+            super::parse_http_response(plain).unwrap(),
+            (503, "PRE_INIT\n".to_string())
+        );
+    }
 }

@@ -663,20 +663,18 @@ pub fn launch(t: &ValidatedTopology, name: &str, kind: Kind) -> Launch {
         Kind::PostgresExporter => {
             l.program = s("prometheus-postgres-exporter");
             l.env_file = Some(s("exporter.env"));
+            // Basic auth on every path (`/metrics` and the multi-target `/probe`).
+            if let Some(w) = &t.exporters.postgres_web_auth {
+                l.args.push(format!("--web.config.file={}", w.web_config));
+            }
             if let Some(sec) = t.secrets.get("postgres-superuser-password") {
                 l.env.insert(s("DATA_SOURCE_PASS_FILE"), sec.file.clone());
             }
         }
         Kind::RedisExporter => {
+            // Its user and password map come from the env file (no secret in the environment).
             l.program = s("prometheus-redis-exporter");
             l.env_file = Some(s("exporter.env"));
-            if t.redis
-                .as_ref()
-                .is_some_and(|r| r.password_secret.is_some())
-            {
-                l.secret_env
-                    .insert(s("REDIS_PASSWORD"), s("redis-password"));
-            }
         }
         Kind::Prometheus => {
             l.program = s("prometheus");
@@ -712,6 +710,11 @@ pub fn launch(t: &ValidatedTopology, name: &str, kind: Kind) -> Launch {
                     // Single node: no gossip port to collide with anything.
                     s("--cluster.listen-address="),
                 ];
+                // Basic auth on the whole HTTP interface: a page cannot create silences or
+                // POST /-/reload (Alertmanager 0.25 has no switch for its lifecycle API).
+                if let Some(w) = &a.web_auth {
+                    l.args.push(format!("--web.config.file={}", w.web_config));
+                }
             }
         }
     }

@@ -34,7 +34,7 @@ fn redis_roundtrip(port: u16, password: &str, timeout: Duration) -> std::io::Res
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
-    write!(s, "AUTH {password}\r\nPING\r\n")?;
+    write!(s, "AUTH admin {password}\r\nPING\r\n")?;
     let mut buf = [0u8; 64];
     let mut got = String::new();
     while !got.contains("PONG") && !got.contains("ERR") {
@@ -88,7 +88,12 @@ fn a_component_container_is_made_observed_and_removed_through_the_engine() {
     let cb = &bundle.components["redis"];
     assert_eq!(cb.kind, Kind::Redis);
     let password = "s3cret-Value-for-the-test-0123456789".to_string();
-    let values = BTreeMap::from([("redis-password".to_string(), password.clone())]);
+    // Every user's password the same here: the admin user answers the round trips below.
+    let values: BTreeMap<String, String> = t
+        .secrets
+        .keys()
+        .map(|k| (k.clone(), password.clone()))
+        .collect();
     let dirs = spec::HostDirs {
         root: dir.path().join("docker"),
     };
@@ -96,7 +101,11 @@ fn a_component_container_is_made_observed_and_removed_through_the_engine() {
     let port = s.ports[0].1;
     files::put_config(&dirs.config("redis"), cb).unwrap();
     let secrets = spec::secret_files(t, Kind::Redis, cb, &values);
-    assert!(secrets.iter().any(|f| f.rel == "redis-auth.conf"));
+    assert!(secrets.iter().any(|f| f.rel == "redis-acl.conf"));
+    assert!(
+        secrets.iter().all(|f| !f.content.contains(&password)),
+        "the ACL file holds hashes, never a password: {secrets:?}"
+    );
     files::put_secrets(&dirs.secrets("redis"), &secrets, spec::uid_of(Kind::Redis)).unwrap();
 
     let net = docker::network_name(&env);
@@ -173,7 +182,7 @@ fn a_component_container_is_made_observed_and_removed_through_the_engine() {
             )
             .unwrap()
     };
-    let who = sh("id -u; stat -c '%a %u' /run/secrets/bssctl/redis-auth.conf");
+    let who = sh("id -u; stat -c '%a %u' /run/secrets/bssctl/redis-acl.conf");
     assert_eq!(who.exit_code, 0, "{who:?}");
     assert_eq!(
         who.output.split_whitespace().collect::<Vec<_>>(),

@@ -315,7 +315,7 @@ fn full_stack_on_docker_applies_serves_reloads_and_is_destroyed() {
             &port(6379).to_string(),
             "--no-auth-warning",
         ])
-        .args(["-a", &s.secret("redis-password"), "ping"])
+        .args(["--user", "admin", "-a", &s.secret("redis-password"), "ping"])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "PONG");
@@ -413,9 +413,11 @@ fn full_stack_on_docker_applies_serves_reloads_and_is_destroyed() {
     }
 
     // Alertmanager reports its config.
+    let am_auth =
+        controller::probe::basic_auth_header("bssctl", &s.secret("alertmanager-web-password"));
     let (code, body, _) = get(
         &format!("http://127.0.0.1:{}/api/v2/status", port(9093)),
-        &[],
+        &[("Authorization", &am_auth)],
     );
     assert_eq!(code, 200);
     assert!(
@@ -460,6 +462,23 @@ fn full_stack_on_docker_applies_serves_reloads_and_is_destroyed() {
         "no 429 past the budget: {codes:?}"
     );
     assert_eq!(get(&format!("{envoy}/health"), &[]).0, 200);
+    // Envoy's admin is a socket inside the container: the published stats port serves only
+    // GET /stats/prometheus and /ready.
+    let stats = format!("http://127.0.0.1:{}", port(15000));
+    assert_eq!(get(&format!("{stats}/ready"), &[]).0, 200);
+    assert_eq!(get(&format!("{stats}/config_dump"), &[]).0, 404);
+    let quit = ureq::post(&format!("{stats}/quitquitquit")).call();
+    assert!(matches!(quit, Err(ureq::Error::Status(404, _))), "{quit:?}");
+    assert_eq!(get(&format!("{stats}/ready"), &[]).0, 200);
+    // Alertmanager wants its credentials.
+    assert_eq!(
+        get(
+            &format!("http://127.0.0.1:{}/api/v2/silences", port(9093)),
+            &[]
+        )
+        .0,
+        401
+    );
 
     // No-op re-apply: nothing restarted (same container ids).
     let c = Client::connect().unwrap();

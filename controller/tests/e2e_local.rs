@@ -223,6 +223,8 @@ fn full_stack_applies_serves_reloads_and_is_destroyed() {
             "-p",
             &env.port(6379).to_string(),
             "--no-auth-warning",
+            "--user",
+            "admin",
             "-a",
             &env.secret("redis-password"),
             "ping",
@@ -318,9 +320,11 @@ fn full_stack_applies_serves_reloads_and_is_destroyed() {
     }
 
     // Alertmanager reports its config.
+    let am_auth =
+        controller::probe::basic_auth_header("bssctl", &env.secret("alertmanager-web-password"));
     let (code, body, _) = get(
         &format!("http://127.0.0.1:{}/api/v2/status", env.port(9093)),
-        &[],
+        &[("Authorization", &am_auth)],
     );
     assert_eq!(code, 200);
     assert!(
@@ -343,10 +347,10 @@ fn full_stack_applies_serves_reloads_and_is_destroyed() {
         ),
         "{hs:?}"
     );
-    let (_, dump, _) = get(
-        &format!("http://127.0.0.1:{}/config_dump", env.port(15000)),
-        &[],
-    );
+    // The admin is a unix socket (the TCP port serves only /stats/prometheus and /ready).
+    let admin = env.root.join("run/envoy/admin.sock").display().to_string();
+    let (_, dump) =
+        controller::probe::http_get_unix(&admin, "/config_dump", Duration::from_secs(5)).unwrap();
     assert!(
         dump.contains("5xx,reset,connect-failure") && dump.contains("\"num_retries\": 3"),
         "retry policy missing"
@@ -769,13 +773,12 @@ fn envoy_retries_failed_upstream_attempts() {
         Some(20),
         "every request must succeed after retries: {codes:?}"
     );
-    let (_, stats, _) = get(
-        &format!(
-            "http://127.0.0.1:{}/stats?filter=cluster.flaky.upstream_rq_retry$",
-            env.port(15000)
-        ),
-        &[],
-    );
+    let (_, stats) = controller::probe::http_get_unix(
+        &env.root.join("run/envoy/admin.sock").display().to_string(),
+        "/stats?filter=cluster.flaky.upstream_rq_retry$",
+        Duration::from_secs(5),
+    )
+    .unwrap();
     let retries: u64 = stats
         .split(':')
         .nth(1)

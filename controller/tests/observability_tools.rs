@@ -331,8 +331,23 @@ fn full_stack_envoy_config_is_valid() {
     let r = Rendered::new(FULL_STACK);
     check_envoy(&r);
     let doc = yaml(r.text("envoy", "envoy.yaml"));
-    let admin = &doc["admin"]["address"]["socket_address"];
-    assert_eq!(admin["address"].as_str(), Some("127.0.0.1"));
+    // The admin is a unix socket; the TCP port is the path-restricted stats listener.
+    let admin = &doc["admin"]["address"];
+    assert!(admin["socket_address"].is_null(), "{admin:?}");
+    assert!(admin["pipe"]["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("/run/envoy/admin.sock"));
+    let stats = doc["static_resources"]["listeners"]
+        .as_sequence()
+        .unwrap()
+        .last()
+        .unwrap();
+    assert_eq!(stats["name"].as_str(), Some("bssctl_admin_stats"));
+    assert_eq!(
+        stats["address"]["socket_address"]["address"].as_str(),
+        Some("127.0.0.1")
+    );
     let hcm =
         &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
     let filters: Vec<&str> = hcm["http_filters"]
@@ -549,7 +564,7 @@ fn variant_envoy_config_is_valid() {
     assert!(!text.contains("local_ratelimit"), "{text}");
     let doc = yaml(text);
     let listeners = doc["static_resources"]["listeners"].as_sequence().unwrap();
-    assert_eq!(listeners.len(), 2);
+    assert_eq!(listeners.len(), 3, "two declared and the stats listener");
     let clusters: Vec<(&str, &str)> = doc["static_resources"]["clusters"]
         .as_sequence()
         .unwrap()
@@ -561,7 +576,8 @@ fn variant_envoy_config_is_valid() {
         [
             ("backend", "STATIC"),
             ("billing", "STATIC"),
-            ("legacy", "STRICT_DNS")
+            ("legacy", "STRICT_DNS"),
+            ("bssctl_admin", "STATIC")
         ]
     );
     let hcm = &listeners[0]["filter_chains"][0]["filters"][0]["typed_config"];

@@ -146,12 +146,22 @@ fn envoy_enforces_the_seeds_rate_limit_retries_and_breakers() {
     let b = render_fixture(&support::repo_root().join("topology.yaml"));
     let text = &b.components["envoy"].files["envoy.yaml"];
     let e = yaml(&b, "envoy", "envoy.yaml");
+    // The admin on a unix socket (0600); the seeds' admin port serves only
+    // GET /stats/prometheus and /ready, on loopback.
+    assert!(e["admin"]["address"]["socket_address"].is_null());
+    assert_eq!(e["admin"]["address"]["pipe"]["mode"].as_u64(), Some(0o600));
+    let stats = e["static_resources"]["listeners"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"].as_str() == Some("bssctl_admin_stats"))
+        .unwrap();
     assert_eq!(
-        e["admin"]["address"]["socket_address"]["address"].as_str(),
+        stats["address"]["socket_address"]["address"].as_str(),
         Some("127.0.0.1")
     );
     assert_eq!(
-        e["admin"]["address"]["socket_address"]["port_value"].as_u64(),
+        stats["address"]["socket_address"]["port_value"].as_u64(),
         Some(15000)
     );
     assert!(text.contains("max_tokens: 100"), "{text}");

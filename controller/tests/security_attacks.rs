@@ -737,3 +737,371 @@ fn a_fake_postgres_asking_for_a_cleartext_password_receives_no_password() {
         String::from_utf8_lossy(&got)
     );
 }
+
+/// `redis-cli` as `user` (password from the environment, never on its command line).
+fn redis_cli(port: u16, user: Option<&str>, password: Option<&str>, args: &[&str]) -> String {
+    let mut c = std::process::Command::new(support::require_tool("redis-cli"));
+    c.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "--no-auth-warning",
+    ]);
+    if let Some(u) = user {
+        c.args(["--user", u]);
+    }
+    if let Some(p) = password {
+        c.env("REDISCLI_AUTH", p);
+    }
+    let out = c.args(args).output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+    .trim()
+    .to_string()
+}
+
+/// A listener that records every byte sent to it (for `secs`), answering nothing.
+fn recorder(secs: u64) -> (u16, std::thread::JoinHandle<(usize, Vec<u8>)>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        l.set_nonblocking(true).unwrap();
+        let (mut n, mut got) = (0, Vec::new());
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(secs) {
+            let Ok((mut c, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            n += 1;
+            c.set_nonblocking(false).unwrap();
+            c.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let mut buf = [0u8; 4096];
+            while let Ok(k) = c.read(&mut buf) {
+                if k == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..k]);
+            }
+        }
+        (n, got)
+    });
+    (port, h)
+}
+
+/// `raw` with the `Host` header a browser sends.
+fn rawh(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> (u16, String) {
+    let mut h = vec![("Host", format!("127.0.0.1:{port}"))];
+    h.extend(headers.iter().cloned());
+    raw(port, method, path, &h, body)
+}
+
+/// What a web page (or any local user without the credentials) can do to the components'
+/// own endpoints: nothing. Alertmanager's API and `/-/reload` and the postgres exporter's
+/// `/metrics` and `/probe` want basic auth; redis_exporter's `/scrape?target=` sends no password
+/// anywhere else; Envoy's admin is not on TCP (the stats port answers 404 to `/quitquitquit`);
+/// the backend works as its Redis ACL user and is refused admin commands; `default` is off.
+#[test]
+fn component_endpoints_refuse_browsers_and_callers_without_credentials() {
+    for t in [
+        "prometheus",
+        "prometheus-alertmanager",
+        "prometheus-postgres-exporter",
+        "prometheus-redis-exporter",
+        "redis-server",
+        "envoy",
+    ] {
+        support::require_tool(t);
+    }
+    let env = support::StackEnv::new(
+        "bssctl-sec-",
+        "sec-ends",
+        "  postgres: {replicas: 0}\n  redis: {}\n  kafka: {}\n  backend: {}\n  envoy: {}\n  exporters: {postgres: {}, redis: {}}\n  prometheus: {scrapeInterval: 1s, evaluationInterval: 1s}\n  alertmanager: {}\n",
+    );
+    let (code, out, err) = env.run(&["apply"], &[]);
+    assert_eq!(code, 0, "apply failed:\n{out}\n{err}");
+    let evil = ("Origin", "http://evil.example".to_string());
+    let am_auth = (
+        "Authorization",
+        controller::probe::basic_auth_header("bssctl", &env.secret("alertmanager-web-password")),
+    );
+
+    // Alertmanager: a simple cross-origin POST (text/plain, no preflight) creates no silence,
+    // /-/reload and the API answer 401 without the credentials.
+    let am = env.port(9093);
+    let silence = r#"{"matchers":[{"name":"alertname","value":".*","isRegex":true}],"startsAt":"2020-01-01T00:00:00Z","endsAt":"2099-01-01T00:00:00Z","createdBy":"evil","comment":"x"}"#;
+    for (method, path, body) in [
+        ("POST", "/api/v2/silences", silence),
+        ("POST", "/api/v1/silences", silence),
+        ("GET", "/api/v2/silences", ""),
+        ("POST", "/-/reload", ""),
+        ("GET", "/-/ready", ""),
+    ] {
+        let (code, body) = rawh(
+            am,
+            method,
+            path,
+            &[evil.clone(), ("Content-Type", "text/plain".into())],
+            body,
+        );
+        assert_eq!(
+            code, 401,
+            "{method} {path} without credentials: {code} {body}"
+        );
+    }
+    let (code, body) = rawh(
+        am,
+        "GET",
+        "/api/v2/silences",
+        std::slice::from_ref(&am_auth),
+        "",
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body.trim(), "[]", "a silence was created: {body}");
+
+    // Prometheus sends every credential: Alertmanager discovered, every scrape up.
+    let prom = format!("http://127.0.0.1:{}", env.port(9090));
+    let start = Instant::now();
+    loop {
+        let (_, up, _) = http(&format!("{prom}/api/v1/query?query=up"), "GET", &[]);
+        let (_, ams, _) = http(&format!("{prom}/api/v1/alertmanagers"), "GET", &[]);
+        let v: serde_json::Value = serde_json::from_str(&up).unwrap();
+        let a: serde_json::Value = serde_json::from_str(&ams).unwrap();
+        let jobs: Vec<(String, String)> = v["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["metric"]["job"].as_str().unwrap_or("").to_string(),
+                    r["value"][1].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        let wanted = ["alertmanager", "postgres", "redis", "envoy", "backend"];
+        let all_up = wanted
+            .iter()
+            .all(|j| jobs.iter().any(|(n, u)| n == j && u == "1"));
+        let am_found = a["data"]["activeAlertmanagers"]
+            .as_array()
+            .is_some_and(|x| !x.is_empty());
+        if all_up && am_found {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "scrapes not all up or Alertmanager not discovered: {jobs:?} {ams}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // postgres_exporter: /metrics and the multi-target /probe want the credentials; a probe of
+    // a listener of ours is never even attempted.
+    let (fake, rec) = recorder(4);
+    let pgx = env.port(9187);
+    for path in [
+        "/metrics".to_string(),
+        format!("/probe?target=127.0.0.1:{fake}"),
+    ] {
+        let (code, body) = rawh(pgx, "GET", &path, std::slice::from_ref(&evil), "");
+        assert_eq!(code, 401, "GET {path}: {code} {body}");
+    }
+    let x_auth = (
+        "Authorization",
+        controller::probe::basic_auth_header("bssctl", &env.secret("exporter-web-password")),
+    );
+    let (code, body) = rawh(pgx, "GET", "/metrics", &[x_auth], "");
+    assert!(code == 200 && body.contains("pg_up 1"), "{code}");
+
+    // redis_exporter 1.45 has no basic auth: /scrape?target= answers, but what it sends to a
+    // foreign target carries no password (the password map names only our Redis).
+    let (rfake, rrec) = recorder(4);
+    let (code, _) = rawh(
+        env.port(9121),
+        "GET",
+        &format!("/scrape?target=redis://127.0.0.1:{rfake}"),
+        std::slice::from_ref(&evil),
+        "",
+    );
+    assert_eq!(code, 200);
+    let (pg_conns, _) = rec.join().unwrap();
+    assert_eq!(
+        pg_conns, 0,
+        "postgres_exporter probed a target without credentials"
+    );
+    let (n, got) = rrec.join().unwrap();
+    assert!(n >= 1, "redis_exporter did not reach the fake target");
+    let got = String::from_utf8_lossy(&got).to_string();
+    for s in [
+        "redis-password",
+        "redis-exporter-password",
+        "redis-backend-password",
+        "redis-probe-password",
+    ] {
+        assert!(
+            !got.contains(&env.secret(s)),
+            "{s} sent to a foreign target: {got:?}"
+        );
+    }
+    assert!(!got.to_ascii_uppercase().contains("AUTH"), "{got:?}");
+
+    // Envoy: the admin is a 0600 unix socket; the TCP port serves only GET /stats/prometheus
+    // and /ready, so /quitquitquit from a page (or anyone) does nothing.
+    let sock = env.root.join("run/envoy/admin.sock");
+    let meta = std::fs::symlink_metadata(&sock).unwrap();
+    assert!(
+        std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()),
+        "{sock:?}"
+    );
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let admin_tcp = env.port(15000);
+    for (method, path) in [
+        ("POST", "/quitquitquit"),
+        ("POST", "/healthcheck/fail"),
+        ("POST", "/runtime_modify?x=1"),
+        ("GET", "/config_dump"),
+        ("POST", "/stats/prometheus"),
+        ("GET", "/stats/prometheus/../../quitquitquit"),
+        ("GET", "/stats/prometheus%2F..%2Fquitquitquit"),
+    ] {
+        let (code, body) = rawh(admin_tcp, method, path, std::slice::from_ref(&evil), "");
+        assert!(
+            code == 404 || code == 400,
+            "{method} {path} on the stats port: {code} {body}"
+        );
+    }
+    let (code, body) = rawh(admin_tcp, "GET", "/stats/prometheus", &[], "");
+    assert!(code == 200 && body.contains("envoy_"), "{code}");
+    let (code, body) = rawh(admin_tcp, "GET", "/ready", &[], "");
+    assert!(
+        code == 200 && body.contains("LIVE"),
+        "envoy went away: {code} {body}"
+    );
+
+    // Redis: `default` is off; the backend's user works and is refused admin commands.
+    let rp = env.port(6379);
+    let out = redis_cli(rp, None, None, &["PING"]);
+    assert!(out.contains("NOAUTH"), "{out}");
+    let out = redis_cli(rp, Some("default"), Some("anything"), &["PING"]);
+    assert!(!out.contains("PONG"), "{out}");
+    // From here on the ACL log must stay empty while the backend, the exporter and the
+    // probes work (the refusals above are logged).
+    let admin = env.secret("redis-password");
+    let out = redis_cli(rp, Some("admin"), Some(&admin), &["ACL", "LOG", "RESET"]);
+    assert_eq!(out, "OK");
+    let key = env.secret("backend-api-key");
+    let backend = env.port(8080);
+    let (code, body) = rawh(
+        backend,
+        "POST",
+        "/api/v1/customers",
+        &[
+            ("X-API-Key", key.clone()),
+            ("Content-Type", "application/json".into()),
+        ],
+        r#"{"firstName": "Ada", "lastName": "Acl", "email": "ada-acl@example.com"}"#,
+    );
+    assert_eq!(code, 201, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for _ in 0..3 {
+        let (code, body) = rawh(
+            backend,
+            "GET",
+            &format!("/api/v1/customers/{id}"),
+            &[("X-API-Key", key.clone())],
+            "",
+        );
+        assert_eq!(code, 200, "{body}");
+    }
+    std::thread::sleep(Duration::from_secs(2)); // a few scrapes and probes
+    let keys = redis_cli(rp, Some("admin"), Some(&admin), &["KEYS", "bss:*"]);
+    assert!(
+        keys.contains(&id),
+        "the backend cached nothing as its ACL user: {keys}\nACL LOG: {}\nbackend log: {}",
+        redis_cli(rp, Some("admin"), Some(&admin), &["ACL", "LOG"]),
+        std::fs::read_to_string(env.root.join("logs/backend.log"))
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // Nobody was refused a command it needs (backend, exporter, probe): the ACL log is empty.
+    let log = redis_cli(rp, Some("admin"), Some(&admin), &["ACL", "LOG"]);
+    assert!(log.is_empty(), "a client was refused a command:\n{log}");
+    let be = env.secret("redis-backend-password");
+    for args in [
+        &["FLUSHALL"][..],
+        &["CONFIG", "SET", "maxmemory", "1"],
+        &["ACL", "LIST"],
+        &["SET", "other:key", "1"],
+        &["SUBSCRIBE", "x"],
+    ] {
+        let out = redis_cli(rp, Some("backend"), Some(&be), args);
+        assert!(out.contains("NOPERM"), "backend may run {args:?}: {out}");
+    }
+    let probe = env.secret("redis-probe-password");
+    let out = redis_cli(rp, Some("bssctl-probe"), Some(&probe), &["GET", "bss:x"]);
+    assert!(out.contains("NOPERM"), "{out}");
+}
+
+/// A fake Redis on a dead Redis port: the health probe (the agent's and apply's) sends the
+/// probe user's name and password, which open PING and INFO only; never the admin's, the
+/// backend's or the exporter's.
+#[test]
+fn a_fake_redis_on_a_dead_port_receives_only_the_probe_users_password() {
+    use controller::render::Kind;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("topology.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: bssctl.io/v1alpha1\nkind: Topology\nmetadata: {name: sec-fake-redis}\nspec:\n  redis: {}\n  exporters: {redis: {}}\n",
+    )
+    .unwrap();
+    let l = support::load_with_state(&file, &dir.path().join("state"));
+    let mut t = l.validated;
+    let mut values = Vec::new();
+    for (name, s) in &t.secrets {
+        let v = format!("{name}-value-the-impostor-must-not-see-0123456789");
+        std::fs::create_dir_all(Path::new(&s.file).parent().unwrap()).unwrap();
+        std::fs::write(&s.file, &v).unwrap();
+        values.push((name.clone(), v));
+    }
+    let (port, rec) = recorder(3);
+    t.redis.as_mut().unwrap().endpoint.port = port;
+    let store: std::sync::Arc<dyn controller::engine::StateStore> =
+        std::sync::Arc::new(controller::engine::FileStore::new(&t));
+    let clients = controller::engine::RealClients::new(&t, store);
+    let mut rt = controller::runtime::local::Local::new(&t);
+    let r = controller::engine::health::health(&t, &mut rt, &clients, "redis", Kind::Redis);
+    assert!(r.is_err(), "{r:?}");
+    let (n, got) = rec.join().unwrap();
+    assert!(n >= 1, "the probe never reached the fake server");
+    let got = String::from_utf8_lossy(&got).to_string();
+    for (name, v) in &values {
+        if name == "redis-probe-password" {
+            assert!(got.contains(v.as_str()), "the probe sent: {got:?}");
+        } else {
+            assert!(
+                !got.contains(v.as_str()),
+                "{name} sent to the impostor: {got:?}"
+            );
+        }
+    }
+    assert!(got.contains("bssctl-probe"), "{got:?}");
+}

@@ -231,6 +231,6 @@ mod tests {
             svc["redis"]["labels"]["io.bssctl.managed-by"].as_str(),
             Some("docker-compose")
         );
-        assert!(text.contains("./secrets/redis/redis-auth.conf"));
+        assert!(text.contains("./secrets/redis/redis-acl.conf"));
     }
 }

@@ -765,6 +765,25 @@ impl Runtime for Docker {
                 crate::probe::haproxy_cmd(&sock.display().to_string(), cmd, Duration::from_secs(2))
                     .map_err(|e| step(name, "admin", e))
             }
+            Task::EnvoyAdmin(path) => {
+                // The admin socket lives inside the container; the stats listener (published
+                // on the host's 127.0.0.1) forwards only /ready and /stats/prometheus to it.
+                let e = self
+                    .t
+                    .envoy
+                    .as_ref()
+                    .ok_or_else(|| step(name, "admin", "no envoy"))?;
+                let url = format!("http://{}{path}", self.endpoint(name, e.admin.port));
+                match crate::probe::http_get(&url, Duration::from_secs(2)) {
+                    Ok((c, body)) if (200..300).contains(&c) => Ok(body),
+                    Ok((c, body)) => Err(step(
+                        name,
+                        "admin",
+                        format!("{path} answered {c} {}", body.trim()),
+                    )),
+                    Err(e) => Err(step(name, "admin", e)),
+                }
+            }
             Task::Tool { program, args } => {
                 let kind = self
                     .kind_of(name)

@@ -71,7 +71,7 @@ pub struct SecretFile {
 
 /// The secret files a component gets (least privilege: those its files, command line or secret
 /// environment refer to), from the secret values by name. Includes the files PostgreSQL and Redis
-/// derive from them (pgpass, redis-auth.conf).
+/// derive from them (pgpass, `derived`: Redis ACL, web configs).
 pub fn secret_files(
     t: &ValidatedTopology,
     kind: Kind,
@@ -114,15 +114,16 @@ pub fn secret_files(
             });
         }
     }
-    if let (Kind::Redis, Some(r)) = (kind, &t.redis) {
-        if let Some(pw) = r.password_secret.as_ref().and_then(|s| values.get(s)) {
-            out.push(SecretFile {
-                rel: "redis-auth.conf".into(),
-                content: format!(
-                    "requirepass \"{}\"\n",
-                    pw.replace('\\', "\\\\").replace('"', "\\\"")
-                ),
-            });
+    // Redis' ACL include, redis_exporter's password map, the basic-auth web configs: each to
+    // the component whose files or command line name it.
+    if let Ok(files) = crate::derived::files(t, &|n| values.get(n).cloned()) {
+        for f in files {
+            if mentioned(&f.path) {
+                out.push(SecretFile {
+                    rel: f.name,
+                    content: f.content,
+                });
+            }
         }
     }
     out.sort_by(|a, b| a.rel.cmp(&b.rel));
@@ -174,9 +175,12 @@ pub fn health_of(t: &ValidatedTopology, name: &str, kind: Kind) -> Option<Health
             "-p".into(),
             port.to_string(),
         ],
-        Kind::Prometheus | Kind::Alertmanager => http("/-/healthy", port),
-        Kind::NodeExporter | Kind::PostgresExporter | Kind::RedisExporter => http("/metrics", port),
-        // The admin port answers `/ready` once listeners are up.
+        Kind::Prometheus => http("/-/healthy", port),
+        // Basic auth on every path (the password stays out of the container's command lines):
+        // the port stands in here; bssctl's own probe sends the credentials.
+        Kind::Alertmanager | Kind::PostgresExporter => tcp(port),
+        Kind::NodeExporter | Kind::RedisExporter => http("/metrics", port),
+        // The stats listener forwards `/ready` to the admin socket once listeners are up.
         Kind::Envoy => http("/ready", port),
         Kind::Redis
         | Kind::Kafka

@@ -5,6 +5,7 @@
 //!
 //! It decides nothing: what "healthy" means is `engine::health`, what to do is the engine's.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use crate::engine::runtime::{Endpoint, Runtime};
 use crate::engine::store::StateStore;
 use crate::pgsql;
 use crate::probe;
-use crate::topology::model::{PgMember, ValidatedTopology};
+use crate::topology::model::{PgMember, ValidatedTopology, WebAuthModel};
 
 /// A failed exchange with a component.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -97,7 +98,8 @@ pub trait Clients: Send + Sync {
         path: &str,
         timeout: Duration,
     ) -> Result<(u16, String), ClientError>;
-    /// Redis PING with the password from `password_secret`.
+    /// Redis PING as the ACL user whose password is `password_secret` (bssctl's probe user:
+    /// PING and INFO only, so an impostor on a dead port learns nothing that opens anything else).
     fn redis_ping(
         &self,
         rt: &dyn Runtime,
@@ -113,13 +115,36 @@ pub trait Clients: Send + Sync {
 pub struct RealClients {
     superuser: Option<String>,
     store: Arc<dyn StateStore>,
+    /// Components whose HTTP interface needs basic auth: component -> (user, password secret).
+    web_auth: BTreeMap<String, (String, String)>,
+    /// Redis ACL users by the secret holding their password.
+    redis_users: BTreeMap<String, String>,
 }
 
 impl RealClients {
     pub fn new(t: &ValidatedTopology, store: Arc<dyn StateStore>) -> RealClients {
+        let mut web_auth = BTreeMap::new();
+        let pair = |w: &WebAuthModel| (w.user.clone(), w.password_secret.clone());
+        if let Some(w) = t.alertmanager.as_ref().and_then(|a| a.web_auth.as_ref()) {
+            web_auth.insert("alertmanager".to_string(), pair(w));
+        }
+        if let Some(w) = &t.exporters.postgres_web_auth {
+            for x in &t.exporters.postgres {
+                web_auth.insert(x.name.clone(), pair(w));
+            }
+        }
+        let redis_users = t
+            .redis
+            .iter()
+            .flat_map(|r| &r.acl)
+            .flat_map(|a| &a.users)
+            .map(|u| (u.password_secret.clone(), u.name.clone()))
+            .collect();
         RealClients {
             superuser: t.postgres.as_ref().map(|p| p.superuser.clone()),
             store,
+            web_auth,
+            redis_users,
         }
     }
 
@@ -269,10 +294,18 @@ impl Clients for RealClients {
     ) -> Result<(u16, String), ClientError> {
         let ep = rt.endpoint(component, port);
         let url = format!("http://{ep}{path}");
-        let r = match method {
-            Method::Get => probe::http_get(&url, timeout),
-            Method::Post => probe::http_post(&url, timeout),
+        let auth = match self.web_auth.get(component) {
+            Some((user, secret)) => Some((
+                user.clone(),
+                self.store
+                    .secret(secret)
+                    .map_err(|e| ClientError::Secret(e.to_string()))?,
+            )),
+            None => None,
         };
+        let auth = auth.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
+        let post = method == Method::Post;
+        let r = probe::http_request(&url, post, auth, timeout);
         r.map_err(|detail| ClientError::Connect {
             target: format!("{component} ({url})"),
             detail,
@@ -295,8 +328,10 @@ impl Clients for RealClients {
             ),
             None => None,
         };
+        let user = password_secret.and_then(|s| self.redis_users.get(s));
         let ep = rt.endpoint(component, port);
-        probe::redis_ping(&ep.host, ep.port, pw.as_deref(), timeout)
+        let auth = pw.as_deref().map(|p| (user.map(String::as_str), p));
+        probe::redis_ping(&ep.host, ep.port, auth, timeout)
             .map(|_| ())
             .map_err(|detail| ClientError::Connect {
                 target: component.into(),

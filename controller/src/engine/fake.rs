@@ -160,6 +160,15 @@ impl Runtime for FakeRuntime {
 
     fn exec(&mut self, name: &str, task: &Task) -> Result<String, RuntimeError> {
         let mut w = w(&self.0);
+        // A probe (like `http`), not an action: not logged.
+        if let Task::EnvoyAdmin(_) = task {
+            let running = w.comps.get(name).is_some_and(|c| c.running);
+            return if running && !w.unhealthy.contains(name) {
+                Ok("LIVE".into())
+            } else {
+                Err(RuntimeError::step(name, "admin", "connection refused"))
+            };
+        }
         let label = match task {
             Task::HaproxyAdmin(cmd) => format!("admin {cmd}"),
             other => format!("{other:?}")

@@ -168,7 +168,15 @@ pub fn health(
         }
         Kind::Redis => {
             let r = t.redis.as_ref().ok_or_else(|| missing("redis"))?;
-            cl.redis_ping(rt, name, r.endpoint.port, r.password_secret.as_deref(), to)
+            // As the probe user (PING and INFO only), never as admin: whatever answers on a
+            // dead Redis port learns a password that opens nothing else.
+            let probe_secret = match &r.acl {
+                Some(acl) => acl
+                    .user(crate::topology::model::REDIS_PROBE_USER)
+                    .map(|u| u.password_secret.as_str()),
+                None => r.password_secret.as_deref(),
+            };
+            cl.redis_ping(rt, name, r.endpoint.port, probe_secret, to)
                 .map(|_| "PONG".into())
                 .map_err(unreachable)
         }
@@ -253,11 +261,13 @@ pub fn health(
             None => Err(Unhealthy::Unreachable("not started".into())),
         },
         Kind::Envoy => {
-            let e = t.envoy.as_ref().ok_or_else(|| missing("envoy"))?;
-            match cl.http(rt, name, e.admin.port, Method::Get, "/ready", to) {
-                Ok((200, body)) if body.trim() == "LIVE" => Ok("LIVE".into()),
-                Ok((c, body)) => Err(Unhealthy::Answered(format!(
-                    "/ready answered {c} {}",
+            // Through the runtime: the admin is a unix socket (the local runtime reads it; a
+            // container's runtime goes through the stats listener, which serves only /ready and
+            // /stats/prometheus).
+            match rt.exec(name, &Task::EnvoyAdmin("/ready".into())) {
+                Ok(body) if body.trim() == "LIVE" => Ok("LIVE".into()),
+                Ok(body) => Err(Unhealthy::Answered(format!(
+                    "/ready answered {}",
                     body.trim()
                 ))),
                 Err(e) => Err(unreachable(e)),

@@ -145,6 +145,9 @@ pub enum Task {
     HaproxyCheck,
     /// One command on HAProxy's runtime API (admin socket); output is its answer.
     HaproxyAdmin(String),
+    /// GET of a path on Envoy's admin interface (a unix socket; on runtimes where the controller
+    /// cannot reach it, the path-restricted stats listener); output is the body of a 2xx answer.
+    EnvoyAdmin(String),
     /// Any tool of the component's image / the host's tools (tansu topic ..., for instance).
     Tool { program: String, args: Vec<String> },
 }

@@ -444,6 +444,13 @@ pub fn secrets_of(t: &ValidatedTopology, c: &ComponentBundle) -> BTreeSet<String
         .map(|s| s.name.clone())
         .collect();
     out.extend(c.launch.secret_env.values().cloned());
+    // Files derived from the secrets (Redis ACL, web configs) are keys of the Secret too.
+    out.extend(
+        crate::derived::paths(t)
+            .into_iter()
+            .filter(|(_, p)| texts.iter().any(|x| x.contains(p.as_str())))
+            .map(|(n, _)| n),
+    );
     out
 }
 
@@ -618,12 +625,24 @@ fn probes(
             Some(tcp_probe("listener-0", 5, 6)),
             None,
         ),
-        Kind::NodeExporter | Kind::PostgresExporter | Kind::RedisExporter => (
+        Kind::NodeExporter | Kind::RedisExporter => (
             Some(http_probe("metrics", "/metrics", 5, 3)),
             Some(http_probe("metrics", "/metrics", 10, 6)),
             None,
         ),
-        Kind::Prometheus | Kind::Alertmanager => (
+        // Basic auth on every path: a kubelet probe would need the password in the manifest,
+        // so the port stands in.
+        Kind::PostgresExporter => (
+            Some(tcp_probe("metrics", 5, 3)),
+            Some(tcp_probe("metrics", 10, 6)),
+            None,
+        ),
+        Kind::Alertmanager => (
+            Some(tcp_probe("http", 2, 3)),
+            Some(tcp_probe("http", 5, 6)),
+            None,
+        ),
+        Kind::Prometheus => (
             Some(http_probe("http", "/-/ready", 2, 3)),
             Some(http_probe("http", "/-/healthy", 5, 6)),
             None,
@@ -742,7 +761,12 @@ impl Ctx<'_> {
             });
         }
         // Writable scratch: the root filesystem is read-only.
-        let mut scratch = vec![("tmp", "/tmp".to_string()), ("run", t.paths.run.clone())];
+        // The component's own run directory (sockets: PostgreSQL's, Envoy's admin), so it
+        // exists before the process starts.
+        let mut scratch = vec![
+            ("tmp", "/tmp".to_string()),
+            ("run", format!("{}/{name}", t.paths.run)),
+        ];
         if kind == Kind::Postgres {
             scratch.push(("pg-secrets", t.paths.secrets.clone()));
         }

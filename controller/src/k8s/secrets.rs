@@ -36,6 +36,8 @@ pub enum SecretsError {
     },
     #[error("failed to read the existing secret file {path}: {detail}")]
     Existing { path: String, detail: String },
+    #[error("{detail}")]
+    Derive { detail: String },
     #[error("failed to write the secret file {path}: {source}")]
     Write {
         path: String,
@@ -49,6 +51,7 @@ pub fn keys(t: &ValidatedTopology) -> Vec<String> {
     if t.postgres.is_some() {
         k.push(PGPASS_KEY.into());
     }
+    k.extend(crate::derived::paths(t).into_iter().map(|(n, _)| n));
     k.sort();
     k
 }
@@ -101,6 +104,14 @@ pub fn resolve(
                 ),
             );
         }
+    }
+    // Redis' ACL include and the basic-auth web configs (hashes of the values above).
+    let derived =
+        crate::derived::files(t, &|n| out.get(n).cloned()).map_err(|e| SecretsError::Derive {
+            detail: e.to_string(),
+        })?;
+    for f in derived {
+        out.insert(f.name, f.content);
     }
     Ok(out)
 }

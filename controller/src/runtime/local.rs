@@ -378,23 +378,27 @@ impl Local {
                 .map_err(|e| RuntimeError::Prepare(e.to_string()))?;
             let _ = chown_tree(Path::new(&pg.passfile), self.pg_user());
         }
-        if let Some(r) = &t.redis {
-            if let Some(sec) = &r.password_secret {
-                let pw = state::secret_value(t, sec)
+        // Redis' ACL include, redis_exporter's password map, the basic-auth web configs.
+        // (`redis-auth.conf` of older versions held the single password in plain text.)
+        let _ = std::fs::remove_file(Path::new(&t.paths.secrets).join("redis-auth.conf"));
+        let derived = crate::derived::files(t, &|n| state::secret_value(t, n).ok())
+            .map_err(|e| RuntimeError::Prepare(e.to_string()))?;
+        for f in derived {
+            if std::fs::read_to_string(&f.path).ok().as_deref() != Some(f.content.as_str()) {
+                state::write_atomic(Path::new(&f.path), f.content.as_bytes(), 0o600)
                     .map_err(|e| RuntimeError::Prepare(e.to_string()))?;
-                let text = format!(
-                    "requirepass \"{}\"\n",
-                    pw.replace('\\', "\\\\").replace('"', "\\\"")
-                );
-                state::write_atomic(
-                    &Path::new(&t.paths.secrets).join("redis-auth.conf"),
-                    text.as_bytes(),
-                    0o600,
-                )
-                .map_err(|e| RuntimeError::Prepare(e.to_string()))?;
             }
+        }
+        if let Some(r) = &t.redis {
             std::fs::create_dir_all(&r.data_dir)
                 .map_err(|e| RuntimeError::Prepare(e.to_string()))?;
+        }
+        if let Some(d) = t
+            .envoy
+            .as_ref()
+            .and_then(|e| Path::new(&e.admin_socket).parent())
+        {
+            std::fs::create_dir_all(d).map_err(|e| RuntimeError::Prepare(e.to_string()))?;
         }
         if let Some(h) = &t.haproxy {
             if let Some(d) = Path::new(&h.admin_socket).parent() {
@@ -828,6 +832,21 @@ impl Runtime for Local {
                     .ok_or_else(|| RuntimeError::step(name, "admin", "no haproxy"))?;
                 probe::haproxy_cmd(&h.admin_socket, cmd, Duration::from_secs(2))
                     .map_err(|e| RuntimeError::step(name, "admin", e))
+            }
+            Task::EnvoyAdmin(path) => {
+                let e = t
+                    .envoy
+                    .as_ref()
+                    .ok_or_else(|| RuntimeError::step(name, "admin", "no envoy"))?;
+                match probe::http_get_unix(&e.admin_socket, path, Duration::from_secs(2)) {
+                    Ok((c, body)) if (200..300).contains(&c) => Ok(body),
+                    Ok((c, body)) => Err(RuntimeError::step(
+                        name,
+                        "admin",
+                        format!("{path} answered {c} {}", body.trim()),
+                    )),
+                    Err(e) => Err(RuntimeError::step(name, "admin", e)),
+                }
             }
             Task::Tool { program, args } => {
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();

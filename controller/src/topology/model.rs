@@ -224,7 +224,11 @@ pub struct StatsModel {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EnvoyModel {
+    /// The stats listener: only `GET /stats/prometheus` and `GET /ready`, forwarded to the admin.
     pub admin: Endpoint,
+    /// The admin interface itself: a unix socket (mode 0600), never TCP.
+    #[serde(default)]
+    pub admin_socket: String,
     pub listeners: Vec<ListenerModel>,
     pub clusters: Vec<ClusterModel>,
     pub connect_timeout: Dur,
@@ -299,9 +303,62 @@ pub struct RedisModel {
     pub max_memory: String,
     pub max_memory_policy: String,
     pub append_only: bool,
-    /// Secret holding the password, when auth is on.
+    /// Secret holding the admin user's password, when auth is on (the `admin` ACL user; no
+    /// component and no probe of bssctl uses it).
     pub password_secret: Option<String>,
     pub data_dir: String,
+    /// Per-client ACL users, when auth is on.
+    #[serde(default)]
+    pub acl: Option<RedisAclModel>,
+}
+
+/// Redis ACL users: one per client, each limited to the commands it sends. `default` is off.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RedisAclModel {
+    /// The `user` lines (SHA-256 of each password, never the password), included by redis.conf;
+    /// written by the runtime from the secrets, 0600.
+    pub file: String,
+    /// redis_exporter's password map (JSON: its Redis URL -> password), 0600: `/scrape?target=`
+    /// of any other address connects without a password.
+    pub exporter_password_map: String,
+    pub users: Vec<RedisUserModel>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RedisUserModel {
+    pub name: String,
+    pub password_secret: String,
+    /// ACL rules after `on #<hash>` (keys, channels, commands).
+    pub rules: String,
+}
+
+pub const REDIS_ADMIN_USER: &str = "admin";
+pub const REDIS_BACKEND_USER: &str = "backend";
+pub const REDIS_EXPORTER_USER: &str = "redis-exporter";
+pub const REDIS_PROBE_USER: &str = "bssctl-probe";
+
+impl RedisAclModel {
+    pub fn user(&self, name: &str) -> Option<&RedisUserModel> {
+        self.users.iter().find(|u| u.name == name)
+    }
+}
+
+/// Basic auth of a component's HTTP interface (exporter-toolkit's `--web.config.file`): the web
+/// config holds a bcrypt hash of the password; Prometheus and bssctl's probes send the password.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WebAuthModel {
+    pub user: String,
+    /// Secret whose value is the password (Prometheus reads it as `password_file`).
+    pub password_secret: String,
+    /// The web config file (derived from the secret by the runtime, 0600, in the secrets dir).
+    pub web_config: String,
+}
+
+/// Credentials a scrape job sends (`basic_auth` with `password_file`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BasicAuthModel {
+    pub username: String,
+    pub password_file: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -359,6 +416,8 @@ pub struct ScrapeJobModel {
     pub targets: Vec<ScrapeTarget>,
     pub metrics_path: String,
     pub interval: Option<Dur>,
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuthModel>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -411,6 +470,9 @@ pub struct AlertmanagerModel {
     pub inhibit_rules: Vec<InhibitRuleModel>,
     pub smtp: Option<SmtpModel>,
     pub data_dir: String,
+    /// Basic auth of the whole HTTP interface (API, silences, `/-/reload`, UI).
+    #[serde(default)]
+    pub web_auth: Option<WebAuthModel>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -483,6 +545,9 @@ pub struct ExportersModel {
     /// One per PostgreSQL member, same order as `postgres.members`.
     pub postgres: Vec<PgExporterModel>,
     pub redis: Option<Endpoint>,
+    /// Basic auth of the postgres exporters' `/metrics` and `/probe` (one password for all).
+    #[serde(default)]
+    pub postgres_web_auth: Option<WebAuthModel>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

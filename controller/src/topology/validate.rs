@@ -38,7 +38,24 @@ pub const KNOWN_SECRETS: &[(&str, &str)] = &[
     ),
     ("postgres-app-password", "PostgreSQL application role"),
     ("haproxy-stats-password", "HAProxy stats page"),
-    ("redis-password", "Redis requirepass"),
+    ("redis-password", "Redis `admin` ACL user (operators only)"),
+    ("redis-backend-password", "Redis ACL user of the backend"),
+    (
+        "redis-exporter-password",
+        "Redis ACL user of redis_exporter",
+    ),
+    (
+        "redis-probe-password",
+        "Redis ACL user of bssctl's probes (PING, INFO)",
+    ),
+    (
+        "alertmanager-web-password",
+        "basic auth of Alertmanager's HTTP interface",
+    ),
+    (
+        "exporter-web-password",
+        "basic auth of the postgres exporters' HTTP interface",
+    ),
     ("backend-api-key", "API key of the backend"),
     (
         "slack-webhook-url",
@@ -554,6 +571,7 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
             append_only: r.append_only.unwrap_or(false),
             password_secret: r.auth.unwrap_or(true).then(|| "redis-password".to_string()),
             data_dir: format!("{}/redis", paths.data),
+            acl: r.auth.unwrap_or(true).then(|| redis_acl(&paths)),
         }
     });
 
@@ -732,11 +750,12 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
     let envoy = s
         .envoy
         .as_ref()
-        .map(|e| build_envoy(e, &backend, &host_of, &mut ports, cx));
+        .map(|e| build_envoy(e, &backend, &paths, &host_of, &mut ports, cx));
 
     // --- Exporters -----------------------------------------------------------------------------
     let exporters = build_exporters(
         s.exporters.as_ref(),
+        &paths.secrets,
         postgres.as_ref(),
         redis.is_some(),
         &host_of,
@@ -790,6 +809,7 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
             redis: redis.as_ref(),
             backend: backend.as_ref(),
             alertmanager: alertmanager.as_ref(),
+            exporters: &exporters,
         },
         opts,
         &paths,
@@ -797,7 +817,14 @@ fn build(t: &Topology, opts: &ValidateOptions, cx: &mut Ctx) -> ValidatedTopolog
     );
 
     if profile.host_state_dir {
-        check_sockets(&rt_spec, opts, postgres.as_ref(), haproxy.as_ref(), cx);
+        check_sockets(
+            &rt_spec,
+            opts,
+            postgres.as_ref(),
+            haproxy.as_ref(),
+            envoy.as_ref(),
+            cx,
+        );
     }
 
     ValidatedTopology {
@@ -923,6 +950,7 @@ fn check_sockets(
     opts: &ValidateOptions,
     postgres: Option<&PostgresModel>,
     haproxy: Option<&HaproxyModel>,
+    envoy: Option<&EnvoyModel>,
     cx: &mut Ctx,
 ) {
     let (field, what) = state_dir_field(opts, rt);
@@ -940,6 +968,9 @@ fn check_sockets(
     if let Some(h) = haproxy {
         // HAProxy binds `<path>.<pid>.tmp` first and renames it: room for a 7-digit pid.
         sockets.push(format!("{}.4194304.tmp", h.admin_socket));
+    }
+    if let Some(e) = envoy {
+        sockets.push(e.admin_socket.clone());
     }
     if let Some(longest) = sockets.iter().max_by_key(|s| s.len()) {
         if let Some(r) = syntax::socket_path(longest) {
@@ -1060,6 +1091,7 @@ fn build_haproxy(
 /// The node, PostgreSQL (one per member) and Redis exporters.
 fn build_exporters(
     spec: Option<&ExportersSpec>,
+    secrets: &str,
     postgres: Option<&PostgresModel>,
     has_redis: bool,
     host_of: &dyn Fn(&str) -> String,
@@ -1084,6 +1116,11 @@ fn build_exporters(
                     "add `postgres: {}` or remove exporters.postgres",
                 ),
                 Some(pg) => {
+                    exporters.postgres_web_auth = Some(WebAuthModel {
+                        user: WEB_USER.into(),
+                        password_secret: "exporter-web-password".into(),
+                        web_config: format!("{secrets}/postgres-exporter-web.yml"),
+                    });
                     let base = p.port.map(u32::from).unwrap_or(9187);
                     for m in &pg.members {
                         let xname = format!("postgres-exporter-{}", m.index);
@@ -1174,6 +1211,13 @@ fn build_prometheus(
         targets,
         metrics_path: metrics_path.into(),
         interval: None,
+        basic_auth: None,
+    };
+    let basic_auth = |w: &WebAuthModel| {
+        Some(BasicAuthModel {
+            username: w.user.clone(),
+            password_file: format!("{}/{}", paths.secrets, w.password_secret),
+        })
     };
     let plain = |e: &Endpoint| ScrapeTarget {
         address: e.addr(),
@@ -1181,7 +1225,9 @@ fn build_prometheus(
     };
     jobs.push(job("prometheus", vec![plain(&endpoint)], "/metrics"));
     if let Some(a) = &alertmanager {
-        jobs.push(job("alertmanager", vec![plain(&a.endpoint)], "/metrics"));
+        let mut j = job("alertmanager", vec![plain(&a.endpoint)], "/metrics");
+        j.basic_auth = a.web_auth.as_ref().and_then(basic_auth);
+        jobs.push(j);
     }
     if agent_scraped {
         jobs.push(job("bssctl", vec![plain(agent)], "/metrics"));
@@ -1198,7 +1244,9 @@ fn build_prometheus(
                 labels: BTreeMap::from([("member".to_string(), x.member.clone())]),
             })
             .collect();
-        jobs.push(job("postgres", targets, "/metrics"));
+        let mut j = job("postgres", targets, "/metrics");
+        j.basic_auth = exporters.postgres_web_auth.as_ref().and_then(basic_auth);
+        jobs.push(j);
     }
     if let Some(r) = &exporters.redis {
         jobs.push(job("redis", vec![plain(r)], "/metrics"));
@@ -1267,6 +1315,7 @@ fn build_prometheus(
                 .collect(),
             metrics_path: x.metrics_path.clone().unwrap_or_else(|| "/metrics".into()),
             interval,
+            basic_auth: None,
         });
     }
     PrometheusModel {
@@ -1301,6 +1350,7 @@ fn build_secrets(
         redis,
         backend,
         alertmanager,
+        exporters,
     } = used;
     let mut needed: BTreeSet<&str> = BTreeSet::new();
     if postgres.is_some() {
@@ -1315,6 +1365,16 @@ fn build_secrets(
     }
     if redis.as_ref().is_some_and(|r| r.password_secret.is_some()) {
         needed.insert("redis-password");
+    }
+    for u in redis.iter().flat_map(|r| &r.acl).flat_map(|a| &a.users) {
+        needed.insert(u.password_secret.as_str());
+    }
+    for w in alertmanager
+        .iter()
+        .filter_map(|a| a.web_auth.as_ref())
+        .chain(exporters.postgres_web_auth.as_ref())
+    {
+        needed.insert(w.password_secret.as_str());
     }
     if backend.is_some() {
         needed.insert("backend-api-key");
@@ -1409,6 +1469,7 @@ struct UsedSecrets<'a> {
     redis: Option<&'a RedisModel>,
     backend: Option<&'a BackendModel>,
     alertmanager: Option<&'a AlertmanagerModel>,
+    exporters: &'a ExportersModel,
 }
 
 fn serde_plain<T: serde::Serialize>(v: &T) -> String {
@@ -1742,6 +1803,7 @@ fn build_postgres(
 fn build_envoy(
     e: &EnvoySpec,
     backend: &Option<BackendModel>,
+    paths: &Paths,
     host_of: &dyn Fn(&str) -> String,
     ports: &mut Ports,
     cx: &mut Ctx,
@@ -2069,6 +2131,7 @@ fn build_envoy(
             host: host_of("envoy"),
             port: admin_port,
         },
+        admin_socket: format!("{}/envoy/admin.sock", paths.run),
         listeners,
         clusters,
         connect_timeout,
@@ -2391,6 +2454,48 @@ fn build_alertmanager(
         inhibit_rules,
         smtp,
         data_dir: format!("{}/alertmanager", paths.data),
+        web_auth: Some(WebAuthModel {
+            user: WEB_USER.into(),
+            password_secret: "alertmanager-web-password".into(),
+            web_config: format!("{}/alertmanager-web.yml", paths.secrets),
+        }),
+    }
+}
+
+/// The user name Prometheus and bssctl's probes send to basic-auth protected components.
+pub const WEB_USER: &str = "bssctl";
+
+/// Redis' ACL users. Each client gets only what it sends: the backend its cache commands on
+/// `bss:*` keys (backend/src/cache.rs: MGET, SETEX, INCRBY (redis-rs `incr`), EXPIRE, DEL, SCAN and
+/// UNLINK for resync, PING; no pub/sub, invalidation comes from PostgreSQL), redis_exporter its
+/// metrics commands and no keys, bssctl's probe PING and INFO. `default` is off.
+fn redis_acl(paths: &Paths) -> RedisAclModel {
+    let user = |name: &str, secret: &str, rules: &str| RedisUserModel {
+        name: name.into(),
+        password_secret: secret.into(),
+        rules: rules.into(),
+    };
+    RedisAclModel {
+        file: format!("{}/redis-acl.conf", paths.secrets),
+        exporter_password_map: format!("{}/redis-exporter-passwords.json", paths.secrets),
+        users: vec![
+            user(REDIS_ADMIN_USER, "redis-password", "~* &* +@all"),
+            user(
+                REDIS_BACKEND_USER,
+                "redis-backend-password",
+                "~bss:* resetchannels -@all +ping +select +mget +setex +set +incr +incrby +expire +del +unlink +scan",
+            ),
+            user(
+                REDIS_EXPORTER_USER,
+                "redis-exporter-password",
+                "resetkeys resetchannels -@all +ping +select +info +client|setname +client|list +config|get +slowlog|get +slowlog|len +latency|latest +latency|histogram +memory|stats +module|list +cluster|info",
+            ),
+            user(
+                REDIS_PROBE_USER,
+                "redis-probe-password",
+                "resetkeys resetchannels -@all +ping +info",
+            ),
+        ],
     }
 }
 
