@@ -5,7 +5,8 @@
 //! started detached in their own process group and recorded in `run/<component>.json`, stops by
 //! process group (PostgreSQL with a fast shutdown first), tasks run as the component's user
 //! (initdb, pg_basebackup, pg_rewind, migrations, `haproxy -c`), HAProxy's runtime API over its
-//! unix socket. What to do and when is the engine's.
+//! unix socket. When bssctl is root every component runs as its kind's own user (`users`), with
+//! its configs, secrets and data handed to that user alone. What to do and when is the engine's.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -349,7 +350,7 @@ impl Local {
     }
 
     /// Hands a component its own directories and the secret files it reads (root:<its group>
-    /// 0640; nobody else's). A secret named by two components of different users is refused.
+    /// 0640; nobody else's). Preflight refuses a secret named by components of two users.
     fn ensure_ownership(&self, name: &str, c: &ComponentBundle) -> Result<(), RuntimeError> {
         let Some(u) = self.user(c.kind)? else {
             return Ok(());
@@ -577,11 +578,12 @@ impl Local {
             state::write_atomic(&p, token.as_bytes(), 0o600)
                 .map_err(|e| RuntimeError::Prepare(e.to_string()))?;
         }
-        // Secrets: the directory is traversable (PostgreSQL reads its passfile), not listable;
-        // every file is 0600 and owned by the one user that reads it.
+        // Secrets: the directory is traversable (components read their own files), not
+        // listable; every file is root's 0600 unless handed to its one reader (ensure_ownership).
         set_mode(secrets, 0o711);
+        let now = owners_of(secrets);
         for (p, was) in handed_over {
-            if owners_of(secrets).get(&p).is_some_and(|now| *now != was) {
+            if now.get(&p).is_some_and(|n| *n != was) {
                 let (uid, gid, mode) = was;
                 let _ = std::os::unix::fs::lchown(&p, Some(uid), Some(gid));
                 set_mode(&p, mode);
