@@ -5,7 +5,8 @@
 //! started detached in their own process group and recorded in `run/<component>.json`, stops by
 //! process group (PostgreSQL with a fast shutdown first), tasks run as the component's user
 //! (initdb, pg_basebackup, pg_rewind, migrations, `haproxy -c`), HAProxy's runtime API over its
-//! unix socket. What to do and when is the engine's.
+//! unix socket. When bssctl is root every component runs as its kind's own user (`users`), with
+//! its configs, secrets and data handed to that user alone. What to do and when is the engine's.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::owned_root;
 use super::process::{self, Record, Spawn};
+use super::users::{self, User};
 use crate::engine::health::ports_of;
 use crate::engine::runtime::{
     Capabilities, DiskSpace, Endpoint, Observed, Runtime, RuntimeError, Signal, StartOpts,
@@ -119,10 +121,13 @@ fn run_tool(
     program: &str,
     args: &[&str],
     env: &[(&str, &str)],
-    user: Option<(u32, u32)>,
+    user: Option<&User>,
 ) -> Result<String, String> {
     use std::os::unix::process::CommandExt;
-    let bin = tools::find(program).map_err(|e| e.to_string())?;
+    let mut bin = tools::find(program).map_err(|e| e.to_string())?;
+    if let Some(u) = user {
+        bin = users::reachable_program(&bin, u).map_err(|e| e.to_string())?;
+    }
     let mut c = std::process::Command::new(bin);
     c.args(args)
         .stdin(std::process::Stdio::null())
@@ -132,8 +137,8 @@ fn run_tool(
     for (k, v) in env {
         c.env(k, v);
     }
-    if let Some((u, g)) = user {
-        c.uid(u).gid(g);
+    if let Some(u) = user {
+        c.uid(u.uid).gid(u.gid);
     }
     let out = c
         .output()
@@ -157,28 +162,6 @@ fn run_tool(
 /// lchown, never through a symbolic link (see `owned_root::chown_tree`).
 fn chown_tree(p: &Path, ids: Option<(u32, u32)>) -> std::io::Result<()> {
     owned_root::chown_tree(p, ids)
-}
-
-/// The first existing ancestor of `p` that user `uid`/`gid` cannot search (no x bit for it).
-fn unreachable_ancestor(p: &Path, uid: u32, gid: u32) -> Option<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let mut dirs: Vec<&Path> = p.ancestors().collect();
-    dirs.reverse();
-    for d in dirs {
-        let Ok(m) = std::fs::metadata(d) else { break };
-        let mode = m.mode();
-        let ok = if m.uid() == uid {
-            mode & 0o100 != 0
-        } else if m.gid() == gid {
-            mode & 0o010 != 0
-        } else {
-            mode & 0o001 != 0
-        };
-        if !ok {
-            return Some(d.to_path_buf());
-        }
-    }
-    None
 }
 
 /// chmod unless `p` is a symbolic link (see `owned_root::set_mode`).
@@ -213,6 +196,21 @@ fn tighten(dir: &Path, recurse: bool) {
     }
 }
 
+/// (uid, gid, mode) of every regular file directly in `dir` (links are skipped).
+fn owners_of(dir: &Path) -> BTreeMap<PathBuf, (u32, u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return BTreeMap::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let m = std::fs::symlink_metadata(e.path()).ok()?;
+            m.is_file()
+                .then(|| (e.path(), (m.uid(), m.gid(), m.mode() & 0o7777)))
+        })
+        .collect()
+}
+
 /// Creates (or opens) a file bssctl appends to, 0640 at most and never through a link.
 fn precreate(p: &Path) -> Result<(), RuntimeError> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -243,18 +241,140 @@ pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The files under `secrets_dir` a component's rendered files or launch name, by whole path
+/// (`agent-token` is not `agent-token.prometheus`).
+fn referenced_secrets(secrets_dir: &str, c: &ComponentBundle) -> Vec<PathBuf> {
+    let prefix = format!("{}/", secrets_dir.trim_end_matches('/'));
+    let texts = c
+        .files
+        .values()
+        .map(String::as_str)
+        .chain(c.launch.args.iter().map(String::as_str))
+        .chain(c.launch.env.values().map(String::as_str));
+    let mut out = Vec::new();
+    for text in texts {
+        let mut rest = text;
+        while let Some(i) = rest.find(&prefix) {
+            let tail = &rest[i + prefix.len()..];
+            let len = tail
+                .find(|ch: char| !(ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-')))
+                .unwrap_or(tail.len());
+            let file = tail[..len].trim_end_matches('.');
+            if !file.is_empty() {
+                out.push(Path::new(&prefix).join(file));
+            }
+            rest = &tail[len..];
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 impl Local {
-    fn pg_user(&self) -> Option<(u32, u32)> {
-        tools::postgres_user()
+    /// The user PostgreSQL runs as (see `user_of`).
+    fn pg_user(&self) -> Result<Option<(u32, u32)>, RuntimeError> {
+        self.user_of(Kind::Postgres)
     }
 
-    /// The unprivileged user a component kind runs as when bssctl is root (None: as bssctl).
-    /// PostgreSQL refuses root; the other kinds still run as bssctl (see docs/security.md).
-    fn user_of(&self, kind: Kind) -> Option<(u32, u32)> {
+    /// The unprivileged user a component kind runs as when bssctl is root, created when missing
+    /// (`users::ensure`); None when bssctl is not root: components then run as the invoking user.
+    fn user(&self, kind: Kind) -> Result<Option<User>, RuntimeError> {
+        users::ensure(kind).map_err(|e| RuntimeError::Prepare(e.to_string()))
+    }
+
+    fn user_of(&self, kind: Kind) -> Result<Option<(u32, u32)>, RuntimeError> {
+        Ok(self.user(kind)?.map(|u| u.ids()))
+    }
+
+    /// Directories a component writes (its data, sockets, pid files): owned by its user, 0700
+    /// (0750 where bssctl's group reads too). Everything else under the root stays root's.
+    fn owned_dirs(&self, kind: Kind) -> Vec<(PathBuf, u32)> {
+        let t = &self.t;
+        let mut v = Vec::new();
         match kind {
-            Kind::Postgres => self.pg_user(),
-            _ => None,
+            Kind::Redis => {
+                if let Some(r) = &t.redis {
+                    v.push((PathBuf::from(&r.data_dir), 0o700));
+                }
+            }
+            Kind::KafkaStore => {
+                if let Some(st) = t.kafka.as_ref().and_then(|k| k.store.as_ref()) {
+                    v.push((PathBuf::from(&st.data_dir), 0o700));
+                }
+            }
+            Kind::Haproxy => {
+                if let Some(h) = &t.haproxy {
+                    for f in [&h.admin_socket, &h.pid_file] {
+                        if let Some(d) = Path::new(f).parent() {
+                            v.push((d.to_path_buf(), 0o750));
+                        }
+                    }
+                }
+            }
+            Kind::Prometheus => {
+                if let Some(p) = &t.prometheus {
+                    v.push((PathBuf::from(&p.data_dir), 0o700));
+                }
+            }
+            Kind::Alertmanager => {
+                if let Some(a) = &t.alertmanager {
+                    v.push((PathBuf::from(&a.data_dir), 0o700));
+                }
+            }
+            // PostgreSQL's data and socket directories are handed over by its tasks and start.
+            _ => {}
         }
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// A first start of Envoy (epoch 0) creates its hot-restart shared memory exclusively; one
+    /// left by an Envoy of another uid (an older bssctl ran it as root) would make it fail with
+    /// EACCES. Only epoch 0 gets here, so no Envoy of this environment is using it.
+    fn clear_foreign_envoy_shm(&self, env: &str) -> Result<(), RuntimeError> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(u) = self.user(Kind::Envoy)? else {
+            return Ok(());
+        };
+        let base = crate::render::envoy_base_id(env);
+        for id in [base, base.saturating_mul(10)] {
+            let p = PathBuf::from(format!("/dev/shm/envoy_shared_memory_{id}"));
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file() && m.uid() != u.uid) {
+                tracing::debug!(path = %p.display(), "removing Envoy shared memory of another user");
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands a component its own directories and the secret files it reads (root:<its group>
+    /// 0640; nobody else's). Preflight refuses a secret named by components of two users.
+    fn ensure_ownership(&self, name: &str, c: &ComponentBundle) -> Result<(), RuntimeError> {
+        let Some(u) = self.user(c.kind)? else {
+            return Ok(());
+        };
+        let step = |e: String| RuntimeError::step(name, "hand files to its user", e);
+        for (d, mode) in self.owned_dirs(c.kind) {
+            std::fs::create_dir_all(&d).map_err(|e| step(format!("{}: {e}", d.display())))?;
+            chown_tree(&d, Some(u.ids())).map_err(|e| step(format!("{}: {e}", d.display())))?;
+            set_mode(&d, mode);
+        }
+        if c.kind == Kind::Postgres {
+            // Its passfile is its own (libpq ignores a group-readable one); see ensure_state.
+            return Ok(());
+        }
+        for f in referenced_secrets(&self.t.paths.secrets, c) {
+            // Links are refused by ensure_state; a file not written yet is handed over next start.
+            if !std::fs::symlink_metadata(&f).is_ok_and(|m| m.is_file()) {
+                continue;
+            }
+            std::os::unix::fs::lchown(&f, Some(0), Some(u.gid))
+                .map_err(|e| step(format!("{}: {e}", f.display())))?;
+            owned_root::set_mode(&f, 0o640).map_err(|e| step(e.to_string()))?;
+        }
+        Ok(())
     }
 
     fn member(&self, name: &str) -> Result<PgMember, RuntimeError> {
@@ -293,17 +413,62 @@ impl Local {
                 }
             }
         }
-        if let (Some((uid, gid)), true) = (
-            self.pg_user(),
-            bundle.components.values().any(|c| c.kind == Kind::Postgres),
-        ) {
-            if let Some(dir) = unreachable_ancestor(Path::new(&self.t.paths.root), uid, gid) {
-                problems.push(format!(
-                    "PostgreSQL runs as user `postgres` (it refuses to run as root) and cannot enter {}: allow it (`chmod o+x {}`) or choose a stateDir it can reach",
-                    dir.display(),
-                    dir.display()
-                ));
+        // Each kind's user (created here when bssctl is root and it is missing) must reach the
+        // state root and bind its ports; a secret file is readable by one user only.
+        let unprivileged_from =
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+                .unwrap_or(1024);
+        let mut readers: BTreeMap<PathBuf, BTreeMap<String, String>> = BTreeMap::new();
+        let mut checked = std::collections::BTreeSet::new();
+        for (name, c) in &bundle.components {
+            let u = match users::ensure(c.kind) {
+                Ok(Some(u)) => u,
+                Ok(None) => continue,
+                Err(e) => {
+                    problems.push(e.to_string());
+                    continue;
+                }
+            };
+            if checked.insert(u.name.clone()) {
+                if let Some(dir) =
+                    users::unreachable_ancestor(Path::new(&self.t.paths.root), u.uid, u.gid)
+                {
+                    problems.push(format!(
+                        "{name} runs as user `{}` and cannot enter {}: allow it (`chmod o+x {}`) or choose a stateDir it can reach",
+                        u.name,
+                        dir.display(),
+                        dir.display()
+                    ));
+                }
             }
+            for port in ports_of(&self.t, name, c.kind) {
+                if u32::from(port) < unprivileged_from {
+                    problems.push(format!(
+                        "port {port} of {name} is below {unprivileged_from} (privileged) and {name} runs as user `{}`: choose a port of {unprivileged_from} or above",
+                        u.name
+                    ));
+                }
+            }
+            if c.kind != Kind::Postgres {
+                for f in referenced_secrets(&self.t.paths.secrets, c) {
+                    readers
+                        .entry(f)
+                        .or_default()
+                        .insert(u.name.clone(), name.clone());
+                }
+            }
+        }
+        for (f, by) in readers.into_iter().filter(|(_, by)| by.len() > 1) {
+            problems.push(format!(
+                "secret file {} is read by components of different users ({}): each secret has one reader",
+                f.display(),
+                by.iter()
+                    .map(|(u, c)| format!("{c} as {u}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
         }
         if problems.is_empty() {
             Ok(())
@@ -365,6 +530,9 @@ impl Local {
         for d in [&t.paths.config, &t.paths.logs, &t.paths.run] {
             tighten(Path::new(d), true);
         }
+        // A rewritten secret is a new root-owned file: it keeps the owner, group and mode its
+        // reader was given (put_config / start hand new ones over).
+        let handed_over = owners_of(Path::new(&t.paths.secrets));
         state::ensure_secrets(t).map_err(|e| RuntimeError::Prepare(e.to_string()))?;
         if let Some(pg) = &t.postgres {
             let pw = state::secret_value(t, "postgres-replication-password")
@@ -376,7 +544,7 @@ impl Local {
             );
             state::write_atomic(Path::new(&pg.passfile), line.as_bytes(), 0o600)
                 .map_err(|e| RuntimeError::Prepare(e.to_string()))?;
-            let _ = chown_tree(Path::new(&pg.passfile), self.pg_user());
+            let _ = chown_tree(Path::new(&pg.passfile), self.pg_user()?);
         }
         // Redis' ACL include, redis_exporter's password map, the basic-auth web configs.
         // (`redis-auth.conf` of older versions held the single password in plain text.)
@@ -414,9 +582,17 @@ impl Local {
             state::write_atomic(&p, token.as_bytes(), 0o600)
                 .map_err(|e| RuntimeError::Prepare(e.to_string()))?;
         }
-        // Secrets: the directory is traversable (PostgreSQL reads its passfile), not listable;
-        // every file is 0600 and owned by the one user that reads it.
+        // Secrets: the directory is traversable (components read their own files), not
+        // listable; every file is root's 0600 unless handed to its one reader (ensure_ownership).
         set_mode(secrets, 0o711);
+        let now = owners_of(secrets);
+        for (p, was) in handed_over {
+            if now.get(&p).is_some_and(|n| *n != was) {
+                let (uid, gid, mode) = was;
+                let _ = std::os::unix::fs::lchown(&p, Some(uid), Some(gid));
+                set_mode(&p, mode);
+            }
+        }
         tighten(secrets, false);
         Ok(notes)
     }
@@ -430,6 +606,14 @@ impl Local {
         let t = &self.t;
         let program =
             tools::find(&c.launch.program).map_err(|e| RuntimeError::step(name, "start", e))?;
+        // As its own user when bssctl is root, from a place that user can reach.
+        let user = self.user(c.kind)?;
+        let program = match &user {
+            Some(u) => users::reachable_program(&program, u)
+                .map_err(|e| RuntimeError::step(name, "start", e))?,
+            None => program,
+        };
+        let user = user.map(|u| u.ids());
         let mut env: Vec<(String, String)> = c
             .launch
             .env
@@ -451,7 +635,6 @@ impl Local {
             args.push("--restart-epoch".into());
             args.push(opts.epoch.to_string());
         }
-        let user = self.user_of(c.kind);
         let log = log_path(t, name);
         // 0640 and never through a link (the spawner appends to whatever is there).
         precreate(&log)?;
@@ -546,7 +729,9 @@ impl Local {
     fn pg_task(&mut self, name: &str, task: &Task) -> Result<String, RuntimeError> {
         let t = self.t.clone();
         let m = self.member(name)?;
-        let user = self.pg_user();
+        let pg_user = self.user(Kind::Postgres)?;
+        let user = pg_user.as_ref().map(User::ids);
+        let tool_user = pg_user.as_ref();
         let root = t.paths.root.as_str();
         let data = PathBuf::from(&m.data_dir);
         let err = |step: &str, e: String| RuntimeError::step(name, step, e);
@@ -604,7 +789,7 @@ impl Local {
                         "--no-instructions",
                     ],
                     &[],
-                    user,
+                    tool_user,
                 );
                 let _ = std::fs::remove_file(&pwfile);
                 r.map_err(|e| err("initdb", e))?;
@@ -648,7 +833,7 @@ impl Local {
                         ("PGPASSFILE", pg.passfile.as_str()),
                         ("PGCONNECT_TIMEOUT", "5"),
                     ],
-                    user,
+                    tool_user,
                 )
                 .map_err(|e| err("basebackup", e))?;
                 finish(&tmp, "basebackup")
@@ -668,7 +853,7 @@ impl Local {
                 "pg_controldata",
                 &["-D", &m.data_dir],
                 &[("LC_ALL", "C")],
-                user,
+                tool_user,
             )
             .map_err(|e| err("controldata", e)),
             Task::PgSingleUserRecovery => {
@@ -678,7 +863,7 @@ impl Local {
                     "postgres",
                     &["--single", "-F", "-D", &m.data_dir, "-c", &cfg, "template1"],
                     &[],
-                    user,
+                    tool_user,
                 )
                 .map_err(|e| err("recover", e))
             }
@@ -698,7 +883,7 @@ impl Local {
                     "pg_rewind",
                     &[target.as_str(), source.as_str()],
                     &[("PGPASSWORD", password.0.as_str())],
-                    user,
+                    tool_user,
                 )
                 .map_err(|e| err("rewind", e))
             }
@@ -738,7 +923,7 @@ impl Runtime for Local {
         }
         // Readable by the component's own user through its group (root:<group> 0640 / 0750),
         // by nobody else.
-        if let Some((_, gid)) = self.user_of(c.kind) {
+        if let Some((_, gid)) = self.user_of(c.kind)? {
             let mut paths = vec![dir.clone()];
             paths.extend(c.files.keys().map(|rel| dir.join(rel)));
             paths.extend(
@@ -747,11 +932,15 @@ impl Runtime for Local {
                     .filter_map(|rel| dir.join(rel).parent().map(Path::to_path_buf)),
             );
             for p in paths {
+                // A component without files (node-exporter, kafka-store) has no directory.
+                if std::fs::symlink_metadata(&p).is_err() {
+                    continue;
+                }
                 std::os::unix::fs::lchown(&p, None, Some(gid))
                     .map_err(|e| RuntimeError::step(name, "write files", e))?;
             }
         }
-        Ok(())
+        self.ensure_ownership(name, c)
     }
 
     fn start(
@@ -765,8 +954,13 @@ impl Runtime for Local {
             let m = self.member(name)?;
             std::fs::create_dir_all(&m.socket_dir)
                 .map_err(|e| RuntimeError::step(name, "start", e))?;
-            let _ = chown_tree(Path::new(&m.socket_dir), self.pg_user());
+            let _ = chown_tree(Path::new(&m.socket_dir), self.pg_user()?);
             clear_zombie_lock(&m.data_dir);
+        }
+        // Its directories and secrets (again: a secret rewritten since put_config is root's).
+        self.ensure_ownership(name, c)?;
+        if c.kind == Kind::Envoy && opts.epoch == 0 {
+            self.clear_foreign_envoy_shm(&self.t.name)?;
         }
         let r = self.start_process(name, c, opts)?;
         Ok(observed(&r, true))
@@ -804,12 +998,13 @@ impl Runtime for Local {
         match task {
             Task::Migrate => {
                 let cfg = format!("{}/{name}/backend.yaml", t.paths.config);
+                let u = self.user(Kind::Backend)?;
                 run_tool(
                     &t.paths.root,
                     "bss-backend",
                     &["migrate", "--config", &cfg],
                     &[],
-                    None,
+                    u.as_ref(),
                 )
                 .map_err(|e| RuntimeError::step(name, "migrate", e))
             }
@@ -821,7 +1016,7 @@ impl Runtime for Local {
                     "haproxy",
                     &["-c", "-q", "-f", &cfg],
                     &[("HAPROXY_STATS_PASSWORD", pw.as_str())],
-                    None,
+                    self.user(Kind::Haproxy)?.as_ref(),
                 )
                 .map_err(|e| RuntimeError::step(name, "check config", e))
             }

@@ -5,6 +5,7 @@ pub mod agent_process;
 pub mod local;
 pub mod owned_root;
 pub mod process;
+pub mod users;
 
 pub use crate::engine::runtime::RuntimeError;
 pub use crate::progress::{open_journal, Event, JsonReporter, Reporter, TextReporter};

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod exposure;
+
 use controller::topology::{self, Loaded, ValidateOptions};
 
 pub fn repo_root() -> PathBuf {
