@@ -312,6 +312,16 @@ impl Local {
                     }
                 }
             }
+            Kind::Envoy => {
+                // Envoy creates its admin socket there (root, bssctl, connects through it).
+                if let Some(d) = t
+                    .envoy
+                    .as_ref()
+                    .and_then(|e| Path::new(&e.admin_socket).parent())
+                {
+                    v.push((d.to_path_buf(), 0o700));
+                }
+            }
             Kind::Prometheus => {
                 if let Some(p) = &t.prometheus {
                     v.push((PathBuf::from(&p.data_dir), 0o700));
