@@ -4,7 +4,8 @@
 # revision and for the working tree, alternating which goes first, then min / median / max of each.
 #   bash dev/bench-compare.sh OLD_REV [ROUNDS]      (default 3 rounds)
 # OLD_REV is built in release in a worktree under ~/.cache/bssctl/compare (kept for the next run).
-# Both builds apply OLD_REV's root topology with its explicit ports shifted by 30000, so both read
+# Both builds apply OLD_REV's root topology with its explicit ports shifted by 10000 (below the
+# kernel's ephemeral range, where a client socket can hold a port), so both read
 # the same file; where the newer schema adds a component by default (the broker's store), the
 # newer build gets the older behaviour written out (`storage: memory`).
 set -euo pipefail
@@ -35,7 +36,7 @@ git show "$rev:topology.yaml" | python3 -c '
 import re, sys
 s = sys.stdin.read()
 s = s.replace("name: bss-dev", "name: bench").replace("stateDir: .bssctl", "stateDir: state")
-s = re.sub(r"\b(port|Port|writePort|readPort|adminPort): (\d+)", lambda m: f"{m.group(1)}: {int(m.group(2)) + 30000}", s)
+s = re.sub(r"\b(port|Port|writePort|readPort|adminPort): (\d+)", lambda m: f"{m.group(1)}: {int(m.group(2)) + 10000}", s)
 print(s, end="")' > "$work/old.yaml"
 cp "$work/old.yaml" "$work/new.yaml"
 if "$new_bin" schema | grep -q '"storage"' && ! grep -q 'storage:' "$work/old.yaml"; then

@@ -3,7 +3,7 @@
 # the root topology's stack on shifted ports (portOffset) so it does not collide with a running one.
 #   bash dev/bench.sh [RUNS]
 # dev/bench-compare.sh runs it for two builds side by side: BSSCTL=<binary> uses that build (no
-# cargo build), BENCH_TOPOLOGY=<file> is applied instead of the root topology shifted by 30000
+# cargo build), BENCH_TOPOLOGY=<file> is applied instead of the root topology shifted by 10000
 # (it must use free ports and a state dir of its own), BENCH_KV=<file> receives `figure=ms` lines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,10 +38,10 @@ t0=$(ms); $B check "${BENCH_TOPOLOGY:-topology.yaml}" >/dev/null; t1=$(ms)
 echo "check (every file by its real tool, postgres and redis started): $(elapsed "$t0" "$t1") ms"; kv check "$(elapsed "$t0" "$t1")"
 
 if [ -n "${BENCH_TOPOLOGY:-}" ]; then cp "$BENCH_TOPOLOGY" "$work/t.yaml"; else
-sed -e 's/name: bss-dev/name: bench/' -e 's/stateDir: .bssctl/stateDir: state\n    portOffset: 30000/' topology.yaml > "$work/t.yaml"
+sed -e 's/name: bss-dev/name: bench/' -e 's/stateDir: .bssctl/stateDir: state\n    portOffset: 10000/' topology.yaml > "$work/t.yaml"
 python3 - "$work/t.yaml" <<'PY'
 import sys; p=sys.argv[1]; s=open(p).read()
-s=s.replace("stateDir: state\\n    portOffset: 30000", "stateDir: state\n    portOffset: 30000")
+s=s.replace("stateDir: state\\n    portOffset: 10000", "stateDir: state\n    portOffset: 10000")
 # portOffset shifts every port, the explicit ones of the root topology included.
 open(p,'w').write(s)
 PY
