@@ -30,9 +30,12 @@ for t in pgbench psql python3; do
 done
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 # NO_BUILD=1 uses the release binaries already in $TARGET (a build cannot run inside /work/bin/quiet).
-[ "${NO_BUILD:-0}" = 1 ] || cargo build --release -q -p controller -p backend
-B=$TARGET/release/bssctl
+[ "${NO_BUILD:-0}" = 1 ] || cargo build --release -q -p backend $([ -n "${BSSCTL:-}" ] || echo -p controller)
+# BSSCTL: another bssctl binary (it only applies, observes and destroys the stack; its agent's
+# probes are counted under "other").
+B=${BSSCTL:-$TARGET/release/bssctl}
 BE=$TARGET/release/bss-backend
+export BSS_BACKEND_BIN=$BE   # the stack runs the backend built here, whatever bssctl finds first
 work=$(mktemp -d /tmp/bssctl-bench-load-XXXXXX); chmod 755 "$work"
 topo="$work/topology.yaml"
 cleanup() { "$B" destroy "$topo" >/dev/null 2>&1 || true; rm -rf "$work"; }
