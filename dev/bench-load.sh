@@ -49,13 +49,19 @@ t["spec"]["runtime"].update({"portOffset": off, "stateDir": state})
 sp = t["spec"]
 # Explicit ports are not shifted by portOffset: drop them so the defaults (shifted) apply.
 for sec, keys in {"postgres": ["port"], "haproxy": ["writePort", "readPort"], "redis": ["port"],
-                  "kafka": ["port"], "backend": ["port"], "envoy": ["adminPort"],
+                  "backend": ["port"], "envoy": ["adminPort"],
                   "prometheus": ["port"], "alertmanager": ["port"]}.items():
     for k in keys:
         sp.get(sec, {}).pop(k, None)
 sp.get("haproxy", {}).get("stats", {}).pop("port", None)
 for e in (sp.get("exporters") or {}).values():
     if isinstance(e, dict): e.pop("port", None)
+# The brokers' default port (9092..) would meet Alertmanager's 9093: keep the topology's own
+# broker port, shifted like the rest.
+if "kafka" in sp and "port" in sp["kafka"]:
+    sp["kafka"]["port"] += off
+if isinstance(sp.get("kafka", {}).get("store"), dict) and "port" in sp["kafka"]["store"]:
+    sp["kafka"]["store"]["port"] += off
 # Explicit listener ports are not shifted either: put them where the offset would.
 for l in sp["envoy"].get("listeners", []):
     l["port"] = l.get("port", 15006) + off
