@@ -10,6 +10,7 @@
 # passed. All pgbench traffic goes through the HAProxy write port, as the backend's does.
 # Prints the four knees, the ratios, and the CPU split per component at the (c) knee.
 #   STEP_S=10 bash dev/bench-load.sh          # RAW_RATES, SHAPE_RATES, API_RATES override steps
+#   PHASES="b c" VERBOSE=1 NO_BUILD=1 CARGO_TARGET_DIR=... bash dev/bench-load.sh
 # Envoy's seeds' rate limit (100 tokens) and circuit breakers (100) are lifted in the copy:
 # they would otherwise answer 429/503 to nearly everything above 100 req/s.
 set -euo pipefail
@@ -20,15 +21,21 @@ OFF=${OFF:-23000}
 RAW_RATES=${RAW_RATES:-"3000 5000 7000 9000 11000"}
 SHAPE_RATES=${SHAPE_RATES:-"1000 1500 2000 2500 3000 3500"}
 API_RATES=${API_RATES:-"800 1000 1250 1500 1750 2000 2500"}
+PHASES=${PHASES:-"a b c d"}     # which of (a) (b) (c) (d) to run
 export PATH="$HOME/.cache/bssctl/tools/bin:$HOME/.cargo/bin:$PATH"
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
 export PATH="$PATH:$PGBIN"
 for t in pgbench psql python3; do
   command -v "$t" >/dev/null || { echo "missing tool $t: run \`bash dev/setup.sh\`" >&2; exit 2; }
 done
-cargo build --release -q -p controller -p backend
-B=$PWD/target/release/bssctl
-BE=$PWD/target/release/bss-backend
+TARGET=${CARGO_TARGET_DIR:-$PWD/target}
+# NO_BUILD=1 uses the release binaries already in $TARGET (a build cannot run inside /work/bin/quiet).
+[ "${NO_BUILD:-0}" = 1 ] || cargo build --release -q -p backend $([ -n "${BSSCTL:-}" ] || echo -p controller)
+# BSSCTL: another bssctl binary (it only applies, observes and destroys the stack; its agent's
+# probes are counted under "other").
+B=${BSSCTL:-$TARGET/release/bssctl}
+BE=$TARGET/release/bss-backend
+export BSS_BACKEND_BIN=$BE   # the stack runs the backend built here, whatever bssctl finds first
 work=$(mktemp -d /tmp/bssctl-bench-load-XXXXXX); chmod 755 "$work"
 topo="$work/topology.yaml"
 cleanup() { "$B" destroy "$topo" >/dev/null 2>&1 || true; rm -rf "$work"; }
@@ -42,13 +49,19 @@ t["spec"]["runtime"].update({"portOffset": off, "stateDir": state})
 sp = t["spec"]
 # Explicit ports are not shifted by portOffset: drop them so the defaults (shifted) apply.
 for sec, keys in {"postgres": ["port"], "haproxy": ["writePort", "readPort"], "redis": ["port"],
-                  "kafka": ["port"], "backend": ["port"], "envoy": ["adminPort"],
+                  "backend": ["port"], "envoy": ["adminPort"],
                   "prometheus": ["port"], "alertmanager": ["port"]}.items():
     for k in keys:
         sp.get(sec, {}).pop(k, None)
 sp.get("haproxy", {}).get("stats", {}).pop("port", None)
 for e in (sp.get("exporters") or {}).values():
     if isinstance(e, dict): e.pop("port", None)
+# The brokers' default port (9092..) would meet Alertmanager's 9093: keep the topology's own
+# broker port, shifted like the rest.
+if "kafka" in sp and "port" in sp["kafka"]:
+    sp["kafka"]["port"] += off
+if isinstance(sp.get("kafka", {}).get("store"), dict) and "port" in sp["kafka"]["store"]:
+    sp["kafka"]["store"]["port"] += off
 # Explicit listener ports are not shifted either: put them where the offset would.
 for l in sp["envoy"].get("listeners", []):
     l["port"] = l.get("port", 15006) + off
@@ -107,15 +120,30 @@ print(f"  machine busy: {100*busy/wall:.0f} % of {__import__('os').cpu_count()} 
 PY
 }
 
-# Seed: a few hundred entities for the pgbench scripts to refer to.
+# Seed: a few hundred entities through the API for the pgbench scripts to refer to, then
+# SEED_ORDERS orders (one item each) in SQL, so that the status-change script's 16 clients each
+# update a slice of their own (a few hundred orders shared by 16 clients measured row-lock waits,
+# not the shape). The seed session carries bss.origin=api like the backend's, so it fires no
+# cache notification (rows nobody has read yet).
+SEED_ORDERS=${SEED_ORDERS:-32000}
 "$BE" loadgen --config "$cfg" --target "$direct" --api-key "$key" --rate 200 --duration 5 --warmup 1 --json >/dev/null
-psql "${PGW[@]}" -qAt -v ON_ERROR_STOP=1 <<'SQL'
+PGOPTIONS="-c bss.origin=api" psql "${PGW[@]}" -qAt -v ON_ERROR_STOP=1 -v seed_orders="$SEED_ORDERS" <<'SQL'
 CREATE TABLE IF NOT EXISTS bench_raw (id bigserial PRIMARY KEY, v text, t timestamptz DEFAULT now());
 DROP TABLE IF EXISTS bench_customers, bench_products, bench_orders;
 CREATE TABLE bench_customers AS SELECT row_number() OVER () AS n, id FROM customers WHERE status = 'ACTIVE';
 CREATE TABLE bench_products AS SELECT row_number() OVER () AS n, id FROM products WHERE status = 'ACTIVE';
+CREATE UNIQUE INDEX ON bench_customers (n); CREATE UNIQUE INDEX ON bench_products (n);
+WITH o AS (
+  INSERT INTO orders (id, order_number, customer_id, order_type, priority, status, currency, subtotal, tax_amount, total_amount, created_at, updated_at, version)
+  SELECT gen_random_uuid(), 'ORD-PGB' || lpad(g::text, 9, '0'), c.id, 'NEW', 'NORMAL', 'PENDING', 'EUR', 29.99, 5.70, 35.69, now(), now(), 1
+  FROM generate_series(1, :seed_orders) g
+  JOIN bench_customers c ON c.n = 1 + g % (SELECT count(*) FROM bench_customers)
+  RETURNING id)
+INSERT INTO order_items (id, order_id, line_no, product_id, quantity, unit_price, tax_rate, line_total)
+SELECT gen_random_uuid(), o.id, 0, (SELECT id FROM bench_products WHERE n = 1), 1, 29.99, 0.19, 29.99 FROM o;
 CREATE TABLE bench_orders AS SELECT row_number() OVER () AS n, id FROM orders;
-CREATE UNIQUE INDEX ON bench_customers (n); CREATE UNIQUE INDEX ON bench_products (n); CREATE UNIQUE INDEX ON bench_orders (n);
+ANALYZE orders; ANALYZE order_items;
+CREATE UNIQUE INDEX ON bench_orders (n);
 SQL
 ncust=$(psql "${PGW[@]}" -qAt -c "SELECT count(*) FROM bench_customers")
 nprod=$(psql "${PGW[@]}" -qAt -c "SELECT count(*) FROM bench_products")
@@ -125,7 +153,10 @@ S=backend/bench/pgbench
 # One pgbench step: prints "tps ok|FAIL detail".
 pgb_step() { # rate scripts...
   local rate=$1; shift
-  pgbench "${PGW[@]}" -n -c 16 -j 2 -R "$rate" -T "$STEP_S" -L 100 -D ncust="$ncust" -D nprod="$nprod" -D nord="$nord" "$@" >"$work/pgbench.out" 2>&1 || true
+  # bss.origin=api: the backend's sessions carry it, so the triggers send no pg_notify for them
+  # (migration 0002); pgbench must run the same statements the same way.
+  PGOPTIONS="-c bss.origin=api" pgbench "${PGW[@]}" -n -c 16 -j 2 -R "$rate" -T "$STEP_S" -L 100 \
+    -D ncust="$ncust" -D nprod="$nprod" -D nord="$nord" -D nclients=16 "$@" >"$work/pgbench.out" 2>&1 || true
   python3 - "$work/pgbench.out" <<'PY'
 import re, sys
 o = open(sys.argv[1], errors="replace").read()
@@ -152,10 +183,18 @@ knee_pgbench() { # label rates scripts...
   echo "$knee"
 }
 
-echo "(a) pgbench raw single-row INSERT"
-raw=$(knee_pgbench raw "$RAW_RATES" -f "$S/raw_insert.sql")
-echo "(b) pgbench of the backend's write statements (mix of the seeds' writes)"
-shape=$(knee_pgbench shape "$SHAPE_RATES" -f "$S/customer.sql@10" -f "$S/order.sql@15" -f "$S/status.sql@24" -f "$S/invoice.sql@8" -f "$S/payment.sql@8")
+raw=0; shape=0
+if [[ " $PHASES " == *" a "* ]]; then
+  echo "(a) pgbench raw single-row INSERT"
+  raw=$(knee_pgbench raw "$RAW_RATES" -f "$S/raw_insert.sql")
+fi
+if [[ " $PHASES " == *" b "* ]]; then
+  echo "(b) pgbench of the backend's write statements (mix of the seeds' writes)"
+  cpu_snap "$work/cpu-a.json"
+  shape=$(knee_pgbench shape "$SHAPE_RATES" -f "$S/customer.sql@10" -f "$S/order.sql@15" -f "$S/status.sql@24" -f "$S/invoice.sql@8" -f "$S/payment.sql@8")
+  cpu_snap "$work/cpu-b.json"
+  echo "  over the (b) steps:"; cpu_split "$work/cpu-a.json" "$work/cpu-b.json"
+fi
 
 # One loadgen step: prints "achieved writes/s ok|FAIL p99 errors".
 lg_step() { # url rate
@@ -171,23 +210,33 @@ print(f'{d["achieved_rate"]:.0f} {d["writes_per_second"]:.0f} {"ok" if ok else "
 PY
 }
 knee_api=0; knee_api_w=0; knee_envoy=0; knee_envoy_w=0
-echo "(c) loadgen straight at the backend"
-for r in $API_RATES; do
-  cpu_snap "$work/cpu-a.json"
-  line=$(lg_step "$direct" "$r")
-  cpu_snap "$work/cpu-b.json"
-  echo "  direct rate $r: $line"
-  [[ "$line" == *" ok "* ]] || break
-  knee_api=$(echo "$line" | cut -d' ' -f1); knee_api_w=$(echo "$line" | cut -d' ' -f2)
-  cp "$work/cpu-a.json" "$work/knee-a.json"; cp "$work/cpu-b.json" "$work/knee-b.json"
-done
-echo "(d) loadgen through Envoy"
-for r in $API_RATES; do
-  line=$(lg_step "$envoy" "$r")
-  echo "  envoy rate $r: $line"
-  [[ "$line" == *" ok "* ]] || break
-  knee_envoy=$(echo "$line" | cut -d' ' -f1); knee_envoy_w=$(echo "$line" | cut -d' ' -f2)
-done
+# Each step's CPU split goes to the log with the step (the one at each knee is printed at the end).
+if [[ " $PHASES " == *" c "* ]]; then
+  echo "(c) loadgen straight at the backend"
+  for r in $API_RATES; do
+    cpu_snap "$work/cpu-a.json"
+    line=$(lg_step "$direct" "$r")
+    cpu_snap "$work/cpu-b.json"
+    echo "  direct rate $r: $line"
+    [ "${VERBOSE:-0}" = 1 ] && cpu_split "$work/cpu-a.json" "$work/cpu-b.json" | sed 's/^/  /'
+    [[ "$line" == *" ok "* ]] || break
+    knee_api=$(echo "$line" | cut -d' ' -f1); knee_api_w=$(echo "$line" | cut -d' ' -f2)
+    cp "$work/cpu-a.json" "$work/knee-a.json"; cp "$work/cpu-b.json" "$work/knee-b.json"
+  done
+fi
+if [[ " $PHASES " == *" d "* ]]; then
+  echo "(d) loadgen through Envoy"
+  for r in $API_RATES; do
+    cpu_snap "$work/cpu-a.json"
+    line=$(lg_step "$envoy" "$r")
+    cpu_snap "$work/cpu-b.json"
+    echo "  envoy rate $r: $line"
+    [ "${VERBOSE:-0}" = 1 ] && cpu_split "$work/cpu-a.json" "$work/cpu-b.json" | sed 's/^/  /'
+    [[ "$line" == *" ok "* ]] || break
+    knee_envoy=$(echo "$line" | cut -d' ' -f1); knee_envoy_w=$(echo "$line" | cut -d' ' -f2)
+    cp "$work/cpu-a.json" "$work/kneed-a.json"; cp "$work/cpu-b.json" "$work/kneed-b.json"
+  done
+fi
 
 pending=$(psql "${PGW[@]}" -qAt -c "SELECT count(*) FROM outbox WHERE sent_at IS NULL")
 hits=$(curl -s "$direct/metrics" | grep '^bss_cache_requests_total' || true)
@@ -205,5 +254,8 @@ print(f"ratios: shape/raw {r(b,a)}  direct writes/shape {r(c,b)}  envoy writes/s
 if c: print(f"6,667 events/s would need {6667/c:.1f}x the direct knee's writes/s on this machine")
 PY
 if [ -f "$work/knee-a.json" ]; then echo "at the (c) knee:"; cpu_split "$work/knee-a.json" "$work/knee-b.json"; fi
+if [ -f "$work/kneed-a.json" ]; then echo "at the (d) knee:"; cpu_split "$work/kneed-a.json" "$work/kneed-b.json"; fi
+# HOLD=1 keeps the stack until ENTER (profiling by hand); the lock stays held meanwhile.
+if [ "${HOLD:-0}" = 1 ]; then echo "stack kept: $topo (state $root); press ENTER to destroy"; read -r _ || true; fi
 echo "outbox rows not yet published at the end: $pending"
 echo "cache lookups (whole run):"; echo "$hits" | sed 's/^/  /'

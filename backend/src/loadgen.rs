@@ -189,12 +189,25 @@ fn ent(v: &Value) -> Ent {
 }
 
 impl Shared {
+    /// A request whose response body the flow needs (ids, versions of what it created).
     async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, String> {
+        let bytes = self.call_raw(method, path, body).await?;
+        Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// A request whose body is not needed beyond its status: the generator shares the 2 cores
+    /// with the stack it measures, so it does not parse what it would throw away.
+    async fn call_raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<axum::body::Bytes, String> {
         let mut rb = self
             .client
             .request(method, format!("{}{}", self.base, path))
@@ -214,7 +227,7 @@ impl Shared {
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|_| "transport".to_string())?;
         if status.is_success() {
-            Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+            Ok(bytes)
         } else {
             let code = serde_json::from_slice::<Value>(&bytes)
                 .ok()
@@ -362,26 +375,26 @@ impl Shared {
             }
             Op::CompletePayment => {
                 let Some(pay) = job else { return Outcome { op, ok: false, kind: Some("client_no_data".into()) } };
-                self.call(M::POST, &format!("/api/v1/payments/{}/status", pay.id),
+                self.call_raw(M::POST, &format!("/api/v1/payments/{}/status", pay.id),
                     Some(json!({"status": "COMPLETED", "version": pay.version})))
                     .await
                     .map(|_| ())
             }
             Op::GetCustomer => match customer {
-                Some(c) => self.call(M::GET, &format!("/api/v1/customers/{c}"), None).await.map(|_| ()),
+                Some(c) => self.call_raw(M::GET, &format!("/api/v1/customers/{c}"), None).await.map(|_| ()),
                 None => Err("client_no_data".into()),
             },
             Op::GetOrder => match (order, customer) {
-                (Some(o), _) => self.call(M::GET, &format!("/api/v1/orders/{}", o.id), None).await.map(|_| ()),
+                (Some(o), _) => self.call_raw(M::GET, &format!("/api/v1/orders/{}", o.id), None).await.map(|_| ()),
                 (None, Some(c)) => {
                     op = Op::GetCustomer;
-                    self.call(M::GET, &format!("/api/v1/customers/{c}"), None).await.map(|_| ())
+                    self.call_raw(M::GET, &format!("/api/v1/customers/{c}"), None).await.map(|_| ())
                 }
                 _ => Err("client_no_data".into()),
             },
             Op::ListCustomerOrders => match customer {
                 Some(c) => self
-                    .call(M::GET, &format!("/api/v1/customers/{c}/orders?size=10"), None)
+                    .call_raw(M::GET, &format!("/api/v1/customers/{c}/orders?size=10"), None)
                     .await
                     .map(|_| ()),
                 None => Err("client_no_data".into()),

@@ -161,32 +161,30 @@ pub fn app(state: Shared) -> Router {
 
 /// Counts and times every request by matched route; sheds API requests above `max_in_flight`.
 async fn observe(State(st): State<Shared>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
-    let method = req.method().as_str().to_string();
+    // MatchedPath is an Arc<str>: cloned, not copied, on every request.
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", |m| m.as_str());
+    let method = req.method().clone();
     let start = Instant::now();
     // A guard, not a decrement after `await`: a request whose client went away is dropped
     // mid-flight, and its slot must still be given back.
     let slot = InFlight::enter(&st);
     let resp = if slot.n >= st.max_in_flight && route.starts_with("/api/") {
-        st.metrics.shed_total.with_label_values(&[&route]).inc();
+        st.metrics.shed_total.with_label_values(&[route]).inc();
         AppError::TooManyRequests.into_response()
     } else {
         next.run(req).await
     };
     drop(slot);
     let resp = as_problem(resp).await;
-    let status = resp.status().as_u16().to_string();
+    let status = resp.status();
     st.metrics
         .http_requests_total
-        .with_label_values(&[&route, &method, &status])
+        .with_label_values(&[route, method.as_str(), status.as_str()])
         .inc();
     st.metrics
         .http_request_duration_seconds
-        .with_label_values(&[&route, &method])
+        .with_label_values(&[route, method.as_str()])
         .observe(start.elapsed().as_secs_f64());
     resp
 }
@@ -593,7 +591,6 @@ pub async fn emit<E: Entity>(
 
 /// Business counters: an entity entering a status.
 pub fn count_status<E: Entity>(st: &AppState, name: &str, e: &E) {
-    let v = serde_json::to_value(e).unwrap_or_default();
     match name {
         "order" => st
             .metrics
@@ -606,10 +603,10 @@ pub fn count_status<E: Entity>(st: &AppState, name: &str, e: &E) {
             .with_label_values(&[e.status()])
             .inc(),
         "payment" => {
-            let method = v
-                .get("method")
-                .and_then(|m| m.as_str())
-                .unwrap_or("UNKNOWN");
+            // Only a payment has a method; the downcast avoids serialising every entity.
+            let method = (e as &dyn std::any::Any)
+                .downcast_ref::<Payment>()
+                .map_or("UNKNOWN", |p| p.method.as_str());
             st.metrics
                 .payments_total
                 .with_label_values(&[e.status(), method])
