@@ -65,107 +65,18 @@ fn role(env: &support::StackEnv, port: u16) -> String {
     if rec { "replica" } else { "primary" }.into()
 }
 
-/// Every file under `dir` (links and sockets included), without following links.
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        // Files come and go under a running stack (WAL segments, temp files).
-        let Ok(m) = std::fs::symlink_metadata(&p) else {
-            continue;
-        };
-        out.push(p.clone());
-        if m.is_dir() {
-            walk(&p, out);
-        }
-    }
-}
-
-/// Secret values of the environment (every file in secrets/).
-fn secret_values(root: &Path) -> Vec<(String, String)> {
-    std::fs::read_dir(root.join("secrets"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_type().unwrap().is_file())
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read_to_string(e.path())
-                    .unwrap()
-                    .trim()
-                    .to_string(),
-            )
-        })
-        .filter(|(_, v)| v.len() >= 8)
-        .collect()
-}
-
 /// No world-readable (or world-writable) regular file or directory under the root; directories
 /// may keep o+x (traversal) for the components' users. Sockets are reached through their
 /// directory, which this checks.
 fn assert_nothing_world_readable(root: &Path) {
-    let mut files = Vec::new();
-    walk(root, &mut files);
-    assert!(files.len() > 5, "nothing under {}", root.display());
-    let open: Vec<String> = files
-        .iter()
-        .filter_map(|p| {
-            let m = std::fs::symlink_metadata(p).ok()?;
-            let ft = m.file_type();
-            let mode = m.permissions().mode() & 0o7777;
-            let bad = (ft.is_file() || ft.is_dir()) && mode & 0o006 != 0;
-            bad.then(|| format!("{} {:o}", p.display(), mode))
-        })
-        .collect();
+    let open = support::exposure::world_readable(root);
     assert!(open.is_empty(), "world-readable state: {open:#?}");
 }
 
 /// No secret value anywhere outside secrets/: files (configs, applied.json, journal, history,
 /// logs, records), command lines of the environment's processes, status and metrics.
 fn assert_no_secret_outside_secrets(env: &support::StackEnv, extra: &[(&str, String)]) {
-    let secrets = secret_values(&env.root);
-    assert!(secrets.len() >= 3, "{secrets:?}");
-    let mut files = Vec::new();
-    walk(&env.root, &mut files);
-    let mut leaks = Vec::new();
-    for p in files
-        .iter()
-        .filter(|p| !p.starts_with(env.root.join("secrets")))
-    {
-        let Ok(m) = std::fs::symlink_metadata(p) else {
-            continue;
-        };
-        // PostgreSQL's data directories hold SCRAM verifiers (not the values) in pg_authid.
-        if !m.file_type().is_file() || m.len() > 64 << 20 {
-            continue;
-        }
-        let Ok(bytes) = std::fs::read(p) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&bytes);
-        for (name, v) in &secrets {
-            if text.contains(v.as_str()) {
-                leaks.push(format!("{name} in {}", p.display()));
-            }
-        }
-    }
-    for pid in env.marked_processes() {
-        let cmd = controller::runtime::process::cmdline(pid);
-        for (name, v) in &secrets {
-            if cmd.contains(v.as_str()) {
-                leaks.push(format!("{name} in the command line of pid {pid}: {cmd}"));
-            }
-        }
-    }
-    for (what, text) in extra {
-        for (name, v) in &secrets {
-            if text.contains(v.as_str()) {
-                leaks.push(format!("{name} in {what}"));
-            }
-        }
-    }
+    let leaks = support::exposure::secret_leaks(env, extra);
     assert!(leaks.is_empty(), "secret values leaked: {leaks:#?}");
 }
 
