@@ -105,7 +105,8 @@ fn literal(s: &str) -> String {
 }
 
 /// Creates or corrects a login role; `replication` adds the REPLICATION attribute. The password is
-/// set on every call (rotation) and never logged: statements with it are not echoed in errors.
+/// set on every call (rotation) as a SCRAM-SHA-256 verifier computed here, so the value itself
+/// never travels to the server or into its logs; statements are not echoed in errors either.
 pub fn ensure_role(
     c: &mut Client,
     name: &str,
@@ -125,7 +126,9 @@ pub fn ensure_role(
     c.batch_execute(&format!(
         "{verb} ROLE {} WITH {attrs} PASSWORD {}",
         ident(name),
-        literal(password)
+        literal(&postgres_protocol::password::scram_sha_256(
+            password.as_bytes()
+        ))
     ))
     .map_err(|e| {
         format!(
