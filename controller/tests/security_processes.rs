@@ -157,11 +157,17 @@ fn can_read(uid: u32, gid: u32, p: &Path) -> bool {
 fn expected_reader(secret: &str) -> Option<&'static str> {
     Some(match secret {
         "pgpass" => "postgres",
-        "redis-auth.conf" => "bss-redis",
-        "postgres-app-password" | "redis-password" | "backend-api-key" => "bss-backend",
-        "postgres-superuser-password" => "bss-postgres-exporter",
-        "agent-token.prometheus" => "bss-prometheus",
-        "agent-token.alertmanager" | "slack-webhook-url" | "smtp-password" => "bss-alertmanager",
+        "redis-acl.conf" => "bss-redis",
+        "postgres-app-password" | "redis-backend-password" | "backend-api-key" => "bss-backend",
+        "postgres-superuser-password" | "postgres-exporter-web.yml" => "bss-postgres-exporter",
+        "redis-exporter-passwords.json" => "bss-redis-exporter",
+        "agent-token.prometheus" | "alertmanager-web-password" | "exporter-web-password" => {
+            "bss-prometheus"
+        }
+        "agent-token.alertmanager"
+        | "alertmanager-web.yml"
+        | "slack-webhook-url"
+        | "smtp-password" => "bss-alertmanager",
         _ => return None,
     })
 }
