@@ -342,7 +342,7 @@ fn wait_log(child: &mut Child, log: &Path, needles: &[&str], timeout: Duration) 
                 format!("not ready after {}s:\n{text}", timeout.as_secs()),
             );
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -396,13 +396,9 @@ fn start_postgres_members(t: &ValidatedTopology) -> (bool, String) {
             c.uid(uid).gid(gid);
         }
     };
-    let (initdb, postgres, pg_ctl) = match (
-        tools::find("initdb"),
-        tools::find("postgres"),
-        tools::find("pg_ctl"),
-    ) {
-        (Ok(a), Ok(b), Ok(c)) => (a, b, c),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return (false, e.to_string()),
+    let (initdb, postgres) = match (tools::find("initdb"), tools::find("postgres")) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return (false, e.to_string()),
     };
     let template = PathBuf::from(&t.paths.data).join("initdb-template");
     let pwfile = PathBuf::from(&t.paths.run).join("check-pw");
@@ -430,81 +426,112 @@ fn start_postgres_members(t: &ValidatedTopology) -> (bool, String) {
     if !ok {
         return (false, format!("initdb failed: {out}"));
     }
-    let mut report = String::new();
-    let mut all_ok = true;
-    for m in &pg.members {
-        let data = PathBuf::from(&m.data_dir);
-        let _ = std::fs::remove_dir_all(&data);
-        let (ok, out) = run(
-            Command::new("cp").arg("-a").arg(&template).arg(&data),
-            Duration::from_secs(60),
+    // The members start side by side, each on its own copy of the template: the job takes
+    // initdb plus the slowest member, not the sum of them.
+    let reports: Vec<(bool, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = pg
+            .members
+            .iter()
+            .map(|m| s.spawn(|| start_member(t, m, &template, &postgres, ids)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| (false, "the check of a member panicked".into()))
+            })
+            .collect()
+    });
+    let all_ok = reports.iter().all(|(ok, _)| *ok);
+    let report = reports.into_iter().map(|(_, r)| r).collect();
+    (all_ok, report)
+}
+
+/// One member: a copy of the initdb template (a standby gets `standby.signal`), `postgres` started
+/// on the rendered `postgresql.conf` until it is ready, then an immediate shutdown (SIGQUIT).
+fn start_member(
+    t: &ValidatedTopology,
+    m: &crate::topology::model::PgMember,
+    template: &Path,
+    postgres: &Path,
+    ids: Option<(u32, u32)>,
+) -> (bool, String) {
+    let data = PathBuf::from(&m.data_dir);
+    let _ = std::fs::remove_dir_all(&data);
+    let (ok, out) = run(
+        Command::new("cp").arg("-a").arg(template).arg(&data),
+        Duration::from_secs(60),
+    );
+    if !ok {
+        return (
+            false,
+            format!("{}: copying the cluster failed: {out}\n", m.name),
         );
-        if !ok {
+    }
+    if m.role == crate::topology::model::Role::Replica {
+        let _ = std::fs::write(data.join("standby.signal"), "");
+    }
+    let _ = std::fs::create_dir_all(&m.socket_dir);
+    let _ = chown_tree(&data, ids);
+    let _ = chown_tree(Path::new(&m.socket_dir), ids);
+    let log = PathBuf::from(&t.paths.logs).join(format!("{}-check.log", m.name));
+    let (Ok(out), Ok(err)) = (
+        std::fs::File::create(&log),
+        std::fs::File::create(&log).and_then(|f| f.try_clone()),
+    ) else {
+        return (
+            false,
+            format!("{}: failed to create the log file\n", m.name),
+        );
+    };
+    let conf = format!("{}/{}/postgresql.conf", t.paths.config, m.name);
+    let port = free_port();
+    let mut c = Command::new(postgres);
+    c.arg("-D")
+        .arg(&data)
+        .arg("-c")
+        .arg(format!("config_file={conf}"))
+        .args(["-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    if let Some((uid, gid)) = ids {
+        c.uid(uid).gid(gid);
+    }
+    let mut child = match c.spawn() {
+        Ok(ch) => ch,
+        Err(e) => {
             return (
                 false,
-                format!("copying the cluster for {} failed: {out}", m.name),
-            );
+                format!("{}: failed to start postgres: {e}\n", m.name),
+            )
         }
-        if m.role == crate::topology::model::Role::Replica {
-            let _ = std::fs::write(data.join("standby.signal"), "");
-        }
-        let _ = std::fs::create_dir_all(&m.socket_dir);
-        let _ = chown_tree(&data, ids);
-        let _ = chown_tree(Path::new(&m.socket_dir), ids);
-        let log = PathBuf::from(&t.paths.logs).join(format!("{}-check.log", m.name));
-        let (Ok(out), Ok(err)) = (
-            std::fs::File::create(&log),
-            std::fs::File::create(&log).and_then(|f| f.try_clone()),
-        ) else {
-            return (false, "failed to create the log file".into());
-        };
-        let conf = format!("{}/{}/postgresql.conf", t.paths.config, m.name);
-        let port = free_port();
-        let mut c = Command::new(&postgres);
-        c.arg("-D")
-            .arg(&data)
-            .arg("-c")
-            .arg(format!("config_file={conf}"))
-            .args(["-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        as_pg(&mut c);
-        let mut child = match c.spawn() {
-            Ok(ch) => ch,
-            Err(e) => {
-                return (
-                    false,
-                    format!("failed to start postgres for {}: {e}", m.name),
-                )
-            }
-        };
-        let (ok, out) = wait_log(
-            &mut child,
-            &log,
-            &[
-                "ready to accept connections",
-                "ready to accept read-only connections",
-            ],
-            Duration::from_secs(30),
-        );
-        let mut stop = Command::new(&pg_ctl);
-        stop.arg("stop")
-            .arg("-D")
-            .arg(&data)
-            .args(["-m", "immediate", "-w"]);
-        as_pg(&mut stop);
-        let _ = run(&mut stop, Duration::from_secs(20));
-        let _ = child.kill();
-        let _ = child.wait();
-        if ok {
-            report.push_str(&format!("{}: started ({})\n", m.name, m.role_str()));
-        } else {
-            all_ok = false;
-            report.push_str(&format!("{}: {out}\n", m.name));
-        }
+    };
+    let (ok, out) = wait_log(
+        &mut child,
+        &log,
+        &[
+            "ready to accept connections",
+            "ready to accept read-only connections",
+        ],
+        Duration::from_secs(30),
+    );
+    // SIGQUIT is PostgreSQL's immediate shutdown: the postmaster stops its children and exits;
+    // SIGKILL only if it is still there after 10 s.
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::QUIT);
     }
-    (all_ok, report)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    if ok {
+        (true, format!("{}: started ({})\n", m.name, m.role_str()))
+    } else {
+        (false, format!("{}: {out}\n", m.name))
+    }
 }
 
 impl crate::topology::model::PgMember {

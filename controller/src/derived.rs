@@ -70,6 +70,18 @@ pub fn files(
     t: &ValidatedTopology,
     value: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<DerivedFile>, DeriveError> {
+    files_reusing(t, value, &|_| None)
+}
+
+/// The same bytes as `files`, but a web config whose current text (`current(path)`) holds the
+/// bcrypt hash of the same password keeps it instead of computing it again: a bcrypt of cost 10
+/// takes ~50 ms, and every apply (a no-op too) derives the files. The salt is a function of the
+/// password (see `bcrypt_hash`), so an equal salt and cost identify the same password.
+pub fn files_reusing(
+    t: &ValidatedTopology,
+    value: &dyn Fn(&str) -> Option<String>,
+    current: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<DerivedFile>, DeriveError> {
     let get = |file: &str, secret: &str| {
         value(secret).ok_or_else(|| DeriveError::Missing {
             file: name_of(file),
@@ -111,12 +123,16 @@ pub fn files(
     }
     for w in web_auths(t) {
         let pw = get(&w.web_config, &w.password_secret)?;
-        let hash =
-            bcrypt_hash(&t.name, &w.password_secret, &pw).map_err(|detail| DeriveError::Hash {
+        let salt = salt_of(&t.name, &w.password_secret, &pw);
+        let kept = current(&w.web_config).and_then(|text| hash_in(&text, salt));
+        let hash = match kept {
+            Some(h) => h,
+            None => bcrypt_with_salt(&pw, salt).map_err(|detail| DeriveError::Hash {
                 file: name_of(&w.web_config),
                 secret: w.password_secret.clone(),
                 detail,
-            })?;
+            })?,
+        };
         push(
             &w.web_config,
             format!(
@@ -130,8 +146,9 @@ pub fn files(
     Ok(out)
 }
 
-/// bcrypt of `password` with a salt derived from where it is used (see the module header).
-pub fn bcrypt_hash(env: &str, secret: &str, password: &str) -> Result<String, String> {
+/// The bcrypt salt of a web config: derived from where the password is used and from the
+/// password itself (see the module header).
+fn salt_of(env: &str, secret: &str, password: &str) -> [u8; 16] {
     let mut h = Sha256::new();
     for part in ["bssctl web auth", env, secret, password] {
         h.update(part.as_bytes());
@@ -140,9 +157,42 @@ pub fn bcrypt_hash(env: &str, secret: &str, password: &str) -> Result<String, St
     let d = h.finalize();
     let mut salt = [0u8; 16];
     salt.copy_from_slice(&d[..16]);
-    bcrypt::hash_with_salt(password, BCRYPT_COST, salt)
+    salt
+}
+
+/// The bcrypt hash in a web config's `text`, if it was made with `salt` and this cost.
+fn hash_in(text: &str, salt: [u8; 16]) -> Option<String> {
+    let start = text.find("$2b$")?;
+    let hash: String = text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '$'))
+        .collect();
+    let parts: bcrypt::HashParts = hash.parse().ok()?;
+    (parts.get_salt_raw() == salt && parts.get_cost() == BCRYPT_COST).then_some(hash)
+}
+
+/// bcrypt of `password` with a salt derived from where it is used (see the module header).
+pub fn bcrypt_hash(env: &str, secret: &str, password: &str) -> Result<String, String> {
+    bcrypt_with_salt(password, salt_of(env, secret, password))
+}
+
+/// bcrypt, remembered for the life of the process by salt (a function of the password): the
+/// Docker runtime derives the files once per component of an apply, the agent on every pass.
+fn bcrypt_with_salt(password: &str, salt: [u8; 16]) -> Result<String, String> {
+    static DONE: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<[u8; 16], String>>,
+    > = std::sync::OnceLock::new();
+    let done = DONE.get_or_init(Default::default);
+    if let Some(h) = done.lock().ok().and_then(|m| m.get(&salt).cloned()) {
+        return Ok(h);
+    }
+    let h = bcrypt::hash_with_salt(password, BCRYPT_COST, salt)
         .map(|p| p.format_for_version(bcrypt::Version::TwoB))
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    if let Ok(mut m) = done.lock() {
+        m.insert(salt, h.clone());
+    }
+    Ok(h)
 }
 
 #[cfg(test)]
@@ -161,5 +211,21 @@ mod tests {
             a,
             super::bcrypt_hash("env2", "alertmanager-web-password", "pw").unwrap()
         );
+    }
+
+    #[test]
+    fn a_web_config_keeps_its_hash_only_for_the_same_password() {
+        let h = super::bcrypt_hash("env", "alertmanager-web-password", "pw").unwrap();
+        let text = format!("# header\nbasic_auth_users:\n  admin: \"{h}\"\n");
+        let salt = |pw: &str| super::salt_of("env", "alertmanager-web-password", pw);
+        assert_eq!(super::hash_in(&text, salt("pw")), Some(h.clone()));
+        // A rotated password has another salt: the hash is computed again.
+        assert_eq!(super::hash_in(&text, salt("rotated")), None);
+        // Another cost (an older file) is not taken either.
+        let other_cost = bcrypt::hash_with_salt("pw", 4, salt("pw"))
+            .unwrap()
+            .format_for_version(bcrypt::Version::TwoB);
+        assert_eq!(super::hash_in(&other_cost, salt("pw")), None);
+        assert_eq!(super::hash_in("basic_auth_users: {}\n", salt("pw")), None);
     }
 }

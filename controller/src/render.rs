@@ -68,6 +68,25 @@ impl Kind {
             Kind::Alertmanager => 9,
         }
     }
+
+    /// Stop step of a teardown, highest first; the components of one step stop together.
+    /// Nothing needs the observers (Prometheus, Alertmanager, exporters) or the front door (Envoy)
+    /// to shut down cleanly; the backend and the stream processors need their broker and database
+    /// (offsets, outbox); the brokers their store; HAProxy and the store go before the data.
+    pub fn stop_step(self) -> u8 {
+        match self {
+            Kind::Postgres => 0,
+            Kind::Redis | Kind::KafkaStore => 1,
+            Kind::Kafka | Kind::Haproxy => 2,
+            Kind::Backend | Kind::StreamProcessor => 3,
+            Kind::Envoy
+            | Kind::NodeExporter
+            | Kind::PostgresExporter
+            | Kind::RedisExporter
+            | Kind::Prometheus
+            | Kind::Alertmanager => 4,
+        }
+    }
 }
 
 /// How to start a component: program, arguments and environment. Secret values are never here:

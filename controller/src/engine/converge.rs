@@ -520,6 +520,7 @@ impl Env<'_> {
         let s = Instant::now();
         self.ev(&m.name, "streaming", "start", Duration::ZERO, "");
         let mut last = String::new();
+        let mut pace = health::Pace::default();
         while s.elapsed() < Duration::from_secs(30) {
             match self.pg(&primary, PgOp::Replication) {
                 Ok(PgReply::Replication(rows)) => {
@@ -540,7 +541,7 @@ impl Env<'_> {
                 Ok(_) => {}
                 Err(e) => last = e.to_string(),
             }
-            std::thread::sleep(Duration::from_millis(100));
+            pace.sleep();
         }
         self.ev(&m.name, "streaming", "fail", s.elapsed(), last.clone());
         Err(RuntimeError::step(
@@ -623,6 +624,7 @@ impl Env<'_> {
                 let before = worker(self);
                 self.rt.signal(name, Signal::Usr2)?;
                 let start = Instant::now();
+                let mut pace = health::Pace::default();
                 loop {
                     let now = worker(self);
                     if now.is_some() && now != before {
@@ -638,7 +640,7 @@ impl Env<'_> {
                             self.rt.logs(name, 10)
                         )));
                     }
-                    std::thread::sleep(Duration::from_millis(50));
+                    pace.sleep();
                 }
             }
             Kind::Prometheus | Kind::Alertmanager => {
@@ -669,8 +671,9 @@ impl Env<'_> {
                 let (_, before) = read(self)?;
                 self.rt.signal(name, Signal::Hup)?;
                 let start = Instant::now();
+                let mut pace = health::Pace::default();
                 loop {
-                    std::thread::sleep(Duration::from_millis(100));
+                    pace.sleep();
                     match read(self) {
                         Ok((Some(ok), _)) if ok != 1.0 => {
                             return Err(StepError::Refused(format!(
@@ -702,7 +705,11 @@ impl Env<'_> {
                         restarts: running.restarts,
                     },
                 )?;
+                // Done when the admin answers from the new epoch (the old one hands its admin
+                // over when the new one starts) and that epoch is LIVE: its listeners are then
+                // the inherited sockets, and the old epoch only drains its open connections.
                 let start = Instant::now();
+                let mut pace = health::Pace::default();
                 loop {
                     if !self.rt.instance_alive(&new) {
                         return Err(StepError::Refused(format!(
@@ -710,23 +717,34 @@ impl Env<'_> {
                             self.rt.logs(name, 15)
                         )));
                     }
-                    let live = health::health(t, self.rt, self.cl, name, Kind::Envoy).is_ok();
-                    if live && !self.rt.instance_alive(running) {
-                        return Ok(format!("hot restart to epoch {epoch}, {}", describe(&new)));
-                    }
-                    if live && start.elapsed() > Duration::from_secs(1) {
-                        // The old epoch drains in the background (parent-shutdown-time).
+                    let stats = self
+                        .rt
+                        .exec(name, &Task::EnvoyAdmin("/stats/prometheus".into()))
+                        .unwrap_or_default();
+                    // Envoy writes a metric without tags as `name{} value`.
+                    let gauge = |n: &str| {
+                        probe::metric_value(&stats, &format!("{n}{{}}"))
+                            .or_else(|| probe::metric_value(&stats, n))
+                    };
+                    let serving = gauge("envoy_server_hot_restart_epoch") == Some(f64::from(epoch))
+                        && gauge("envoy_server_state") == Some(0.0);
+                    if serving {
+                        let old = if self.rt.instance_alive(running) {
+                            " (old epoch draining)"
+                        } else {
+                            ""
+                        };
                         return Ok(format!(
-                            "hot restart to epoch {epoch}, {} (old epoch draining)",
+                            "hot restart to epoch {epoch}, {}{old}",
                             describe(&new)
                         ));
                     }
                     if start.elapsed() > Duration::from_secs(20) {
-                        return Err(StepError::Refused(
-                            "the new envoy did not become LIVE in 20s".into(),
-                        ));
+                        return Err(StepError::Refused(format!(
+                            "the new envoy (epoch {epoch}) was not LIVE within 20s"
+                        )));
                     }
-                    std::thread::sleep(Duration::from_millis(50));
+                    pace.sleep();
                 }
             }
             _ => Err(StepError::Refused(format!("{:?} cannot reload", c.kind))),

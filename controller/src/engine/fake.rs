@@ -161,10 +161,17 @@ impl Runtime for FakeRuntime {
     fn exec(&mut self, name: &str, task: &Task) -> Result<String, RuntimeError> {
         let mut w = w(&self.0);
         // A probe (like `http`), not an action: not logged.
-        if let Task::EnvoyAdmin(_) = task {
-            let running = w.comps.get(name).is_some_and(|c| c.running);
-            return if running && !w.unhealthy.contains(name) {
-                Ok("LIVE".into())
+        if let Task::EnvoyAdmin(path) = task {
+            let comp = w.comps.get(name).filter(|c| c.running);
+            return if let (Some(c), false) = (comp, w.unhealthy.contains(name)) {
+                Ok(if path.starts_with("/stats") {
+                    format!(
+                        "envoy_server_hot_restart_epoch{{}} {}\nenvoy_server_state{{}} 0\n",
+                        c.epoch
+                    )
+                } else {
+                    "LIVE".into()
+                })
             } else {
                 Err(RuntimeError::step(name, "admin", "connection refused"))
             };

@@ -307,6 +307,25 @@ pub fn health(
 }
 
 /// Probes until healthy or `timeout`; fails at once when the started instance exits.
+/// The pace of a wait for something that usually happens within a few tens of milliseconds (a
+/// process binding its port, a reload taking effect): 10 ms first, doubling up to 100 ms, so a
+/// fast component is seen ready almost at once and a slow one costs no more probes than a fixed
+/// 100 ms poll.
+pub struct Pace(Duration);
+
+impl Default for Pace {
+    fn default() -> Self {
+        Pace(Duration::from_millis(10))
+    }
+}
+
+impl Pace {
+    pub fn sleep(&mut self) {
+        std::thread::sleep(self.0);
+        self.0 = (self.0 * 2).min(Duration::from_millis(100));
+    }
+}
+
 pub fn wait_healthy(
     t: &ValidatedTopology,
     rt: &mut dyn Runtime,
@@ -318,6 +337,7 @@ pub fn wait_healthy(
 ) -> Result<String, Unhealthy> {
     let start = Instant::now();
     let mut last = String::from("no answer yet");
+    let mut pace = Pace::default();
     while start.elapsed() < timeout {
         if let Some(o) = started {
             if !rt.instance_alive(o) {
@@ -330,7 +350,7 @@ pub fn wait_healthy(
             Ok(d) => return Ok(d),
             Err(e) => last = e.to_string(),
         }
-        std::thread::sleep(Duration::from_millis(100));
+        pace.sleep();
     }
     Err(Unhealthy::TimedOut {
         secs: timeout.as_secs(),

@@ -144,16 +144,29 @@ pub fn zombie(pid: u32) -> bool {
     matches!(stat(pid), Some(('Z', _, _)))
 }
 
-/// Sends a signal with kill(1): std has no safe signal API and unsafe code is forbidden here.
+/// The signal of a name as kill(1) spells it (`TERM`, `KILL`, `HUP`, ...).
+fn signal_of(name: &str) -> Option<rustix::process::Signal> {
+    use rustix::process::Signal as S;
+    Some(match name {
+        "TERM" => S::TERM,
+        "KILL" => S::KILL,
+        "INT" => S::INT,
+        "QUIT" => S::QUIT,
+        "HUP" => S::HUP,
+        "USR1" => S::USR1,
+        "USR2" => S::USR2,
+        "STOP" => S::STOP,
+        "CONT" => S::CONT,
+        _ => return None,
+    })
+}
+
+/// Sends a signal to one process (kill(2) through rustix: no kill(1) spawned per signal).
 pub fn signal(pid: u32, sig: &str) -> bool {
-    Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    let (Some(p), Some(s)) = (rustix::process::Pid::from_raw(pid as i32), signal_of(sig)) else {
+        return false;
+    };
+    rustix::process::kill_process(p, s).is_ok()
 }
 
 /// Signals a whole process group (never the caller's own). SIGKILL reaches every process that
@@ -170,15 +183,10 @@ pub fn signal_group(pgid: u32, sig: &str) -> bool {
             wait_cgroup_empty(&leaf, Duration::from_secs(2));
         }
     }
-    let ok = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg("--")
-        .arg(format!("-{pgid}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+    let ok = match (rustix::process::Pid::from_raw(pgid as i32), signal_of(sig)) {
+        (Some(g), Some(s)) => rustix::process::kill_process_group(g, s).is_ok(),
+        _ => false,
+    };
     ok || done
 }
 
@@ -374,8 +382,10 @@ pub fn stop_group(pid: u32, grace: Duration) {
         }
         signal(pid, "TERM");
         let start = Instant::now();
+        let mut pause = Duration::from_millis(5);
         while !gone(pid) && start.elapsed() < grace {
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
         }
     }
     if !gone(pid) {
@@ -695,14 +705,9 @@ fn signal_all(pids: &[u32], sig: &str) -> bool {
     if pids.is_empty() {
         return true;
     }
-    Command::new("kill")
-        .arg(format!("-{sig}"))
-        .args(pids.iter().map(|p| p.to_string()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    // Like kill(1) with several pids: every one is signalled; true when each was delivered.
+    let delivered = pids.iter().filter(|p| signal(**p, sig)).count();
+    delivered == pids.len()
 }
 
 fn wait_cgroup_empty(dir: &Path, timeout: Duration) -> Vec<u32> {
