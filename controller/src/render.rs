@@ -70,16 +70,18 @@ impl Kind {
     }
 
     /// Stop step of a teardown, highest first; the components of one step stop together.
-    /// Nothing needs the observers (Prometheus, Alertmanager, exporters) or the front door (Envoy)
-    /// to shut down cleanly; the backend and the stream processors need their broker and database
-    /// (offsets, outbox); the brokers their store; HAProxy and the store go before the data.
+    /// Nothing needs the observers (Prometheus, Alertmanager, exporters), the front door (Envoy)
+    /// or the stream processors to shut down cleanly; the processors need their broker and
+    /// database while they commit (so they go before those), the backend goes after the front
+    /// door that sends it requests; the brokers before their store, HAProxy before the data.
     pub fn stop_step(self) -> u8 {
         match self {
             Kind::Postgres => 0,
             Kind::Redis | Kind::KafkaStore => 1,
             Kind::Kafka | Kind::Haproxy => 2,
-            Kind::Backend | Kind::StreamProcessor => 3,
-            Kind::Envoy
+            Kind::Backend => 3,
+            Kind::StreamProcessor
+            | Kind::Envoy
             | Kind::NodeExporter
             | Kind::PostgresExporter
             | Kind::RedisExporter

@@ -692,6 +692,22 @@ impl Local {
             }
             process::signal(r.pid, "TERM");
         }
+        if kind == Kind::Envoy {
+            // A previous epoch still draining after a hot restart stops with it.
+            for pid in self.envoy_epochs() {
+                process::signal(pid, "TERM");
+            }
+        }
+    }
+
+    /// Every Envoy process of the environment (each epoch of a hot restart).
+    fn envoy_epochs(&self) -> Vec<u32> {
+        let t = &self.t;
+        let conf = format!("{}/envoy/envoy.yaml", t.paths.config);
+        process::processes_of(&t.paths.root)
+            .into_iter()
+            .filter(|pid| process::cmdline(*pid).contains(&conf))
+            .collect()
     }
 
     fn stop_local(&mut self, name: &str, kind: Kind, mode: StopMode) {
@@ -753,10 +769,8 @@ impl Local {
         }
         if kind == Kind::Envoy {
             // A hot restart leaves the previous epoch draining; make sure none survives.
-            for pid in process::processes_of(&t.paths.root) {
-                if process::cmdline(pid).contains(&format!("{}/envoy/envoy.yaml", t.paths.config)) {
-                    process::stop_group(pid, Duration::from_secs(5));
-                }
+            for pid in self.envoy_epochs() {
+                process::stop_group(pid, Duration::from_secs(5));
             }
         }
     }
