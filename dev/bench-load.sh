@@ -81,7 +81,9 @@ cfg="$root/config/backend/backend.yaml"
 export PGPASSWORD; PGPASSWORD=$(cat "$root/secrets/postgres-app-password")
 PGW=(-h 127.0.0.1 -p $((5436 + OFF)) -U bss_app -d bss)
 direct="http://$(sed -n 's/^listen: *//p' "$cfg")"
-envoy="http://127.0.0.1:$((15006 + OFF))"
+# Envoy's ingress port as rendered (whether bssctl shifts explicit listener ports changed once:
+# the bench then measured a closed port and reported "loadgen failed").
+envoy="http://127.0.0.1:$(python3 -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"])' "$root/config/envoy/envoy.yaml")"
 for _ in $(seq 1 120); do curl -fs "$direct/health/ready" >/dev/null 2>&1 && curl -fs "$envoy/health" >/dev/null 2>&1 && break; sleep 0.5; done
 curl -fs "$direct/health/ready" >/dev/null || { echo "backend not ready at $direct" >&2; tail -20 "$root/logs/"*backend* >&2 || true; exit 1; }
 echo "stack: root topology, portOffset $OFF, $(nproc) cores; load of other agents on this machine: $(cut -d' ' -f1-3 /proc/loadavg)"
