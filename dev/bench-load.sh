@@ -17,7 +17,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 STEP_S=${STEP_S:-10}
 WARM_S=${WARM_S:-3}
-OFF=${OFF:-23000}
+# Every port of the copy is shifted by OFF; 13000 keeps the highest (Envoy's 15006 + OFF) below
+# the ephemeral range (32768-60999), where a client socket in TIME-WAIT fails bssctl's preflight.
+OFF=${OFF:-13000}
 RAW_RATES=${RAW_RATES:-"3000 5000 7000 9000 11000"}
 SHAPE_RATES=${SHAPE_RATES:-"1000 1500 2000 2500 3000 3500"}
 API_RATES=${API_RATES:-"800 1000 1250 1500 1750 2000 2500"}
@@ -47,7 +49,8 @@ t = yaml.safe_load(open("topology.yaml"))
 t["metadata"]["name"] = "benchload"
 t["spec"]["runtime"].update({"portOffset": off, "stateDir": state})
 sp = t["spec"]
-# Explicit ports are not shifted by portOffset: drop them so the defaults (shifted) apply.
+# bssctl shifts explicit ports by portOffset like the defaults; the explicit ones are dropped
+# anyway so the copy uses the defaults (shifted).
 for sec, keys in {"postgres": ["port"], "haproxy": ["writePort", "readPort"], "redis": ["port"],
                   "backend": ["port"], "envoy": ["adminPort"],
                   "prometheus": ["port"], "alertmanager": ["port"]}.items():
@@ -56,15 +59,9 @@ for sec, keys in {"postgres": ["port"], "haproxy": ["writePort", "readPort"], "r
 sp.get("haproxy", {}).get("stats", {}).pop("port", None)
 for e in (sp.get("exporters") or {}).values():
     if isinstance(e, dict): e.pop("port", None)
-# The brokers' default port (9092..) would meet Alertmanager's 9093: keep the topology's own
-# broker port, shifted like the rest.
-if "kafka" in sp and "port" in sp["kafka"]:
-    sp["kafka"]["port"] += off
-if isinstance(sp.get("kafka", {}).get("store"), dict) and "port" in sp["kafka"]["store"]:
-    sp["kafka"]["store"]["port"] += off
-# Explicit listener ports are not shifted either: put them where the offset would.
-for l in sp["envoy"].get("listeners", []):
-    l["port"] = l.get("port", 15006) + off
+# The brokers keep the topology's own port (the default 9092.. would meet Alertmanager's 9093)
+# and Envoy its listener ports: bssctl shifts them (adding the offset here too shifted them twice,
+# into the ephemeral range).
 env = t["spec"]["envoy"]
 env["rateLimit"] = {"enabled": False}
 env["circuitBreakers"] = {"maxConnections": 4096, "maxPendingRequests": 4096, "maxRequests": 4096, "maxRetries": 3}
