@@ -239,6 +239,17 @@ if [[ " $PHASES " == *" b "* ]]; then
   echo "  over the (b) steps:"; cpu_split "$work/cpu-a.json" "$work/cpu-b.json"
 fi
 
+# Before each loadgen step the previous step's backlog is let drain (the outbox relay, at most
+# 30 s), so a step that failed does not leave its catching-up work to the next one.
+drain() {
+  local n
+  for _ in $(seq 1 60); do
+    n=$(psql "${PGW[@]}" -qAt -c "SELECT count(*) FROM outbox WHERE sent_at IS NULL" 2>/dev/null || echo 1)
+    [ "$n" = 0 ] && return 0
+    sleep 0.5
+  done
+  echo "  (outbox still holds $n unsent rows after 30 s)" >&2
+}
 # One loadgen step: prints "achieved writes/s ok|FAIL p99 errors".
 lg_step() { # url rate
   local j
@@ -259,6 +270,7 @@ knee_api=0; knee_api_w=0; knee_envoy=0; knee_envoy_w=0
 if [[ " $PHASES " == *" c "* ]]; then
   echo "(c) loadgen straight at the backend"
   for r in $API_RATES; do
+    drain; sleep 2  # and the processors' and replicas' catching up, which the outbox does not show
     cpu_snap "$work/cpu-a.json"
     line=$(lg_step "$direct" "$r")
     cpu_snap "$work/cpu-b.json"
@@ -272,6 +284,7 @@ fi
 if [[ " $PHASES " == *" d "* ]]; then
   echo "(d) loadgen through Envoy"
   for r in $API_RATES; do
+    drain; sleep 2  # and the processors' and replicas' catching up, which the outbox does not show
     cpu_snap "$work/cpu-a.json"
     line=$(lg_step "$envoy" "$r")
     cpu_snap "$work/cpu-b.json"
