@@ -17,7 +17,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 STEP_S=${STEP_S:-10}
 WARM_S=${WARM_S:-3}
-OFF=${OFF:-23000}
+# Every port of the copy is shifted by OFF; 13000 keeps the highest (Envoy's 15006 + OFF) below
+# the ephemeral range (32768-60999), where a client socket in TIME-WAIT fails bssctl's preflight.
+OFF=${OFF:-13000}
 RAW_RATES=${RAW_RATES:-"3000 5000 7000 9000 11000"}
 SHAPE_RATES=${SHAPE_RATES:-"1000 1500 2000 2500 3000 3500"}
 API_RATES=${API_RATES:-"800 1000 1250 1500 1750 2000 2500"}
@@ -47,7 +49,8 @@ t = yaml.safe_load(open("topology.yaml"))
 t["metadata"]["name"] = "benchload"
 t["spec"]["runtime"].update({"portOffset": off, "stateDir": state})
 sp = t["spec"]
-# Explicit ports are not shifted by portOffset: drop them so the defaults (shifted) apply.
+# bssctl shifts explicit ports by portOffset like the defaults; the explicit ones are dropped
+# anyway so the copy uses the defaults (shifted).
 for sec, keys in {"postgres": ["port"], "haproxy": ["writePort", "readPort"], "redis": ["port"],
                   "backend": ["port"], "envoy": ["adminPort"],
                   "prometheus": ["port"], "alertmanager": ["port"]}.items():
@@ -56,53 +59,94 @@ for sec, keys in {"postgres": ["port"], "haproxy": ["writePort", "readPort"], "r
 sp.get("haproxy", {}).get("stats", {}).pop("port", None)
 for e in (sp.get("exporters") or {}).values():
     if isinstance(e, dict): e.pop("port", None)
-# The brokers' default port (9092..) would meet Alertmanager's 9093: keep the topology's own
-# broker port, shifted like the rest.
-if "kafka" in sp and "port" in sp["kafka"]:
-    sp["kafka"]["port"] += off
-if isinstance(sp.get("kafka", {}).get("store"), dict) and "port" in sp["kafka"]["store"]:
-    sp["kafka"]["store"]["port"] += off
-# Explicit listener ports are not shifted either: put them where the offset would.
-for l in sp["envoy"].get("listeners", []):
-    l["port"] = l.get("port", 15006) + off
+# The brokers keep the topology's own port (the default 9092.. would meet Alertmanager's 9093)
+# and Envoy its listener ports: bssctl shifts them (adding the offset here too shifted them twice,
+# into the ephemeral range).
 env = t["spec"]["envoy"]
 env["rateLimit"] = {"enabled": False}
 env["circuitBreakers"] = {"maxConnections": 4096, "maxPendingRequests": 4096, "maxRequests": 4096, "maxRetries": 3}
 yaml.safe_dump(t, open(out, "w"), sort_keys=False)
 PY
-"$B" apply "$topo" >"$work/apply.log" 2>&1 || { cat "$work/apply.log"; exit 1; }
+# The stack's processes must not inherit this script's open files: `flock /work/stack.lock`
+# passes its locked descriptor down, and a component holding it would keep the lock after the
+# script (and the `destroy` that needs the lock would wait for it forever).
+close_inherited() { local fd; for fd in $(ls /proc/$BASHPID/fd); do [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done; return 0; }
+( close_inherited; exec "$B" apply "$topo" ) >"$work/apply.log" 2>&1 || { cat "$work/apply.log"; exit 1; }
 root="$work/state/benchload"
 key=$(cat "$root/secrets/backend-api-key")
 cfg="$root/config/backend/backend.yaml"
 export PGPASSWORD; PGPASSWORD=$(cat "$root/secrets/postgres-app-password")
 PGW=(-h 127.0.0.1 -p $((5436 + OFF)) -U bss_app -d bss)
 direct="http://$(sed -n 's/^listen: *//p' "$cfg")"
-envoy="http://127.0.0.1:$((15006 + OFF))"
+# Envoy's ingress port as rendered (whether bssctl shifts explicit listener ports changed once:
+# the bench then measured a closed port and reported "loadgen failed").
+envoy="http://127.0.0.1:$(python3 -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"])' "$root/config/envoy/envoy.yaml")"
 for _ in $(seq 1 120); do curl -fs "$direct/health/ready" >/dev/null 2>&1 && curl -fs "$envoy/health" >/dev/null 2>&1 && break; sleep 0.5; done
 curl -fs "$direct/health/ready" >/dev/null || { echo "backend not ready at $direct" >&2; tail -20 "$root/logs/"*backend* >&2 || true; exit 1; }
 echo "stack: root topology, portOffset $OFF, $(nproc) cores; load of other agents on this machine: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-# CPU per component: user+system ticks of every process, grouped by process group (each
-# component runs in its own group) and named from `bssctl status`.
-"$B" status "$topo" -o json >"$work/status.json" 2>/dev/null || true
-cpu_snap() { python3 - "$work/status.json" "$1" <<'PY'
+# CPU per component: user+system ticks of every process, named from its command line. The
+# clients (loadgen, pgbench) exit between two snapshots, so they are run under client_cpu, which
+# appends their user+system ticks (getrusage of the child) to $work/client-cpu when they exit.
+client_cpu() { # label cmd...
+  local label=$1; shift
+  set -- "$label" "$work/client-cpu" "$@"
+  python3 -c 'import os, resource, subprocess, sys
+r = subprocess.run(sys.argv[3:]).returncode
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+t = round((u.ru_utime + u.ru_stime) * os.sysconf(os.sysconf_names["SC_CLK_TCK"]))
+open(sys.argv[2], "a").write(sys.argv[1] + " " + str(t) + "\n")
+sys.exit(r)' "$@"
+}
+cpu_snap() { python3 - "$1" "$work/client-cpu" <<'PY'
 import json, os, sys
-st = json.load(open(sys.argv[1])) if os.path.getsize(sys.argv[1]) else {"components": []}
-names = {c["pid"]: c["name"] for c in st.get("components", []) if c.get("pid")}
+# Components named from each process's command line (bssctl status gives no pids to a bssctl
+# other than the one built beside this script, and a cmdline names a process in any case).
+def name(comm, cmd):
+    a = cmd.split("\0")
+    exe = os.path.basename(a[0]) if a else comm
+    if comm == "postgres" or exe == "postgres" or cmd.startswith("postgres:"):
+        # children: "postgres: postgres-N: ..."; the postmaster: "-D .../data/postgres-N"
+        for part in cmd.replace("\0", " ").split():
+            part = part.rstrip(":").rsplit("/", 1)[-1]
+            if part.startswith("postgres-") and part[9:].isdigit():
+                return "postgres primary" if part == "postgres-0" else "postgres replicas"
+        return "postgres primary"
+    if exe == "bss-backend" or comm.startswith("bss-backend"):
+        if "loadgen" in a: return "loadgen"
+        if "stream" in a: return "stream processors"
+        return "backend"
+    if exe == "bssctl" or comm == "bssctl":
+        return "kafka-store" if "kafka-store" in a else "bssctl agent"
+    for k in ("haproxy", "envoy", "redis-server", "tansu", "pgbench"):
+        if comm.startswith(k[:15]) or exe.startswith(k):
+            return k.replace("redis-server", "redis")
+    if "prometheus" in exe or "alertmanager" in exe or "exporter" in exe:
+        return "monitoring"
+    return "other"
 ticks = {}
 for p in os.listdir("/proc"):
     if not p.isdigit(): continue
     try:
         s = open(f"/proc/{p}/stat").read()
+        cmd = open(f"/proc/{p}/cmdline").read()
     except OSError:
         continue
     rest = s[s.rindex(")") + 2:].split()
-    pgid, ut, stt = int(rest[2]), int(rest[11]), int(rest[12])
+    ut, stt = int(rest[11]), int(rest[12])
     comm = s[s.index("(") + 1:s.rindex(")")]
-    name = names.get(pgid) or ("loadgen" if comm.startswith("bss-backend") and "loadgen" in open(f"/proc/{p}/cmdline").read() else ("pgbench" if comm == "pgbench" else "other"))
-    ticks[name] = ticks.get(name, 0) + ut + stt
+    n = name(comm, cmd)
+    if n in ("loadgen", "pgbench"):
+        continue  # counted when they exit (client_cpu), not while running
+    ticks[n] = ticks.get(n, 0) + ut + stt
+try:
+    for line in open(sys.argv[2]):
+        k, v = line.split()
+        ticks[k] = ticks.get(k, 0) + int(v)
+except OSError:
+    pass
 total = sum(int(x) for x in open("/proc/stat").readline().split()[1:8])
-json.dump({"ticks": ticks, "total": total}, open(sys.argv[2], "w"))
+json.dump({"ticks": ticks, "total": total}, open(sys.argv[1], "w"))
 PY
 }
 cpu_split() { python3 - "$1" "$2" <<'PY'
@@ -113,8 +157,7 @@ busy = sum(v for v in d.values() if v > 0) or 1
 wall = b["total"] - a["total"] or 1
 groups = {}
 for k, v in d.items():
-    g = "postgres" if k.startswith("postgres") else ("stream processors" if k in ("customer-analytics", "order-processor") else k)
-    groups[g] = groups.get(g, 0) + max(v, 0)
+    groups[k] = groups.get(k, 0) + max(v, 0)
 print("  CPU split (share of busy CPU): " + ", ".join(f"{k} {100*v/busy:.1f} %" for k, v in sorted(groups.items(), key=lambda x: -x[1]) if v > 0))
 print(f"  machine busy: {100*busy/wall:.0f} % of {__import__('os').cpu_count()} cores")
 PY
@@ -155,7 +198,7 @@ pgb_step() { # rate scripts...
   local rate=$1; shift
   # bss.origin=api: the backend's sessions carry it, so the triggers send no pg_notify for them
   # (migration 0002); pgbench must run the same statements the same way.
-  PGOPTIONS="-c bss.origin=api" pgbench "${PGW[@]}" -n -c 16 -j 2 -R "$rate" -T "$STEP_S" -L 100 \
+  PGOPTIONS="-c bss.origin=api" client_cpu pgbench pgbench "${PGW[@]}" -n -c 16 -j 2 -R "$rate" -T "$STEP_S" -L 100 \
     -D ncust="$ncust" -D nprod="$nprod" -D nord="$nord" -D nclients=16 "$@" >"$work/pgbench.out" 2>&1 || true
   python3 - "$work/pgbench.out" <<'PY'
 import re, sys
@@ -196,14 +239,27 @@ if [[ " $PHASES " == *" b "* ]]; then
   echo "  over the (b) steps:"; cpu_split "$work/cpu-a.json" "$work/cpu-b.json"
 fi
 
+# Before each loadgen step the previous step's backlog is let drain (the outbox relay, at most
+# 30 s), so a step that failed does not leave its catching-up work to the next one.
+drain() {
+  local n
+  for _ in $(seq 1 60); do
+    n=$(psql "${PGW[@]}" -qAt -c "SELECT count(*) FROM outbox WHERE sent_at IS NULL" 2>/dev/null || echo 1)
+    [ "$n" = 0 ] && return 0
+    sleep 0.5
+  done
+  echo "  (outbox still holds $n unsent rows after 30 s)" >&2
+}
 # One loadgen step: prints "achieved writes/s ok|FAIL p99 errors".
 lg_step() { # url rate
   local j
-  j=$("$BE" loadgen --config "$cfg" --target "$1" --api-key "$key" --rate "$2" --duration "$STEP_S" --warmup "$WARM_S" --json 2>/dev/null || echo '{}')
-  python3 - "$j" <<'PY'
+  j=$(client_cpu loadgen "$BE" loadgen --config "$cfg" --target "$1" --api-key "$key" --rate "$2" --duration "$STEP_S" --warmup "$WARM_S" --json 2>"$work/loadgen.err" || echo '{}')
+  python3 - "$j" "$work/loadgen.err" <<'PY'
 import json, sys
 d = json.loads(sys.argv[1] or "{}")
-if not d: print("0 0 FAIL loadgen failed"); sys.exit()
+if not d:
+    err = open(sys.argv[2], errors="replace").read().strip().splitlines()
+    print("0 0 FAIL loadgen failed: " + (err[-1][:300] if err else "no output")); sys.exit()
 l = d["latency_ms"]
 ok = d["errors"] == 0 and l["p99"] < 100
 print(f'{d["achieved_rate"]:.0f} {d["writes_per_second"]:.0f} {"ok" if ok else "FAIL"} p50 {l["p50"]:.1f} p99 {l["p99"]:.1f} max {l["max"]:.0f} ms errors {d["errors"]} {d["errors_by_kind"] if d["errors"] else ""}')
@@ -214,6 +270,7 @@ knee_api=0; knee_api_w=0; knee_envoy=0; knee_envoy_w=0
 if [[ " $PHASES " == *" c "* ]]; then
   echo "(c) loadgen straight at the backend"
   for r in $API_RATES; do
+    drain; sleep 2  # and the processors' and replicas' catching up, which the outbox does not show
     cpu_snap "$work/cpu-a.json"
     line=$(lg_step "$direct" "$r")
     cpu_snap "$work/cpu-b.json"
@@ -227,6 +284,7 @@ fi
 if [[ " $PHASES " == *" d "* ]]; then
   echo "(d) loadgen through Envoy"
   for r in $API_RATES; do
+    drain; sleep 2  # and the processors' and replicas' catching up, which the outbox does not show
     cpu_snap "$work/cpu-a.json"
     line=$(lg_step "$envoy" "$r")
     cpu_snap "$work/cpu-b.json"

@@ -125,6 +125,9 @@ pub async fn list<E: Entity>(pool: &PgPool, q: &ListQuery) -> ApiResult<Page<E>>
     }
     let total_items = match total {
         Some(t) => t,
+        // An empty first page: nothing matches (a customer without orders yet, the common case
+        // of a customer's lists), no count query needed.
+        None if q.page == 0 => 0,
         None => {
             let mut qb =
                 QueryBuilder::<Postgres>::new(format!("SELECT count(*) FROM {} t", E::PLURAL));

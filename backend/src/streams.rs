@@ -332,7 +332,9 @@ async fn customer_analytics(
     let Some(customer) = customer else {
         return Ok(None);
     };
-    if fresh {
+    const COLUMNS: &str = "status, orders_total, orders_completed, orders_cancelled, order_value, \
+                           events_seen, aggregate_version";
+    let row: Option<CustomerRow> = if fresh {
         let (mut total, mut completed, mut cancelled) = (0i64, 0i64, 0i64);
         let mut value = Decimal::ZERO;
         let mut status: Option<String> = None;
@@ -348,7 +350,8 @@ async fn customer_analytics(
             ("order", "cancelled") => cancelled = 1,
             _ => {}
         }
-        sqlx::query(
+        // One round trip per event: the upsert returns the new aggregate.
+        sqlx::query_as(&format!(
             "INSERT INTO analytics_customers AS a (customer_id, status, orders_total, orders_completed, \
              orders_cancelled, order_value, events_seen, aggregate_version) VALUES ($1,$2,$3,$4,$5,$6,1,1) \
              ON CONFLICT (customer_id) DO UPDATE SET status = COALESCE(EXCLUDED.status, a.status), \
@@ -356,24 +359,24 @@ async fn customer_analytics(
              orders_completed = a.orders_completed + EXCLUDED.orders_completed, \
              orders_cancelled = a.orders_cancelled + EXCLUDED.orders_cancelled, \
              order_value = a.order_value + EXCLUDED.order_value, events_seen = a.events_seen + 1, \
-             aggregate_version = a.aggregate_version + 1, updated_at = now()",
-        )
+             aggregate_version = a.aggregate_version + 1, updated_at = now() RETURNING {COLUMNS}"
+        ))
         .bind(customer)
         .bind(status)
         .bind(total)
         .bind(completed)
         .bind(cancelled)
         .bind(value)
-        .execute(&mut *tx)
-        .await?;
-    }
-    let row: Option<CustomerRow> = sqlx::query_as(
-        "SELECT status, orders_total, orders_completed, orders_cancelled, order_value, events_seen, aggregate_version \
-         FROM analytics_customers WHERE customer_id = $1",
-    )
-    .bind(customer)
-    .fetch_optional(&mut *tx)
-    .await?;
+        .fetch_optional(&mut *tx)
+        .await?
+    } else {
+        sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM analytics_customers WHERE customer_id = $1"
+        ))
+        .bind(customer)
+        .fetch_optional(&mut *tx)
+        .await?
+    };
     Ok(row.map(|(status, total, completed, cancelled, value, seen, version)| {
         (
             customer,
@@ -407,64 +410,40 @@ async fn order_processor(
     let total = data_str(ev, "totalAmount")
         .and_then(|s| Decimal::from_str(s).ok())
         .unwrap_or(Decimal::ZERO);
-    if fresh {
-        let cur: Option<(String, DateTime<Utc>, sqlx::types::Json<Value>)> = sqlx::query_as(
-            "SELECT status, status_since, status_durations FROM analytics_orders WHERE order_id = $1 FOR UPDATE",
-        )
+    const COLUMNS: &str = "customer_id, status, status_since, status_durations, item_count, \
+                           total_amount, transitions, aggregate_version";
+    let row: Option<OrderRow> = if fresh {
+        // One round trip per event. On a status change the time spent in the previous status
+        // (whole milliseconds, never negative) is added to its duration, in the statement.
+        sqlx::query_as(&format!(
+            "INSERT INTO analytics_orders AS a (order_id, customer_id, status, status_since, item_count, \
+             total_amount, transitions, aggregate_version) VALUES ($1,$2,$3,$4,$5,$6,0,1) \
+             ON CONFLICT (order_id) DO UPDATE SET status = EXCLUDED.status, \
+             status_since = CASE WHEN a.status <> EXCLUDED.status THEN EXCLUDED.status_since ELSE a.status_since END, \
+             status_durations = CASE WHEN a.status <> EXCLUDED.status THEN a.status_durations || \
+               jsonb_build_object(a.status, COALESCE((a.status_durations ->> a.status)::bigint, 0) + \
+               GREATEST(0, trunc(extract(epoch FROM EXCLUDED.status_since - a.status_since) * 1000)::bigint)) \
+               ELSE a.status_durations END, \
+             item_count = EXCLUDED.item_count, total_amount = EXCLUDED.total_amount, \
+             transitions = a.transitions + CASE WHEN a.status <> EXCLUDED.status THEN 1 ELSE 0 END, \
+             aggregate_version = a.aggregate_version + 1, updated_at = now() RETURNING {COLUMNS}"
+        ))
+        .bind(order)
+        .bind(data_uuid(ev, "customerId"))
+        .bind(&status)
+        .bind(time)
+        .bind(items)
+        .bind(total)
+        .fetch_optional(&mut *tx)
+        .await?
+    } else {
+        sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM analytics_orders WHERE order_id = $1"
+        ))
         .bind(order)
         .fetch_optional(&mut *tx)
-        .await?;
-        match cur {
-            None => {
-                sqlx::query(
-                    "INSERT INTO analytics_orders (order_id, customer_id, status, status_since, item_count, \
-                     total_amount, transitions, aggregate_version) VALUES ($1,$2,$3,$4,$5,$6,0,1)",
-                )
-                .bind(order)
-                .bind(data_uuid(ev, "customerId"))
-                .bind(&status)
-                .bind(time)
-                .bind(items)
-                .bind(total)
-                .execute(&mut *tx)
-                .await?;
-            }
-            Some((prev, since, durations)) => {
-                let mut d = durations.0;
-                let changed = prev != status;
-                if changed {
-                    let spent = (time - since).num_milliseconds().max(0);
-                    let acc = d.get(&prev).and_then(Value::as_i64).unwrap_or(0) + spent;
-                    if let Some(obj) = d.as_object_mut() {
-                        obj.insert(prev.clone(), json!(acc));
-                    }
-                }
-                sqlx::query(
-                    "UPDATE analytics_orders SET status = $2, status_since = CASE WHEN $7 THEN $3 ELSE status_since END, \
-                     status_durations = $4, item_count = $5, total_amount = $6, \
-                     transitions = transitions + CASE WHEN $7 THEN 1 ELSE 0 END, \
-                     aggregate_version = aggregate_version + 1, updated_at = now() WHERE order_id = $1",
-                )
-                .bind(order)
-                .bind(&status)
-                .bind(time)
-                .bind(sqlx::types::Json(&d))
-                .bind(items)
-                .bind(total)
-                .bind(changed)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-    }
-    let row: Option<OrderRow> =
-        sqlx::query_as(
-            "SELECT customer_id, status, status_since, status_durations, item_count, total_amount, transitions, \
-             aggregate_version FROM analytics_orders WHERE order_id = $1",
-        )
-        .bind(order)
-        .fetch_optional(&mut *tx)
-        .await?;
+        .await?
+    };
     Ok(row.map(|(customer, status, since, durations, items, total, transitions, version)| {
         (
             order,
