@@ -67,6 +67,9 @@ pub fn start_detached(root: &Path, agent_port: u16) -> Result<u32, String> {
     };
     process::write_record(&run, &rec).map_err(|e| e.to_string())?;
     let start = Instant::now();
+    // Probed at 10 ms, doubling to 100 ms: the agent answers within a few tens of ms, and a
+    // fixed 50 ms pause cost every changing apply up to 50 ms.
+    let mut pace = crate::engine::health::Pace::default();
     while start.elapsed() < Duration::from_secs(10) {
         if crate::probe::http_ok(
             &format!("http://127.0.0.1:{agent_port}/health"),
@@ -80,7 +83,7 @@ pub fn start_detached(root: &Path, agent_port: u16) -> Result<u32, String> {
                 root.display()
             ));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        pace.sleep();
     }
     Err(format!(
         "the agent did not answer on 127.0.0.1:{agent_port} within 10s"
