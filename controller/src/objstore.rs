@@ -194,6 +194,16 @@ impl Store {
         etags.insert(p.to_path_buf(), (id, etag.to_string()));
     }
 
+    /// The ETag of `bytes`, read from the file with identity `id` at `p`: cached, or hashed and
+    /// remembered.
+    fn etag_of_file(&self, p: &Path, id: FileId, bytes: &[u8]) -> String {
+        self.cached_etag(p, id).unwrap_or_else(|| {
+            let etag = etag_of(bytes);
+            self.remember_etag(p, id, &etag);
+            etag
+        })
+    }
+
     fn forget_etag(&self, p: &Path) {
         let mut etags = self.etags.lock().unwrap_or_else(|e| e.into_inner());
         etags.remove(p);
@@ -234,9 +244,7 @@ impl Store {
         let md = f.metadata().map_err(|e| io("stat", e))?;
         let mut all = Vec::with_capacity(md.len() as usize);
         f.read_to_end(&mut all).map_err(|e| io("read", e))?;
-        let id = FileId::of(&md);
-        let etag = etag_of(&all);
-        self.remember_etag(p, id, &etag);
+        let etag = self.etag_of_file(p, FileId::of(&md), &all);
         Ok(Meta {
             etag,
             size: all.len() as u64,
@@ -301,15 +309,7 @@ impl Store {
         let mut all = Vec::with_capacity(md.len() as usize);
         f.read_to_end(&mut all).map_err(|e| io("read", e))?;
         let modified = md.modified().map(epoch_secs).unwrap_or(0);
-        let id = FileId::of(&md);
-        let etag = match self.cached_etag(&p, id) {
-            Some(etag) => etag,
-            None => {
-                let etag = etag_of(&all);
-                self.remember_etag(&p, id, &etag);
-                etag
-            }
-        };
+        let etag = self.etag_of_file(&p, FileId::of(&md), &all);
         let meta = Meta {
             etag,
             size: all.len() as u64,
