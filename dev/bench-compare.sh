@@ -3,6 +3,7 @@
 # cold / no-op apply, HAProxy reload, Envoy hot restart, Prometheus restart, destroy) for an older
 # revision and for the working tree, alternating which goes first, then min / median / max of each.
 #   bash dev/bench-compare.sh OLD_REV [ROUNDS]      (default 3 rounds)
+# The raw figures and the cold applies' step events stay in $KEEP (default /tmp/bench-compare-steps).
 # OLD_REV is built in release in a worktree under ~/.cache/bssctl/compare (kept for the next run).
 # Both builds apply OLD_REV's root topology with its explicit ports shifted by 10000 (below the
 # kernel's ephemeral range, where a client socket can hold a port), so both read
@@ -53,7 +54,7 @@ for i in $(seq "$ROUNDS"); do
   for f in $order; do
     b=$old_bin; [ $f = new ] && b=$new_bin
     echo "== round $i: $f"
-    BSSCTL=$b BENCH_TOPOLOGY=$work/$f.yaml BENCH_KV=$work/$f.kv bash dev/bench.sh 20 | sed 's/^/  /'
+    BSSCTL=$b BENCH_TOPOLOGY=$work/$f.yaml BENCH_KV=$work/$f.kv BENCH_STEPS=$work/$f.steps.$i bash dev/bench.sh 20 | sed 's/^/  /'
   done
 done
 
@@ -73,4 +74,37 @@ for k in old:
     if k in new:
         r = statistics.median(new[k]) / statistics.median(old[k])
         print(f"{k:20} {fmt(old[k])}   {fmt(new[k])}   {r:5.2f}")
+PY
+
+keep=${KEEP:-/tmp/bench-compare-steps}
+rm -rf "$keep"; mkdir -p "$keep"; cp "$work"/*.steps.* "$work"/*.kv "$keep"/ 2>/dev/null || true
+echo "== cold apply per step, ms (median over the rounds): a step's own time, and when it ended (since the apply's first event)"
+python3 - "$work" "$ROUNDS" <<'PY'
+import json, statistics, sys
+work, rounds = sys.argv[1], int(sys.argv[2])
+def load(f):
+    own, end, total = {}, {}, []
+    for i in range(1, rounds + 1):
+        try:
+            evs = [json.loads(l) for l in open(f"{work}/{f}.steps.{i}") if l.startswith("{")]
+        except FileNotFoundError:
+            continue
+        if not evs:
+            continue
+        t0 = evs[0]["ts_ms"] - evs[0]["elapsed_ms"]
+        for e in evs:
+            if e["status"] == "ok":
+                k = (e["component"], e["step"])
+                own.setdefault(k, []).append(e["elapsed_ms"])
+                end.setdefault(k, []).append(e["ts_ms"] - t0)
+        total.append(max(e["ts_ms"] for e in evs) - t0)
+    return own, end, total
+o_own, o_end, o_tot = load("old")
+n_own, n_end, n_tot = load("new")
+med = lambda xs: statistics.median(xs) if xs else float("nan")
+print(f"{'component':22} {'step':12} {'own old':>8} {'own new':>8} {'end old':>8} {'end new':>8}")
+keys = sorted(set(o_own) | set(n_own), key=lambda k: med(n_end.get(k, o_end.get(k, []))))
+for k in keys:
+    print(f"{k[0]:22} {k[1]:12} {med(o_own.get(k, [])):8.0f} {med(n_own.get(k, [])):8.0f} {med(o_end.get(k, [])):8.0f} {med(n_end.get(k, [])):8.0f}")
+print(f"{'first to last event':35} {'':8} {med(o_tot):8.0f} {med(n_tot):8.0f}")
 PY

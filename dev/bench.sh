@@ -4,7 +4,8 @@
 #   bash dev/bench.sh [RUNS]
 # dev/bench-compare.sh runs it for two builds side by side: BSSCTL=<binary> uses that build (no
 # cargo build), BENCH_TOPOLOGY=<file> is applied instead of the root topology shifted by 10000
-# (it must use free ports and a state dir of its own), BENCH_KV=<file> receives `figure=ms` lines.
+# (it must use free ports and a state dir of its own), BENCH_KV=<file> receives `figure=ms` lines,
+# BENCH_STEPS=<file> the cold apply's step events (JSON lines, `apply -o json`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-50}
@@ -46,8 +47,17 @@ s=s.replace("stateDir: state\\n    portOffset: 10000", "stateDir: state\n    por
 open(p,'w').write(s)
 PY
 fi
-t0=$(ms); run apply "$work/t.yaml"; t1=$(ms)
-echo "cold apply (full stack, $(grep -c 'health *ok' <<<"$LAST") health-gated components): $(elapsed "$t0" "$t1") ms"; kv cold_apply "$(elapsed "$t0" "$t1")"
+if [ -n "${BENCH_STEPS:-}" ]; then
+  # The same apply, with its events as JSON lines (one per step start and end) kept for a per-step
+  # comparison; the human output costs the same few lines either way.
+  t0=$(ms); run apply "$work/t.yaml" -o json; t1=$(ms)
+  grep '^{' <<<"$LAST" >> "$BENCH_STEPS" || true
+  gated=$(grep '^{' <<<"$LAST" | jq -r 'select(.step == "health" and .status == "ok") | .component' | wc -l)
+else
+  t0=$(ms); run apply "$work/t.yaml"; t1=$(ms)
+  gated=$(grep -c 'health *ok' <<<"$LAST")
+fi
+echo "cold apply (full stack, $gated health-gated components): $(elapsed "$t0" "$t1") ms"; kv cold_apply "$(elapsed "$t0" "$t1")"
 t0=$(ms); run apply "$work/t.yaml"; t1=$(ms)
 echo "no-op apply: $(elapsed "$t0" "$t1") ms"; kv noop_apply "$(elapsed "$t0" "$t1")"
 sed -i 's/balance: roundrobin/balance: leastconn/' "$work/t.yaml"

@@ -781,6 +781,25 @@ fn journal(env: &Env, component: &str, step: &str) -> Vec<serde_json::Value> {
 #[test]
 fn node_loss_of_the_primary() {
     let env = Env::root_defaults("chaos-node-loss");
+    // The agent probes each member twice a second on one kept connection, not a new login each.
+    wait_until(
+        "the agent's probe connection to the primary is kept",
+        Duration::from_secs(10),
+        || {
+            let mut c = env.su(0, Duration::from_secs(2))?;
+            let n: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'bssctl' \
+                     AND pid <> pg_backend_pid() AND backend_start < now() - interval '3 seconds'",
+                    &[],
+                )
+                .map_err(|e| e.to_string())?
+                .get(0);
+            (n == 1)
+                .then_some(())
+                .ok_or(format!("{n} agent sessions older than 3 s"))
+        },
+    );
     let load = start_load(&env);
     std::thread::sleep(random_phase(Duration::from_millis(1000)));
     let before = snapshot(&env, "postgres-0");

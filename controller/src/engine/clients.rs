@@ -5,9 +5,9 @@
 //!
 //! It decides nothing: what "healthy" means is `engine::health`, what to do is the engine's.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::engine::failover::MemberView;
 use crate::engine::runtime::{Endpoint, Runtime};
@@ -119,6 +119,23 @@ pub struct RealClients {
     web_auth: BTreeMap<String, (String, String)>,
     /// Redis ACL users by the secret holding their password.
     redis_users: BTreeMap<String, String>,
+    /// The probe connection last used per member endpoint (see `member_view`).
+    kept: Kept,
+}
+
+/// Idle, authenticated probe connections by endpoint. A probe takes its endpoint's connection
+/// out while it uses it and puts it back only after a whole, successful exchange.
+type Kept = Arc<Mutex<HashMap<String, postgres::Client>>>;
+
+/// What a probe reads from a member: in recovery, the primary's LSN, the standby's facts.
+type Facts = (bool, Option<u64>, Option<pgsql::StandbyStat>);
+
+fn read_facts(c: &mut postgres::Client) -> Result<Facts, String> {
+    if pgsql::in_recovery(c)? {
+        Ok((true, None, Some(pgsql::standby(c)?)))
+    } else {
+        Ok((false, Some(pgsql::current_lsn(c)?), None))
+    }
 }
 
 impl RealClients {
@@ -145,6 +162,7 @@ impl RealClients {
             store,
             web_auth,
             redis_users,
+            kept: Arc::default(),
         }
     }
 
@@ -247,23 +265,7 @@ impl Clients for RealClients {
                 return v;
             }
         };
-        let relay = match ScramOnly::relay(ep, timeout) {
-            Ok(r) => r,
-            Err(e) => {
-                v.error = e.to_string();
-                return v;
-            }
-        };
-        let r = pgsql::with_deadline(&relay.host(), relay.port, &user, &pw, timeout, |c| {
-            let rec = pgsql::in_recovery(c)?;
-            if rec {
-                Ok((true, None, Some(pgsql::standby(c)?)))
-            } else {
-                Ok((false, Some(pgsql::current_lsn(c)?), None))
-            }
-        });
-        let r = r.map_err(|e| relay.explain(e));
-        drop(relay);
+        let r = probe_member(&self.kept, ep, user, pw, timeout);
         match r {
             Ok((rec, lsn, sb)) => {
                 v.reachable = true;
@@ -376,6 +378,62 @@ fn relay_io(what: &str) -> impl FnOnce(std::io::Error) -> RelayError + '_ {
         what: what.into(),
         source,
     }
+}
+
+/// One probe of a member within `timeout`, on the connection kept from the last probe of that
+/// endpoint when there is one, else on a fresh one through `ScramOnly`. The agent probes every
+/// member twice a second; a fresh connection each time costs a backend fork and a SCRAM
+/// exchange (PBKDF2 on both sides) per probe. A kept connection is to the same server process that
+/// proved the password before; it fails once that process is gone (a member killed, restarted or
+/// replaced), and the probe then tries a fresh connection in the time left, so a member is
+/// reported unreachable only when a fresh connection fails too, as before. A probe that hangs
+/// (a stopped server) keeps its connection out of the map, and the next probe connects afresh.
+fn probe_member(
+    kept: &Kept,
+    ep: &Endpoint,
+    user: String,
+    pw: String,
+    timeout: Duration,
+) -> Result<Facts, String> {
+    let key = ep.to_string();
+    let reused = kept.lock().ok().and_then(|mut k| k.remove(&key));
+    let (kept, ep2) = (kept.clone(), ep.clone());
+    let deadline = Instant::now() + timeout;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let keep = |c: postgres::Client| {
+            if let Ok(mut k) = kept.lock() {
+                k.insert(key.clone(), c);
+            }
+        };
+        if let Some(mut c) = reused {
+            if let Ok(f) = read_facts(&mut c) {
+                keep(c);
+                let _ = tx.send(Ok(f));
+                return;
+            }
+        }
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(50));
+        let r = (|| {
+            let relay = ScramOnly::relay(&ep2, left).map_err(|e| e.to_string())?;
+            let mut c = pgsql::connect(&relay.host(), relay.port, &user, &pw, "postgres", left)
+                .map_err(|d| relay.explain(d))?;
+            drop(relay);
+            let f = read_facts(&mut c)?;
+            keep(c);
+            Ok(f)
+        })();
+        let _ = tx.send(r);
+    });
+    rx.recv_timeout(timeout + Duration::from_millis(300))
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no answer from {ep} within {}ms",
+                timeout.as_millis()
+            ))
+        })
 }
 
 /// A one-connection relay that lets the PostgreSQL driver talk to a member only if the member
