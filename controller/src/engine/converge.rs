@@ -246,6 +246,63 @@ impl Env<'_> {
         }
     }
 
+    /// Creates components that do not depend on one another (see `starts_in_a_wave`): writes
+    /// and starts each, then probes all of them in turn until each is healthy. The first that
+    /// exits or misses its gate fails the apply, as it would have one by one; the others of the
+    /// wave are left running (independent of it), and the next apply converges from there.
+    fn create_wave(&mut self, run: &[(&String, &ComponentBundle)]) -> Result<(), RuntimeError> {
+        let mut pending = Vec::with_capacity(run.len());
+        for (name, c) in run {
+            self.rt.put_config(name, c)?;
+            let s = Instant::now();
+            self.ev(name, "start", "start", Duration::ZERO, "");
+            let o = self.rt.start(name, c, StartOpts::default())?;
+            self.ev(name, "start", "ok", s.elapsed(), describe(&o));
+            pending.push((name.as_str(), c.kind, o, Instant::now()));
+        }
+        for (name, ..) in &pending {
+            self.ev(name, "health", "start", Duration::ZERO, "");
+        }
+        let mut pace = health::Pace::default();
+        while !pending.is_empty() {
+            let mut k = 0;
+            while k < pending.len() {
+                let (name, kind, o, since) = &pending[k];
+                let (name, kind) = (*name, *kind);
+                let failed = if !self.rt.instance_alive(o) {
+                    Some(health::Unhealthy::Exited {
+                        log: self.rt.logs(name, 15),
+                    })
+                } else {
+                    match health::health(self.t, self.rt, self.cl, name, kind) {
+                        Ok(d) => {
+                            self.ev(name, "health", "ok", since.elapsed(), d);
+                            pending.remove(k);
+                            continue;
+                        }
+                        Err(e) if since.elapsed() >= gate_timeout(kind) => {
+                            Some(health::Unhealthy::TimedOut {
+                                secs: gate_timeout(kind).as_secs(),
+                                last: e.to_string(),
+                                log: self.rt.logs(name, 15),
+                            })
+                        }
+                        Err(_) => None,
+                    }
+                };
+                if let Some(e) = failed {
+                    self.ev(name, "health", "fail", since.elapsed(), e.to_string());
+                    return Err(RuntimeError::step(name, "health", e));
+                }
+                k += 1;
+            }
+            if !pending.is_empty() {
+                pace.sleep();
+            }
+        }
+        Ok(())
+    }
+
     fn start_and_gate(
         &mut self,
         name: &str,
@@ -783,11 +840,30 @@ impl Env<'_> {
         plan: &Plan,
     ) -> Result<BTreeMap<String, Action>, RuntimeError> {
         let mut done = BTreeMap::new();
-        for (name, c) in desired.ordered() {
-            let action = plan.get(name).map(|p| p.action).unwrap_or(Action::Create);
+        let ordered = desired.ordered();
+        let action_of = |name: &str| plan.get(name).map(|p| p.action).unwrap_or(Action::Create);
+        let mut i = 0;
+        while i < ordered.len() {
+            // A run of components that nothing later in the run depends on (the edge and the
+            // observers), all to be created: started one after another, then gated together.
+            let run: Vec<(&String, &ComponentBundle)> = ordered[i..]
+                .iter()
+                .take_while(|(n, c)| starts_in_a_wave(c.kind) && action_of(n) == Action::Create)
+                .copied()
+                .collect();
+            if run.len() > 1 && run.iter().all(|(n, _)| self.rt.observe(n).is_none()) {
+                self.create_wave(&run)?;
+                for (n, _) in &run {
+                    done.insert((*n).clone(), Action::Create);
+                }
+                i += run.len();
+                continue;
+            }
+            let (name, c) = ordered[i];
             let old = applied.and_then(|a| a.components.get(name));
-            let a = self.ensure(name, c, old, action)?;
+            let a = self.ensure(name, c, old, action_of(name))?;
             done.insert(name.clone(), a);
+            i += 1;
         }
         if let Some(a) = applied {
             let mut gone: Vec<(&String, &ComponentBundle)> = a
@@ -876,6 +952,20 @@ pub fn control_field(text: &str, field: &str) -> Option<String> {
 pub fn parse_lsn(s: &str) -> Option<u64> {
     let (hi, lo) = s.trim().split_once('/')?;
     Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// Kinds whose start nothing else in the stack waits for, listed last in the start order: the
+/// edge proxy and the observers. A run of them is created as one wave (`create_wave`).
+fn starts_in_a_wave(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Envoy
+            | Kind::NodeExporter
+            | Kind::PostgresExporter
+            | Kind::RedisExporter
+            | Kind::Prometheus
+            | Kind::Alertmanager
+    )
 }
 
 fn describe(o: &Observed) -> String {

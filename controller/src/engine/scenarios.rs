@@ -446,3 +446,27 @@ fn failover_renders_with_the_templates_the_apply_used() {
     assert_ne!(cfg, &b.components["haproxy"].files["haproxy.cfg"]);
     let _ = t;
 }
+
+#[test]
+fn the_observers_start_as_one_wave_and_a_failed_gate_in_it_fails_the_apply() {
+    let t = topology(STACK);
+    let b = bundle(&t);
+    let wave: Vec<String> = b
+        .ordered()
+        .into_iter()
+        .filter(|(_, c)| c.kind == Kind::Prometheus || c.kind == Kind::Alertmanager)
+        .map(|(n, _)| n.clone())
+        .collect();
+    assert_eq!(wave.len(), 2, "the stack has both observers: {wave:?}");
+    let s = world();
+    s.lock().unwrap().unhealthy.insert(wave[0].clone());
+    let err = apply(&s, &t, &b, None).unwrap_err();
+    assert!(err.contains(&wave[0]) && err.contains("health"), "{err}");
+    // Every member of the wave was started before the gate failed (they do not depend on one
+    // another), and nothing of an earlier kind was left out.
+    let order = starts(&s);
+    for n in &wave {
+        assert!(order.contains(n), "{n} not started: {order:?}");
+    }
+    assert_eq!(order.len(), b.components.len(), "{order:?}");
+}
