@@ -186,60 +186,15 @@ pub fn load_templates(dir: Option<&Path>) -> Result<tera::Tera, RenderError> {
         None => {
             let mut files = Vec::new();
             collect(&EMBEDDED, &mut files);
-            parse_in_parallel(&mut tera, files).map_err(|source| RenderError::LoadTemplates {
-                dir: "(embedded)".into(),
-                source,
-            })?;
+            tera.add_raw_templates(files)
+                .map_err(|source| RenderError::LoadTemplates {
+                    dir: "(embedded)".into(),
+                    source,
+                })?;
         }
     }
     register_filters(&mut tera);
     Ok(tera)
-}
-
-/// Parsing the embedded templates is two thirds of a render's time (tera's pest parser, ~1,500
-/// instructions a byte). The templates are independent files (no `extends`, no imports), so they
-/// are parsed in up to four parts side by side, largest first into the lightest part, and merged.
-fn parse_in_parallel(
-    tera: &mut tera::Tera,
-    mut files: Vec<(String, &'static str)>,
-) -> Result<(), tera::Error> {
-    let parts = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 4)
-        .min(files.len().max(1));
-    if parts == 1 {
-        return tera.add_raw_templates(files);
-    }
-    files.sort_by_key(|(_, body)| std::cmp::Reverse(body.len()));
-    let mut chunks: Vec<(usize, Vec<(String, &'static str)>)> = vec![(0, Vec::new()); parts];
-    for f in files {
-        if let Some(lightest) = chunks.iter_mut().min_by_key(|(size, _)| *size) {
-            lightest.0 += f.1.len();
-            lightest.1.push(f);
-        }
-    }
-    let parsed: Vec<Result<tera::Tera, tera::Error>> = std::thread::scope(|s| {
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|(_, chunk)| {
-                s.spawn(move || {
-                    let mut t = tera::Tera::default();
-                    t.add_raw_templates(chunk).map(|_| t)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(tera::Error::msg("a template parser thread panicked")))
-            })
-            .collect()
-    });
-    for part in parsed {
-        tera.extend(&part?)?;
-    }
-    Ok(())
 }
 
 fn collect(dir: &'static Dir<'static>, out: &mut Vec<(String, &'static str)>) {
