@@ -49,17 +49,27 @@ pub fn with_deadline<T: Send + 'static>(
     f: impl FnOnce(&mut Client) -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
     let (host, user, password) = (host.to_string(), user.to_string(), password.to_string());
+    let target = format!("{host}:{port}");
+    bounded(&target, timeout, move || {
+        connect(&host, port, &user, &password, "postgres", timeout).and_then(|mut c| f(&mut c))
+    })
+}
+
+/// Runs `f` on a thread of its own and waits for it at most `timeout` plus 300 ms; `target`
+/// names what did not answer. A stuck `f` ends when the server's socket does.
+pub fn bounded<T: Send + 'static>(
+    target: &str,
+    timeout: Duration,
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let h2 = host.clone();
     std::thread::spawn(move || {
-        let r =
-            connect(&h2, port, &user, &password, "postgres", timeout).and_then(|mut c| f(&mut c));
-        let _ = tx.send(r);
+        let _ = tx.send(f());
     });
     rx.recv_timeout(timeout + Duration::from_millis(300))
         .unwrap_or_else(|_| {
             Err(format!(
-                "no answer from {host}:{port} within {}ms",
+                "no answer from {target} within {}ms",
                 timeout.as_millis()
             ))
         })

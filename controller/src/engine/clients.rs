@@ -399,8 +399,7 @@ fn probe_member(
     let reused = kept.lock().ok().and_then(|mut k| k.remove(&key));
     let (kept, ep2) = (kept.clone(), ep.clone());
     let deadline = Instant::now() + timeout;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    pgsql::bounded(&ep.to_string(), timeout, move || {
         let keep = |c: postgres::Client| {
             if let Ok(mut k) = kept.lock() {
                 k.insert(key.clone(), c);
@@ -409,31 +408,20 @@ fn probe_member(
         if let Some(mut c) = reused {
             if let Ok(f) = read_facts(&mut c) {
                 keep(c);
-                let _ = tx.send(Ok(f));
-                return;
+                return Ok(f);
             }
         }
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(50));
-        let r = (|| {
-            let relay = ScramOnly::relay(&ep2, left).map_err(|e| e.to_string())?;
-            let mut c = pgsql::connect(&relay.host(), relay.port, &user, &pw, "postgres", left)
-                .map_err(|d| relay.explain(d))?;
-            drop(relay);
-            let f = read_facts(&mut c)?;
-            keep(c);
-            Ok(f)
-        })();
-        let _ = tx.send(r);
-    });
-    rx.recv_timeout(timeout + Duration::from_millis(300))
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "no answer from {ep} within {}ms",
-                timeout.as_millis()
-            ))
-        })
+        let relay = ScramOnly::relay(&ep2, left).map_err(|e| e.to_string())?;
+        let mut c = pgsql::connect(&relay.host(), relay.port, &user, &pw, "postgres", left)
+            .map_err(|d| relay.explain(d))?;
+        drop(relay);
+        let f = read_facts(&mut c)?;
+        keep(c);
+        Ok(f)
+    })
 }
 
 /// A one-connection relay that lets the PostgreSQL driver talk to a member only if the member
