@@ -16,6 +16,12 @@ echo "== build"; cargo build --workspace --all-targets
 echo "== clippy"; cargo clippy --workspace --all-targets -- -D warnings
 echo "== generated files"
 target/debug/bssctl crd | diff -u manifests/crd.yaml - || { echo "manifests/crd.yaml is stale: run 'cargo run -p controller --bin bssctl -- crd > manifests/crd.yaml'"; exit 1; }
+# The Docker tests build the images they need when missing, inside their own time limits; on a
+# fresh machine that build (11 images, ~5 min) ran inside two tests at once and both hit their
+# limit. Build them once here, alone; a present image with the same inputs is kept (seconds).
+echo "== docker images"
+if docker info >/dev/null 2>&1; then target/debug/bssctl images build
+else echo "docker engine not reachable: the Docker tests will fail (apt-get install docker.io, then start dockerd)"; fi
 echo "== tests"
 shift_args=()
 if [ "${1:-}" = "--" ]; then shift; shift_args=("$@"); fi
