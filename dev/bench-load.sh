@@ -11,6 +11,10 @@
 # Prints the four knees, the ratios, and the CPU split per component at the (c) knee.
 #   STEP_S=10 bash dev/bench-load.sh          # RAW_RATES, SHAPE_RATES, API_RATES override steps
 #   PHASES="b c" VERBOSE=1 NO_BUILD=1 CARGO_TARGET_DIR=... bash dev/bench-load.sh
+#   LOADGEN_BIN=/path/to/bss-backend   # the measuring client (default: the measured backend's
+#                                      # binary); an A/B of two backends keeps one client
+# Each loadgen step's CPU split also gives core-ms per request (the whole machine's busy CPU
+# over the requests sent in the step, warm-up included), in all and per component.
 # Envoy's seeds' rate limit (100 tokens) and circuit breakers (100) are lifted in the copy:
 # they would otherwise answer 429/503 to nearly everything above 100 req/s.
 set -euo pipefail
@@ -38,6 +42,7 @@ TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 B=${BSSCTL:-$TARGET/release/bssctl}
 BE=$TARGET/release/bss-backend
 export BSS_BACKEND_BIN=$BE   # the stack runs the backend built here, whatever bssctl finds first
+LG=${LOADGEN_BIN:-$BE}
 work=$(mktemp -d /tmp/bssctl-bench-load-XXXXXX); chmod 755 "$work"
 topo="$work/topology.yaml"
 cleanup() { "$B" destroy "$topo" >/dev/null 2>&1 || true; rm -rf "$work"; }
@@ -149,9 +154,12 @@ total = sum(int(x) for x in open("/proc/stat").readline().split()[1:8])
 json.dump({"ticks": ticks, "total": total}, open(sys.argv[1], "w"))
 PY
 }
-cpu_split() { python3 - "$1" "$2" <<'PY'
-import json, sys
+cpu_split() { # before.json after.json [requests sent in between]
+python3 - "$1" "$2" "${3:-0}" <<'PY'
+import json, os, sys
 a, b = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+reqs = float(sys.argv[3])
+ms_per_tick = 1000 / os.sysconf(os.sysconf_names["SC_CLK_TCK"])
 d = {k: b["ticks"].get(k, 0) - a["ticks"].get(k, 0) for k in set(a["ticks"]) | set(b["ticks"])}
 busy = sum(v for v in d.values() if v > 0) or 1
 wall = b["total"] - a["total"] or 1
@@ -160,6 +168,11 @@ for k, v in d.items():
     groups[k] = groups.get(k, 0) + max(v, 0)
 print("  CPU split (share of busy CPU): " + ", ".join(f"{k} {100*v/busy:.1f} %" for k, v in sorted(groups.items(), key=lambda x: -x[1]) if v > 0))
 print(f"  machine busy: {100*busy/wall:.0f} % of {__import__('os').cpu_count()} cores")
+if reqs > 0:
+    per = lambda v: v * ms_per_tick / reqs
+    stack = sum(v for k, v in groups.items() if k != "loadgen")
+    print(f"  CPU per request: {per(busy):.3f} core-ms in all, {per(stack):.3f} without the loadgen ({reqs:.0f} requests): "
+          + ", ".join(f"{k} {per(v):.3f}" for k, v in sorted(groups.items(), key=lambda x: -x[1]) if v > 0))
 PY
 }
 
@@ -169,7 +182,7 @@ PY
 # not the shape). The seed session carries bss.origin=api like the backend's, so it fires no
 # cache notification (rows nobody has read yet).
 SEED_ORDERS=${SEED_ORDERS:-32000}
-"$BE" loadgen --config "$cfg" --target "$direct" --api-key "$key" --rate 200 --duration 5 --warmup 1 --json >/dev/null
+"$LG" loadgen --config "$cfg" --target "$direct" --api-key "$key" --rate 200 --duration 5 --warmup 1 --json >/dev/null
 PGOPTIONS="-c bss.origin=api" psql "${PGW[@]}" -qAt -v ON_ERROR_STOP=1 -v seed_orders="$SEED_ORDERS" <<'SQL'
 CREATE TABLE IF NOT EXISTS bench_raw (id bigserial PRIMARY KEY, v text, t timestamptz DEFAULT now());
 DROP TABLE IF EXISTS bench_customers, bench_products, bench_orders;
@@ -253,7 +266,7 @@ drain() {
 # One loadgen step: prints "achieved writes/s ok|FAIL p99 errors".
 lg_step() { # url rate
   local j
-  j=$(client_cpu loadgen "$BE" loadgen --config "$cfg" --target "$1" --api-key "$key" --rate "$2" --duration "$STEP_S" --warmup "$WARM_S" --json 2>"$work/loadgen.err" || echo '{}')
+  j=$(client_cpu loadgen "$LG" loadgen --config "$cfg" --target "$1" --api-key "$key" --rate "$2" --duration "$STEP_S" --warmup "$WARM_S" --json 2>"$work/loadgen.err" || echo '{}')
   python3 - "$j" "$work/loadgen.err" <<'PY'
 import json, sys
 d = json.loads(sys.argv[1] or "{}")
@@ -262,7 +275,9 @@ if not d:
     print("0 0 FAIL loadgen failed: " + (err[-1][:300] if err else "no output")); sys.exit()
 l = d["latency_ms"]
 ok = d["errors"] == 0 and l["p99"] < 100
-print(f'{d["achieved_rate"]:.0f} {d["writes_per_second"]:.0f} {"ok" if ok else "FAIL"} p50 {l["p50"]:.1f} p99 {l["p99"]:.1f} max {l["max"]:.0f} ms errors {d["errors"]} {d["errors_by_kind"] if d["errors"] else ""}')
+# Requests sent over the whole run (warm-up included: the CPU snapshots bracket all of it).
+sent = d["scheduled"] * (d["duration_s"] + d["warmup_s"]) / d["duration_s"] if d["duration_s"] else 0
+print(f'{d["achieved_rate"]:.0f} {d["writes_per_second"]:.0f} {"ok" if ok else "FAIL"} p50 {l["p50"]:.1f} p99 {l["p99"]:.1f} max {l["max"]:.0f} ms errors {d["errors"]} {d["errors_by_kind"] if d["errors"] else ""} sent {sent:.0f}')
 PY
 }
 knee_api=0; knee_api_w=0; knee_envoy=0; knee_envoy_w=0
@@ -275,10 +290,11 @@ if [[ " $PHASES " == *" c "* ]]; then
     line=$(lg_step "$direct" "$r")
     cpu_snap "$work/cpu-b.json"
     echo "  direct rate $r: $line"
-    [ "${VERBOSE:-0}" = 1 ] && cpu_split "$work/cpu-a.json" "$work/cpu-b.json" | sed 's/^/  /'
+    sent=${line##* sent }; [[ "$sent" =~ ^[0-9]+$ ]] || sent=0
+    [ "${VERBOSE:-0}" = 1 ] && cpu_split "$work/cpu-a.json" "$work/cpu-b.json" "$sent" | sed 's/^/  /'
     [[ "$line" == *" ok "* ]] || break
     knee_api=$(echo "$line" | cut -d' ' -f1); knee_api_w=$(echo "$line" | cut -d' ' -f2)
-    cp "$work/cpu-a.json" "$work/knee-a.json"; cp "$work/cpu-b.json" "$work/knee-b.json"
+    cp "$work/cpu-a.json" "$work/knee-a.json"; cp "$work/cpu-b.json" "$work/knee-b.json"; echo "$sent" >"$work/knee-sent"
   done
 fi
 if [[ " $PHASES " == *" d "* ]]; then
@@ -289,10 +305,11 @@ if [[ " $PHASES " == *" d "* ]]; then
     line=$(lg_step "$envoy" "$r")
     cpu_snap "$work/cpu-b.json"
     echo "  envoy rate $r: $line"
-    [ "${VERBOSE:-0}" = 1 ] && cpu_split "$work/cpu-a.json" "$work/cpu-b.json" | sed 's/^/  /'
+    sent=${line##* sent }; [[ "$sent" =~ ^[0-9]+$ ]] || sent=0
+    [ "${VERBOSE:-0}" = 1 ] && cpu_split "$work/cpu-a.json" "$work/cpu-b.json" "$sent" | sed 's/^/  /'
     [[ "$line" == *" ok "* ]] || break
     knee_envoy=$(echo "$line" | cut -d' ' -f1); knee_envoy_w=$(echo "$line" | cut -d' ' -f2)
-    cp "$work/cpu-a.json" "$work/kneed-a.json"; cp "$work/cpu-b.json" "$work/kneed-b.json"
+    cp "$work/cpu-a.json" "$work/kneed-a.json"; cp "$work/cpu-b.json" "$work/kneed-b.json"; echo "$sent" >"$work/kneed-sent"
   done
 fi
 
@@ -311,8 +328,8 @@ r = lambda x, y: f"{x/y:.2f}" if y else "-"
 print(f"ratios: shape/raw {r(b,a)}  direct writes/shape {r(c,b)}  envoy writes/shape {r(d,b)}  envoy/direct {r(d,c)}")
 if c: print(f"6,667 events/s would need {6667/c:.1f}x the direct knee's writes/s on this machine")
 PY
-if [ -f "$work/knee-a.json" ]; then echo "at the (c) knee:"; cpu_split "$work/knee-a.json" "$work/knee-b.json"; fi
-if [ -f "$work/kneed-a.json" ]; then echo "at the (d) knee:"; cpu_split "$work/kneed-a.json" "$work/kneed-b.json"; fi
+if [ -f "$work/knee-a.json" ]; then echo "at the (c) knee:"; cpu_split "$work/knee-a.json" "$work/knee-b.json" "$(cat "$work/knee-sent")"; fi
+if [ -f "$work/kneed-a.json" ]; then echo "at the (d) knee:"; cpu_split "$work/kneed-a.json" "$work/kneed-b.json" "$(cat "$work/kneed-sent")"; fi
 # HOLD=1 keeps the stack until ENTER (profiling by hand); the lock stays held meanwhile.
 if [ "${HOLD:-0}" = 1 ]; then echo "stack kept: $topo (state $root); press ENTER to destroy"; read -r _ || true; fi
 echo "outbox rows not yet published at the end: $pending"
