@@ -4,6 +4,13 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+/// mimalloc instead of the system allocator: the request path allocates and frees many small
+/// buffers on every task (JSON, SQL arguments, headers), and glibc's malloc/free were ~10 % of
+/// `serve`'s CPU under load (docs/backend-performance.md). Safe code: the crate implements
+/// `GlobalAlloc`.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "bss-backend", version, about = "The BSS backend service")]
 struct Cli {
