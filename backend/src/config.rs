@@ -165,6 +165,13 @@ pub struct OutboxConfig {
     pub poll_interval_ms: u64,
     #[serde(default = "default_batch")]
     pub batch_size: i64,
+    /// How long the relay waits after a batch that found rows (but not a full batch) before
+    /// it polls again; `pollIntervalMs` is the wait after a poll that found nothing. Under load
+    /// the relay thus sends one larger batch per window instead of one per poll interval: fewer
+    /// produce requests, broker objects and watermark writes, and fewer outbox transactions,
+    /// for at most this much more event latency. Never shorter than `pollIntervalMs`.
+    #[serde(default = "default_batch_window")]
+    pub batch_window_ms: u64,
 }
 
 impl Default for OutboxConfig {
@@ -172,6 +179,7 @@ impl Default for OutboxConfig {
         Self {
             poll_interval_ms: default_poll(),
             batch_size: default_batch(),
+            batch_window_ms: default_batch_window(),
         }
     }
 }
@@ -209,6 +217,9 @@ fn default_poll() -> u64 {
 fn default_batch() -> i64 {
     500
 }
+fn default_batch_window() -> u64 {
+    150
+}
 fn default_acquire_timeout() -> u64 {
     1000
 }
@@ -240,6 +251,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("BSS_CACHE_TTL_SECONDS", "cache.ttlSeconds"),
     ("BSS_OUTBOX_POLL_INTERVAL_MS", "outbox.pollIntervalMs"),
     ("BSS_OUTBOX_BATCH_SIZE", "outbox.batchSize"),
+    ("BSS_OUTBOX_BATCH_WINDOW_MS", "outbox.batchWindowMs"),
     ("BSS_STREAMS_GROUP_PREFIX", "streams.groupPrefix"),
     ("BSS_LIMITS_MAX_IN_FLIGHT", "limits.maxInFlight"),
     ("BSS_LIMITS_ACQUIRE_TIMEOUT_MS", "limits.acquireTimeoutMs"),
@@ -334,6 +346,9 @@ impl Config {
         }
         if let Some(v) = get("BSS_OUTBOX_BATCH_SIZE") {
             self.outbox.batch_size = num("BSS_OUTBOX_BATCH_SIZE", v)?;
+        }
+        if let Some(v) = get("BSS_OUTBOX_BATCH_WINDOW_MS") {
+            self.outbox.batch_window_ms = num("BSS_OUTBOX_BATCH_WINDOW_MS", v)?;
         }
         if let Some(v) = get("BSS_STREAMS_GROUP_PREFIX") {
             self.streams.group_prefix = v;

@@ -32,7 +32,11 @@ pub struct Relay {
     pub topics: Vec<String>,
     pub producer: FutureProducer,
     pub batch_size: i64,
+    /// Wait after a poll that found nothing.
     pub poll_interval: Duration,
+    /// Wait after a batch that found rows but fewer than `batch_size` (≥ `poll_interval`): under
+    /// load the rows of one window go out as one batch (see `OutboxConfig::batch_window_ms`).
+    pub batch_window: Duration,
     pub metrics: Metrics,
 }
 
@@ -45,6 +49,17 @@ struct Row {
     event_type: String,
     payload: String,
     created_at: DateTime<Utc>,
+}
+
+/// The relay's wait after a batch of `sent` rows that was not full: events keep arriving, so
+/// collect a window's worth; nothing arrived, so poll again soon (the first event after a quiet
+/// spell waits at most one poll interval).
+fn next_wait(sent: usize, poll_interval: Duration, batch_window: Duration) -> Duration {
+    if sent == 0 {
+        poll_interval
+    } else {
+        batch_window.max(poll_interval)
+    }
 }
 
 impl Relay {
@@ -76,9 +91,9 @@ impl Relay {
             }
             let wait = match self.relay_once().await {
                 Ok(n) if n as i64 >= self.batch_size => Duration::ZERO,
-                Ok(_) => {
+                Ok(n) => {
                     backoff = self.poll_interval;
-                    self.poll_interval
+                    next_wait(n, self.poll_interval, self.batch_window)
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "outbox batch not published, will retry");
@@ -240,5 +255,20 @@ impl Relay {
                 .observe(elapsed);
         }
         Ok(rows.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_a_window_after_rows_and_a_poll_interval_after_none() {
+        let (poll, window) = (Duration::from_millis(50), Duration::from_millis(150));
+        assert_eq!(next_wait(0, poll, window), poll);
+        assert_eq!(next_wait(1, poll, window), window);
+        assert_eq!(next_wait(499, poll, window), window);
+        // A window shorter than the poll interval never makes the relay poll faster.
+        assert_eq!(next_wait(3, poll, Duration::from_millis(10)), poll);
     }
 }

@@ -157,6 +157,11 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
             producer: p.clone(),
             batch_size: cfg.outbox.batch_size,
             poll_interval: Duration::from_millis(cfg.outbox.poll_interval_ms.max(1)),
+            batch_window: Duration::from_millis(
+                cfg.outbox
+                    .batch_window_ms
+                    .max(cfg.outbox.poll_interval_ms.max(1)),
+            ),
             metrics: state.metrics.clone(),
         };
         tasks.push(tokio::spawn(relay.run(rx.clone())));
