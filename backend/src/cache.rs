@@ -8,6 +8,15 @@
 //! commit (`invalidate_many`), the listener (`invalidate.rs`) those of other database clients.
 //! When Redis fails, or while the listener is disconnected, reads bypass the cache.
 //!
+//! Recent writes: besides Redis, the process remembers the entities it wrote itself last (their
+//! JSON and the id of the writing transaction, the row's `xmin`), so that a status change can
+//! decide without reading the row first. Never trusted: the status change's statement is
+//! guarded by the row's version and `xmin` (any later update of the row, by anyone, changes
+//! it), and its handler reads the row whenever the guard or a check does not hold. Forgotten
+//! with the Redis entries (API writes, the listener's notifications, which also cover changes
+//! of order or invoice items by other clients) and all at once when the cache resynchronises;
+//! not used while the listener is down.
+//!
 //! Single flight: the first miss of a key spawns the load as its own task and later callers
 //! await that task. A caller that gives up (client timeout, dropped request) therefore never
 //! cancels a load half-way (which used to strand a pool permit and the flight forever); the
@@ -40,6 +49,8 @@ pub const MIN_HIT_RATIO: f64 = 0.35;
 const WINDOW: u64 = 2000;
 /// While a kind is off, one key in this many (by hash) still uses the cache as a sample.
 const SAMPLE_EVERY: u64 = 8;
+/// Entities remembered as recently written, per generation (see `RecentWrites`).
+const RECENT_PER_GENERATION: usize = 8_192;
 
 type Flight = Shared<BoxFuture<'static, Result<Option<Arc<String>>, Arc<AppError>>>>;
 
@@ -58,6 +69,45 @@ struct Inner {
     resync_needed: AtomicBool,
     inflight: Mutex<HashMap<String, Flight>>,
     policy: Mutex<HashMap<&'static str, Arc<KindPolicy>>>,
+    recent: Mutex<RecentWrites>,
+}
+
+/// An entity as this process last wrote it: its JSON and the writing transaction's id.
+struct Recent {
+    xmin: String,
+    value: serde_json::Value,
+}
+
+type RecentKey = (&'static str, Uuid);
+
+/// The recent writes in two generations: new entries go to `current`; when it is full it
+/// becomes `previous` (the older one is dropped). Bounded at twice `RECENT_PER_GENERATION`,
+/// and what is dropped is what was written longest ago.
+#[derive(Default)]
+struct RecentWrites {
+    current: HashMap<RecentKey, Recent>,
+    previous: HashMap<RecentKey, Recent>,
+}
+
+impl RecentWrites {
+    fn get(&self, k: &RecentKey) -> Option<&Recent> {
+        self.current.get(k).or_else(|| self.previous.get(k))
+    }
+    fn insert(&mut self, k: RecentKey, r: Recent) {
+        if self.current.len() >= RECENT_PER_GENERATION {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.previous.remove(&k);
+        self.current.insert(k, r);
+    }
+    fn remove(&mut self, k: &RecentKey) {
+        self.current.remove(k);
+        self.previous.remove(k);
+    }
+    fn clear(&mut self) {
+        self.current.clear();
+        self.previous.clear();
+    }
 }
 
 /// Hit-ratio bookkeeping of one cache kind.
@@ -146,6 +196,7 @@ impl Cache {
                 resync_needed: AtomicBool::new(false),
                 inflight: Mutex::new(HashMap::new()),
                 policy: Mutex::new(HashMap::new()),
+                recent: Mutex::new(RecentWrites::default()),
             }),
         }
     }
@@ -167,6 +218,39 @@ impl Cache {
     pub fn request_resync(&self) {
         self.inner.resync_needed.store(true, Ordering::SeqCst);
         self.set_live(false);
+        self.forget_all_recent();
+    }
+
+    /// The entity `id` as this process last wrote it, with the `xmin` of that write, if it is
+    /// remembered and the invalidation listener is live (see the module header).
+    pub fn recent(&self, entity: &'static str, id: Uuid) -> Option<(String, serde_json::Value)> {
+        if !self.is_live() {
+            return None;
+        }
+        let map = self.inner.recent.lock().ok()?;
+        map.get(&(entity, id))
+            .map(|r| (r.xmin.clone(), r.value.clone()))
+    }
+
+    /// Remembers an entity this process has just written (committed) in transaction `xmin`.
+    pub fn remember(&self, entity: &'static str, id: Uuid, xmin: String, value: serde_json::Value) {
+        if let Ok(mut map) = self.inner.recent.lock() {
+            map.insert((entity, id), Recent { xmin, value });
+        }
+    }
+
+    fn forget_recent(&self, changes: &[Change]) {
+        if let Ok(mut map) = self.inner.recent.lock() {
+            for c in changes {
+                map.remove(&(c.entity, c.id));
+            }
+        }
+    }
+
+    fn forget_all_recent(&self) {
+        if let Ok(mut map) = self.inner.recent.lock() {
+            map.clear();
+        }
     }
 
     /// Takes the pending resync request, if any.
@@ -342,6 +426,7 @@ impl Cache {
         if changes.is_empty() {
             return Ok(());
         }
+        self.forget_recent(changes);
         let gen_ttl = (self.inner.ttl_seconds * 4).max(60) as i64;
         let mut entities = BTreeSet::new();
         let mut customers = BTreeSet::new();
@@ -383,6 +468,7 @@ impl Cache {
     /// After a (re)connect of the listener: notifications may have been missed, so every cached
     /// value is invalidated (global generation bump) and the value keys are deleted.
     pub async fn resync(&self) -> redis::RedisResult<u64> {
+        self.forget_all_recent();
         let mut conn = self.inner.conn.clone();
         let _: i64 = conn.incr(GLOBAL_GEN, 1).await?;
         let mut deleted = 0u64;
@@ -454,5 +540,32 @@ mod tests {
             .count();
         assert!((600..1400).contains(&n), "{n} of 8000 keys sampled");
         assert_eq!(in_sample("bss:c:x"), in_sample("bss:c:x"));
+    }
+
+    #[test]
+    fn recent_writes_keep_the_newest_and_stay_bounded() {
+        let r = |x: &str| Recent {
+            xmin: x.to_string(),
+            value: serde_json::Value::Null,
+        };
+        let mut w = RecentWrites::default();
+        let first = ("order", Uuid::new_v4());
+        w.insert(first, r("1"));
+        w.insert(first, r("2"));
+        assert_eq!(w.get(&first).map(|e| e.xmin.as_str()), Some("2"));
+        let ids: Vec<Uuid> = (0..3 * RECENT_PER_GENERATION)
+            .map(|_| Uuid::new_v4())
+            .collect();
+        for id in &ids {
+            w.insert(("order", *id), r("3"));
+        }
+        assert!(w.current.len() + w.previous.len() <= 2 * RECENT_PER_GENERATION);
+        assert!(w.get(&first).is_none(), "the oldest write is dropped first");
+        let newest = ("order", ids[ids.len() - 1]);
+        assert!(w.get(&newest).is_some());
+        w.remove(&newest);
+        assert!(w.get(&newest).is_none());
+        w.clear();
+        assert!(w.get(&("order", ids[ids.len() - 2])).is_none());
     }
 }

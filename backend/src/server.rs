@@ -97,6 +97,7 @@ pub async fn build_state(cfg: &Config) -> Result<Shared, ServerError> {
         in_flight: AtomicUsize::new(0),
         max_in_flight: cfg.max_in_flight(),
         replay_jobs: Default::default(),
+        product_refs: Default::default(),
     }))
 }
 

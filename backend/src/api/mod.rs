@@ -58,6 +58,8 @@ pub struct AppState {
     /// the bound of the only queue in front of the database pool.
     pub max_in_flight: usize,
     pub replay_jobs: crate::replay::Jobs,
+    /// Products as last read by order creation (checked again by each order's statement).
+    pub product_refs: resources::ProductRefs,
 }
 
 pub type Shared = Arc<AppState>;
@@ -440,6 +442,21 @@ pub fn parse_status_change<S: Lifecycle>(
     }
 }
 
+/// The checks of a status change of `cur`, in the order their errors take precedence; returns
+/// the status it changes from.
+fn decide_status<E: Entity>(
+    cur: &E,
+    req: &StatusChange<E::Status>,
+    to: &str,
+) -> ApiResult<E::Status> {
+    store::check_version(cur, req.version)?;
+    let from = E::Status::parse_str(cur.status())
+        .ok_or_else(|| AppError::internal(format!("unknown stored status {}", cur.status())))?;
+    crate::domain::check_transition(E::NAME, from, req.to)?;
+    resources::before_status(E::NAME, to, req.reason.as_deref())?;
+    Ok(from)
+}
+
 pub async fn change_status<E: Entity>(
     State(st): State<Shared>,
     Path(id): Path<String>,
@@ -450,17 +467,35 @@ pub async fn change_status<E: Entity>(
     let allowed: Vec<String> = E::Status::ALL.iter().map(|s| s.to_string()).collect();
     let req = parse_status_change::<E::Status>(&headers, &body, &allowed.join(", "))?;
     let to = req.to.to_string();
-    // Read, decide, then one guarded statement (`WHERE version = $n`); if the guard does not
-    // hold, someone changed the row in between: read and decide again.
-    for _attempt in 0..3 {
-        let cur = store::fetch_pool::<E>(&st.write, id)
-            .await?
-            .ok_or_else(|| store::not_found::<E>(id))?;
-        store::check_version(&cur, req.version)?;
-        let from = E::Status::parse_str(cur.status())
-            .ok_or_else(|| AppError::internal(format!("unknown stored status {}", cur.status())))?;
-        crate::domain::check_transition(E::NAME, from, req.to)?;
-        resources::before_status(E::NAME, &to, req.reason.as_deref())?;
+    // Decide on the row as this process last wrote it, if it is remembered (no round trip
+    // before the statement), guarded by its version and `xmin`: the statement writes only if
+    // the row is still exactly that. Otherwise (nothing remembered, a check or the guard does
+    // not hold) read, decide, then one guarded statement (`WHERE version = $n`); if the guard
+    // does not hold, someone changed the row in between: read and decide again. The errors are
+    // always those of a read. At most three reads.
+    let mut known = st
+        .cache
+        .recent(E::NAME, id)
+        .and_then(|(x, v)| serde_json::from_value::<E>(v).ok().map(|e| (e, x)));
+    let mut reads = 0;
+    loop {
+        let (cur, xmin) = match known.take() {
+            Some((e, x)) => (e, Some(x)),
+            None if reads == 3 => break,
+            None => {
+                reads += 1;
+                let cur = store::fetch_pool::<E>(&st.write, id)
+                    .await?
+                    .ok_or_else(|| store::not_found::<E>(id))?;
+                (cur, None)
+            }
+        };
+        let from = match decide_status(&cur, &req, &to) {
+            Ok(from) => from,
+            // What was remembered may be stale: read before answering.
+            Err(_) if xmin.is_some() => continue,
+            Err(e) => return Err(e),
+        };
         let now = write::now();
         let mut w = write::Write::new();
         let mut v = serde_json::to_value(&cur).map_err(AppError::internal)?;
@@ -471,14 +506,29 @@ pub async fn change_status<E: Entity>(
         let mut changes = Vec::new();
         // A completed payment of a whole invoice marks the invoice PAID, in the same statement.
         let mut paid: Option<Invoice> = None;
+        // Whether the invoice is to be marked PAID was decided on a remembered invoice that
+        // stays as it is: the payment's update must find it unchanged too.
+        let mut unpaid_guard = String::new();
         if E::NAME == "payment" && to == "COMPLETED" {
             let invoice_id = v["invoiceId"]
                 .as_str()
                 .and_then(|s| Uuid::parse_str(s).ok());
             if let Some(iid) = invoice_id {
-                let inv = store::fetch_pool::<Invoice>(&st.write, iid)
-                    .await?
-                    .ok_or_else(|| store::not_found::<Invoice>(iid))?;
+                // The remembered invoice only on the remembered payment's path (a read of the
+                // payment reads the invoice too, as before).
+                let remembered = xmin
+                    .as_ref()
+                    .and_then(|_| st.cache.recent("invoice", iid))
+                    .and_then(|(x, v)| serde_json::from_value::<Invoice>(v).ok().map(|i| (i, x)));
+                let (inv, inv_xmin) = match remembered {
+                    Some((i, x)) => (i, Some(x)),
+                    None => (
+                        store::fetch_pool::<Invoice>(&st.write, iid)
+                            .await?
+                            .ok_or_else(|| store::not_found::<Invoice>(iid))?,
+                        None,
+                    ),
+                };
                 if resources::pays_invoice(&v, &inv) {
                     let mut iv = serde_json::to_value(&inv).map_err(AppError::internal)?;
                     iv["status"] = serde_json::json!("PAID");
@@ -488,10 +538,11 @@ pub async fn change_status<E: Entity>(
                         resources::status_sets(&mut w, "invoice", "PAID", None, now, &mut iv);
                     let sql = format!(
                         "UPDATE invoices SET status = 'PAID', version = version + 1, updated_at = {}{isets} \
-                         WHERE id = {} AND version = {} RETURNING id",
+                         WHERE id = {} AND version = {}{} RETURNING id",
                         w.bind(now),
                         w.bind(iid),
                         w.bind(inv.version),
+                        w.xmin_guard(inv_xmin.as_deref()),
                     );
                     w.cte("inv", sql, true);
                     let new_inv: Invoice =
@@ -502,8 +553,15 @@ pub async fn change_status<E: Entity>(
                         &new_inv,
                         &resources::event_of(&new_inv, "paid", Some(inv.status.clone())),
                     );
+                    w.remember(&new_inv);
                     changes.push(write::change_of(&new_inv));
                     paid = Some(new_inv);
+                } else if let Some(x) = inv_xmin.as_deref() {
+                    unpaid_guard = format!(
+                        " AND EXISTS (SELECT 1 FROM invoices WHERE id = {}{})",
+                        w.bind(iid),
+                        w.xmin_guard(Some(x)),
+                    );
                 }
             }
         }
@@ -514,12 +572,13 @@ pub async fn change_status<E: Entity>(
         };
         let sql = format!(
             "UPDATE {} SET status = {}, version = version + 1, updated_at = {}{sets} \
-             WHERE id = {} AND version = {}{guard} RETURNING id",
+             WHERE id = {} AND version = {}{}{guard}{unpaid_guard} RETURNING id",
             E::PLURAL,
             w.bind(to.clone()),
             w.bind(now),
             w.bind(id),
             w.bind(cur.version()),
+            w.xmin_guard(xmin.as_deref()),
         );
         w.cte("e", sql, true);
         let new: E = serde_json::from_value(v).map_err(AppError::internal)?;
@@ -529,6 +588,7 @@ pub async fn change_status<E: Entity>(
             &new,
             &resources::event_of(&new, &to.to_lowercase(), Some(from.to_string())),
         );
+        w.remember(&new);
         changes.push(write::change_of(&new));
         let counts = w.run(&st, changes).await?;
         if counts.iter().all(|c| *c > 0) {

@@ -98,12 +98,42 @@ pub fn event_of<E: Entity>(e: &E, action: &str, previous_status: Option<String>)
 }
 
 /// What an order needs to know about a product it refers to.
-#[derive(Debug, serde::Deserialize)]
-struct ProductRef {
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ProductRef {
     id: Uuid,
     status: String,
     price: Decimal,
     currency: String,
+}
+
+/// The products' order-relevant fields (status, price, currency) as last read, so that a new
+/// order can be priced without a round trip first. Never trusted: the order's statement writes
+/// only if every product still has exactly these values, otherwise the handler reads them and
+/// decides again (and refreshes them here). Bounded: cleared when it holds
+/// `MAX_PRODUCT_REFS` products.
+#[derive(Default)]
+pub struct ProductRefs(std::sync::Mutex<std::collections::HashMap<Uuid, ProductRef>>);
+
+const MAX_PRODUCT_REFS: usize = 10_000;
+
+impl ProductRefs {
+    /// The refs of all `ids`, or None if one is not known.
+    fn get_all(&self, ids: &[Uuid]) -> Option<Vec<ProductRef>> {
+        let map = self.0.lock().ok()?;
+        ids.iter().map(|id| map.get(id).cloned()).collect()
+    }
+
+    /// Remembers `refs` as just read.
+    fn remember(&self, refs: &[ProductRef]) {
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() + refs.len() > MAX_PRODUCT_REFS {
+                map.clear();
+            }
+            for r in refs {
+                map.insert(r.id, r.clone());
+            }
+        }
+    }
 }
 
 /// Prices order items against their products (unit price given, else the product's price in
@@ -242,6 +272,7 @@ pub async fn create_customer(
     );
     w.cte("e", sql, true);
     w.event(&st, "e", &e, &event_of(&e, "created", None));
+    w.remember(&e);
     w.run(&st, vec![write::change_of(&e)]).await?;
     Ok(created(e))
 }
@@ -423,6 +454,7 @@ pub async fn create_product(
     );
     w.cte("e", sql, true);
     w.event(&st, "e", &e, &event_of(&e, "created", None));
+    w.remember(&e);
     w.run(&st, vec![write::change_of(&e)]).await?;
     Ok(created(e))
 }
@@ -604,35 +636,69 @@ pub async fn create_order(
         return Err(AppError::field("body", "incomplete"));
     };
     let id = Uuid::new_v4();
-    // Read the references once, check them here, then write everything in one guarded
-    // statement; a guard that fails means a reference changed in between: check again.
-    for _attempt in 0..3 {
-        let (customer_status, products): (Option<String>, sqlx::types::Json<Vec<ProductRef>>) =
-            sqlx::query_as(
-                "SELECT (SELECT status FROM customers WHERE id = $1), \
-                 COALESCE((SELECT jsonb_agg(jsonb_build_object('id', id, 'status', status, \
-                 'price', price::text, 'currency', currency)) FROM products WHERE id = ANY($2)), '[]'::jsonb)",
-            )
-            .bind(customer_id)
-            .bind(items.iter().map(|i| i.product_id).collect::<Vec<_>>())
-            .fetch_one(&st.write)
-            .await?;
-        let mut errs = Vec::new();
-        match &customer_status {
-            None => errs.push(broken(
-                "customerId",
-                format!("customer {customer_id} does not exist"),
-            )),
-            Some(s) if s != "ACTIVE" => errs.push(broken(
-                "customerId",
-                format!("customer is {s}, orders need an ACTIVE customer"),
-            )),
-            Some(_) => {}
+    // The distinct products, in the order of the items.
+    let mut ids: Vec<Uuid> = Vec::with_capacity(items.len());
+    for it in &items {
+        if !ids.contains(&it.product_id) {
+            ids.push(it.product_id);
         }
-        // The customer is checked before the items (one problem at a time, as before).
-        refs_ok(std::mem::take(&mut errs))?;
-        let lines = price_items(&items, &products.0, &currency, &mut errs);
-        refs_ok(errs)?;
+    }
+    // Price against the products as last read (no round trip) when every one is known; the
+    // statement's guard writes only if the customer is ACTIVE and every product still has
+    // exactly the status, price and currency priced against. If the guard does not hold (or a
+    // known product cannot be ordered), read the references, check them here, and write again:
+    // the errors are those of a read, as before. At most three reads.
+    let mut known = st.product_refs.get_all(&ids);
+    let mut reads = 0;
+    loop {
+        let (read, products) = match known.take() {
+            Some(p) => (false, p),
+            None if reads == 3 => break,
+            None => {
+                reads += 1;
+                let (customer_status, products): (
+                    Option<String>,
+                    sqlx::types::Json<Vec<ProductRef>>,
+                ) = sqlx::query_as(
+                    "SELECT (SELECT status FROM customers WHERE id = $1), \
+                     COALESCE((SELECT jsonb_agg(jsonb_build_object('id', id, 'status', status, \
+                     'price', price::text, 'currency', currency)) FROM products WHERE id = ANY($2)), '[]'::jsonb)",
+                )
+                .bind(customer_id)
+                .bind(&ids)
+                .fetch_one(&st.write)
+                .await?;
+                st.product_refs.remember(&products.0);
+                let mut errs = Vec::new();
+                match &customer_status {
+                    None => errs.push(broken(
+                        "customerId",
+                        format!("customer {customer_id} does not exist"),
+                    )),
+                    Some(s) if s != "ACTIVE" => errs.push(broken(
+                        "customerId",
+                        format!("customer is {s}, orders need an ACTIVE customer"),
+                    )),
+                    Some(_) => {}
+                }
+                // The customer is checked before the items (one problem at a time, as before).
+                refs_ok(errs)?;
+                (true, products.0)
+            }
+        };
+        let mut errs = Vec::new();
+        let lines = price_items(&items, &products, &currency, &mut errs);
+        if !errs.is_empty() {
+            if read {
+                return Err(AppError::BrokenReference(errs));
+            }
+            continue; // what was known may be stale: read before answering 422
+        }
+        // Every id has a ref here (price_items reported any missing one).
+        let refs: Vec<&ProductRef> = ids
+            .iter()
+            .filter_map(|pid| products.iter().find(|p| p.id == *pid))
+            .collect();
         let now = write::now();
         let t = totals(&lines);
         let order_items: Vec<OrderItem> = items
@@ -672,7 +738,9 @@ pub async fn create_order(
              subtotal, tax_amount, total_amount, notes, created_at, updated_at, version) \
              SELECT {}, {}, {cust}, {}, {}, {}, {}, {}, {}, {}, {}, {tm}, {tm}, 1 \
              WHERE EXISTS (SELECT 1 FROM customers WHERE id = {cust} AND status = 'ACTIVE') \
-             AND NOT EXISTS (SELECT 1 FROM products WHERE id = ANY({}) AND status = 'DISCONTINUED') \
+             AND (SELECT count(*) FROM unnest({}::uuid[], {}::text[], {}::numeric[], {}::text[]) \
+             AS r(id, status, price, currency) JOIN products p ON p.id = r.id AND p.status = r.status \
+             AND p.price = r.price AND p.currency::text = r.currency) = {} \
              RETURNING id",
             w.bind(e.id),
             w.bind(e.order_number.clone()),
@@ -684,7 +752,15 @@ pub async fn create_order(
             w.bind(e.tax_amount),
             w.bind(e.total_amount),
             w.bind(e.notes.clone()),
-            w.bind(items.iter().map(|i| i.product_id).collect::<Vec<_>>()),
+            w.bind(refs.iter().map(|p| p.id).collect::<Vec<_>>()),
+            w.bind(refs.iter().map(|p| p.status.clone()).collect::<Vec<_>>()),
+            w.bind(refs.iter().map(|p| p.price).collect::<Vec<_>>()),
+            w.bind(
+                refs.iter()
+                    .map(|p| p.currency.trim().to_string())
+                    .collect::<Vec<_>>(),
+            ),
+            w.bind(refs.len() as i64),
         );
         w.cte("e", sql, true);
         let items_sql = format!(
@@ -701,11 +777,13 @@ pub async fn create_order(
         );
         w.cte("i", items_sql, false);
         w.event(&st, "e", &e, &event_of(&e, "created", None));
+        w.remember(&e);
         let counts = w.run(&st, vec![write::change_of(&e)]).await?;
         if counts.first().copied().unwrap_or(0) > 0 {
             count_status(&st, "order", &e);
             return Ok(created(e));
         }
+        // The guard did not hold: a reference is not (or no longer) as priced against.
     }
     Err(AppError::Conflict(
         "the customer or a product kept changing while the order was written; retry".into(),
@@ -1108,6 +1186,7 @@ pub async fn create_invoice(
     );
     w.cte("i", items_sql, false);
     w.event(&st, "e", &e, &event_of(&e, "created", None));
+    w.remember(&e);
     let counts = w.run(&st, vec![write::change_of(&e)]).await?;
     if counts.first().copied().unwrap_or(0) == 0 {
         return Err(AppError::BrokenReference(vec![broken(
@@ -1220,6 +1299,7 @@ pub async fn create_payment(
     );
     w.cte("e", sql, true);
     w.event(&st, "e", &e, &event_of(&e, "created", None));
+    w.remember(&e);
     let counts = w.run(&st, vec![write::change_of(&e)]).await?;
     if counts.first().copied().unwrap_or(0) == 0 {
         // A reference did not hold: find out which, for the error (the rare path).

@@ -11,6 +11,11 @@
 //! (one Redis pipeline); the statement and the invalidation run in their own task, so a client
 //! that disconnects can never leave a committed write with a stale cache entry. This module owns
 //! that sequence; it does not validate input or decide domain rules (the handlers do).
+//!
+//! A statement may also name the entities it writes as they will be after it (`remember`):
+//! after commit they are kept, with the writing transaction's id (the rows' `xmin`), as this
+//! process's recent writes (`Cache::recent`), which a later status change uses instead of a
+//! read, guarded by `xmin_guard`.
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgArguments;
@@ -47,6 +52,7 @@ pub struct Write {
     args: PgArguments,
     n: usize,
     error: Option<String>,
+    remember: Vec<(&'static str, Uuid, serde_json::Value)>,
 }
 
 impl Default for Write {
@@ -63,6 +69,7 @@ impl Write {
             args: PgArguments::default(),
             n: 0,
             error: None,
+            remember: Vec::new(),
         }
     }
 
@@ -83,6 +90,26 @@ impl Write {
         self.ctes.push((name.to_string(), sql));
         if counted {
             self.counted.push(name.to_string());
+        }
+    }
+
+    /// After a successful run, remember `value` (the JSON of `e` as the statement leaves it)
+    /// as a recent write of this process.
+    pub fn remember<E: Entity>(&mut self, e: &E) {
+        match serde_json::to_value(e) {
+            Ok(v) => self.remember.push((E::NAME, e.id(), v)),
+            Err(err) => {
+                self.error.get_or_insert(err.to_string());
+            }
+        }
+    }
+
+    /// ` AND xmin::text = $n` when `xmin` is given: the row is still exactly the version that
+    /// transaction wrote (any update, by any client, gives the row a new `xmin`).
+    pub fn xmin_guard(&mut self, xmin: Option<&str>) -> String {
+        match xmin {
+            Some(x) => format!(" AND xmin::text = {}", self.bind(x.to_string())),
+            None => String::new(),
         }
     }
 
@@ -116,11 +143,16 @@ impl Write {
             .iter()
             .map(|(n, s)| format!("{n} AS ({s})"))
             .collect();
-        let counts: Vec<String> = self
+        let mut counts: Vec<String> = self
             .counted
             .iter()
             .map(|n| format!("(SELECT count(*) FROM {n})"))
             .collect();
+        if !self.remember.is_empty() {
+            // The id of this (autocommit) transaction as the rows' `xmin` shows it: the low
+            // 32 bits of the epoch-extended id.
+            counts.push("mod(pg_current_xact_id()::text::int8, 4294967296)::text".into());
+        }
         format!(
             "WITH {} SELECT {}",
             ctes.join(", "),
@@ -141,6 +173,7 @@ impl Write {
         let sql = self.sql();
         let counted = self.counted.len();
         let args = self.args;
+        let remember = self.remember;
         let st = st.clone();
         let task = tokio::spawn(async move {
             let row = sqlx::query_with(&sql, args).fetch_one(&st.write).await?;
@@ -150,6 +183,12 @@ impl Write {
             }
             if counts.iter().all(|c| *c > 0) {
                 invalidate(&st, &changes).await;
+                if !remember.is_empty() {
+                    let xmin: String = row.try_get(counted)?;
+                    for (entity, id, v) in remember {
+                        st.cache.remember(entity, id, xmin.clone(), v);
+                    }
+                }
             }
             Ok::<_, AppError>(counts)
         });

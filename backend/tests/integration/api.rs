@@ -596,3 +596,153 @@ async fn validation_locking_references_auth_and_paging() {
     assert_eq!((r.status, r.body["totalItems"].as_i64()), (200, Some(1)));
     f.running.shutdown().await;
 }
+
+/// Orders are priced against products as last read, and status changes decide on rows as the
+/// backend last wrote them, without reading first: changes made meanwhile by another client
+/// (psql here, bumping no version) must still be seen, in the answer as in what is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_decided_without_a_read_see_other_clients_changes() {
+    let f = fixture().await;
+    let api = &f.api;
+    let pg = &f.stack.pg;
+    let c = customer(api, "Remembered").await;
+    let cid = c["id"].as_str().unwrap();
+    let p = product(api, "10.00").await;
+    let pid = p["id"].as_str().unwrap();
+    let o1 = order(api, cid, pid).await;
+    assert_eq!(o1["items"][0]["unitPrice"], "10.00");
+
+    // A new price: the next order is priced at it, in the answer and in the database.
+    pg.psql(&format!(
+        "UPDATE products SET price = 12.00 WHERE id = '{pid}'"
+    ));
+    let o2 = order(api, cid, pid).await;
+    assert_eq!(o2["items"][0]["unitPrice"], "12.00", "{o2}");
+    let o2id = o2["id"].as_str().unwrap();
+    assert_eq!(
+        pg.psql(&format!(
+            "SELECT unit_price FROM order_items WHERE order_id = '{o2id}' AND line_no = 0"
+        )),
+        "12.00"
+    );
+    // A discontinued product: 422, as when it was read first.
+    pg.psql(&format!(
+        "UPDATE products SET status = 'DISCONTINUED' WHERE id = '{pid}'"
+    ));
+    let new_order = json!({"customerId": cid, "currency": "EUR",
+                           "items": [{"productId": pid, "quantity": 1}]});
+    let r = api.post("/api/v1/orders", new_order.clone()).await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (422, Some("BROKEN_REFERENCE")),
+        "{}",
+        r.body
+    );
+    // A customer no longer ACTIVE: 422 as well.
+    pg.psql(&format!(
+        "UPDATE products SET status = 'ACTIVE' WHERE id = '{pid}'"
+    ));
+    let _ = order(api, cid, pid).await;
+    pg.psql(&format!(
+        "UPDATE customers SET status = 'SUSPENDED' WHERE id = '{cid}'"
+    ));
+    let r = api.post("/api/v1/orders", new_order).await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (422, Some("BROKEN_REFERENCE")),
+        "{}",
+        r.body
+    );
+    pg.psql(&format!(
+        "UPDATE customers SET status = 'ACTIVE' WHERE id = '{cid}'"
+    ));
+
+    // The order as the backend wrote it was changed by psql (same version): the status change
+    // answers, and writes into its event, the row as it is now.
+    let o1id = o1["id"].as_str().unwrap();
+    pg.psql(&format!(
+        "UPDATE orders SET notes = 'set by psql' WHERE id = '{o1id}'"
+    ));
+    let r = status(api, "orders", &o1, "APPROVED").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["notes"], "set by psql", "{}", r.body);
+    assert_eq!(r.body["version"], 2);
+    let approved = r.body;
+    assert_eq!(
+        pg.psql(&format!(
+            "SELECT payload->'data'->>'notes' FROM outbox WHERE aggregate_id = '{o1id}' \
+             AND event_type = 'com.bss.order.approved.v1'"
+        )),
+        "set by psql"
+    );
+    // A stale version is still 409, an illegal transition too (both decided on a read).
+    let r = status(api, "orders", &o1, "IN_PROGRESS").await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (409, Some("STALE_VERSION")),
+        "{}",
+        r.body
+    );
+    let r = status(api, "orders", &approved, "COMPLETED").await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (409, Some("ILLEGAL_TRANSITION")),
+        "{}",
+        r.body
+    );
+
+    // A payment completed against a remembered invoice that psql has paid meanwhile: the
+    // invoice is not marked PAID a second time.
+    let inv = invoice(api, cid).await;
+    let r = status(api, "invoices", &inv, "SENT").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let sent = r.body;
+    let iid = sent["id"].as_str().unwrap();
+    let r = api
+        .post(
+            "/api/v1/payments",
+            json!({"customerId": cid, "invoiceId": iid, "amount": sent["totalAmount"],
+                   "currency": "EUR", "method": "CARD"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let pay = r.body;
+    pg.psql(&format!(
+        "UPDATE invoices SET status = 'PAID', paid_date = current_date WHERE id = '{iid}'"
+    ));
+    let r = status(api, "payments", &pay, "COMPLETED").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        pg.psql(&format!(
+            "SELECT count(*) FROM outbox WHERE aggregate_id = '{iid}' \
+             AND event_type = 'com.bss.invoice.paid.v1'"
+        )),
+        "0",
+        "psql had paid the invoice already"
+    );
+    assert_eq!(
+        pg.psql(&format!("SELECT version FROM invoices WHERE id = '{iid}'")),
+        "2"
+    );
+    // And one the API sent and nobody touched is paid in the payment's statement.
+    let inv = invoice(api, cid).await;
+    let sent = status(api, "invoices", &inv, "SENT").await.body;
+    let iid = sent["id"].as_str().unwrap();
+    let pay = api
+        .post(
+            "/api/v1/payments",
+            json!({"customerId": cid, "invoiceId": iid, "amount": sent["totalAmount"],
+                   "currency": "EUR", "method": "CARD"}),
+        )
+        .await
+        .body;
+    let r = status(api, "payments", &pay, "COMPLETED").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        pg.psql(&format!(
+            "SELECT status || ' ' || version FROM invoices WHERE id = '{iid}'"
+        )),
+        "PAID 3"
+    );
+    f.running.shutdown().await;
+}
