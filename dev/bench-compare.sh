@@ -3,6 +3,7 @@
 # cold / no-op apply, HAProxy reload, Envoy hot restart, Prometheus restart, destroy) for an older
 # revision and for the working tree, alternating which goes first, then min / median / max of each.
 #   bash dev/bench-compare.sh OLD_REV [ROUNDS]      (default 3 rounds)
+#   NEW_BIN=DIR/bssctl bash dev/bench-compare.sh ...  (a prebuilt new build, bss-backend beside it)
 # The raw figures and the cold applies' step events stay in $KEEP (default /tmp/bench-compare-steps).
 # OLD_REV is built in release in a worktree under ~/.cache/bssctl/compare (kept for the next run).
 # Both builds apply OLD_REV's root topology with its explicit ports shifted by 10000 (below the
@@ -26,9 +27,15 @@ if [ ! -d "$src" ]; then
 fi
 echo "== building $rev and the working tree (release)"
 (cd "$src" && CARGO_TARGET_DIR=$cache/target-$rev cargo build --release -q -p controller -p backend)
-cargo build --release -q -p controller -p backend
 old_bin=$cache/target-$rev/release/bssctl
-new_bin=$PWD/target/release/bssctl
+if [ -n "${NEW_BIN:-}" ]; then
+  # A build made earlier (its bss-backend beside it), e.g. while someone else edits the tree.
+  new_bin=$NEW_BIN
+  [ -x "$(dirname "$new_bin")/bss-backend" ] || { echo "NEW_BIN: no bss-backend beside $new_bin" >&2; exit 2; }
+else
+  cargo build --release -q -p controller -p backend
+  new_bin=$PWD/target/release/bssctl
+fi
 
 work=$(mktemp -d /tmp/bssctl-compare-XXXXXX)
 chmod 755 "$work"

@@ -531,6 +531,7 @@ impl Runtime for Docker {
             // Rendered files are a bind-mounted directory: they change under a running container.
             live_files: true,
             members_follow_roles: false,
+            concurrent_tasks: false,
         }
     }
 

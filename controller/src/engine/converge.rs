@@ -303,6 +303,86 @@ impl Env<'_> {
         Ok(())
     }
 
+    /// When `ordered[i]` begins a run of PostgreSQL replicas that are all to be created from
+    /// nothing (never started, empty data directory, no rewind pending) and their primary came
+    /// earlier in the order: their base backups run at once. Each member is then created as
+    /// usual, finds its data in place and goes on with `standby.signal`, start, gate and the
+    /// streaming check. On one disk the copies share their flushes (each ends with one
+    /// `syncfs`) instead of waiting for one another. A failed copy fails the apply after the
+    /// others have finished; a finished copy stays in place for the next apply.
+    fn clone_replicas(
+        &mut self,
+        ordered: &[(&String, &ComponentBundle)],
+        i: usize,
+        action_of: &dyn Fn(&str) -> Action,
+    ) -> Result<(), RuntimeError> {
+        let t = self.t;
+        let Some(pg) = t.postgres.as_ref() else {
+            return Ok(());
+        };
+        let Some(primary) = pg.primary_member() else {
+            return Ok(());
+        };
+        if !ordered[..i].iter().any(|(n, _)| **n == primary.name) {
+            return Ok(());
+        }
+        let mut run = Vec::new();
+        for (name, c) in &ordered[i..] {
+            let fresh = c.kind == Kind::Postgres
+                && pg.member(name).is_some_and(|m| m.role == Role::Replica)
+                && action_of(name) == Action::Create
+                && self.rt.observe(name).is_none()
+                && !self.store.needs_rewind(name);
+            if !fresh {
+                break;
+            }
+            run.push((name.as_str(), *c));
+        }
+        if run.len() < 2 {
+            return Ok(());
+        }
+        let mut tasks = Vec::with_capacity(run.len());
+        for (name, c) in &run {
+            let Some(m) = pg.member(name) else { continue };
+            if self.rt.exec(name, &Task::PgDataState)?.trim() != "empty" {
+                continue;
+            }
+            // Where the runtime delivers a member's credentials with its files.
+            self.rt.put_config(name, c)?;
+            if pg.slots {
+                self.pg(primary, PgOp::EnsureSlot(m.slot.clone()))
+                    .map_err(|e| RuntimeError::step(name, "slot", e))?;
+            }
+            let task = Task::PgBaseBackup {
+                host: primary.host.clone(),
+                port: primary.port,
+                user: pg.replication_user.clone(),
+                slot: pg.slots.then(|| m.slot.clone()),
+            };
+            tasks.push((*name, task));
+        }
+        if tasks.len() < 2 {
+            return Ok(());
+        }
+        let s = Instant::now();
+        for (name, _) in &tasks {
+            let detail = format!("from {}, {} copies at once", primary.name, tasks.len());
+            self.ev(name, "basebackup", "start", Duration::ZERO, detail);
+        }
+        let results = self.rt.exec_each(&tasks);
+        let mut first_err = None;
+        for ((name, _), r) in tasks.iter().zip(results) {
+            match r {
+                Ok(_) => self.ev(name, "basebackup", "ok", s.elapsed(), ""),
+                Err(e) => {
+                    self.ev(name, "basebackup", "fail", s.elapsed(), e.to_string());
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
     fn start_and_gate(
         &mut self,
         name: &str,
@@ -858,6 +938,9 @@ impl Env<'_> {
                 }
                 i += run.len();
                 continue;
+            }
+            if self.rt.capabilities().concurrent_tasks {
+                self.clone_replicas(&ordered, i, &action_of)?;
             }
             let (name, c) = ordered[i];
             let old = applied.and_then(|a| a.components.get(name));

@@ -59,6 +59,8 @@ pub struct World {
     pub intent: Option<FailoverEvent>,
     pub history: Vec<FailoverEvent>,
     pub rewind: BTreeSet<String>,
+    /// Tasks that fail, as `"<component> <task>"` (`"postgres-2 PgBaseBackup"`).
+    pub failing_tasks: BTreeSet<String>,
     /// Free space per member (`disk_space`); a member not listed has plenty.
     pub disk: BTreeMap<String, Vec<DiskSpace>>,
 }
@@ -87,6 +89,9 @@ impl Runtime for FakeRuntime {
             envoy_hot_restart: true,
             live_files: true,
             members_follow_roles: false,
+            // exec_each stays the default (one after another): the log shows what the engine
+            // asked for together.
+            concurrent_tasks: true,
         }
     }
 
@@ -185,6 +190,9 @@ impl Runtime for FakeRuntime {
                 .to_string(),
         };
         w.log.push(format!("exec {name} {label}"));
+        if w.failing_tasks.contains(&format!("{name} {label}")) {
+            return Err(RuntimeError::step(name, &label, "injected failure"));
+        }
         let marker = w.reject_marker.clone();
         let next = w.next_instance;
         let primary = w.write_server.clone();

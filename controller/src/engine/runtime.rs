@@ -216,6 +216,10 @@ pub struct Capabilities {
     /// Each PostgreSQL member follows the recorded roles by itself (the Kubernetes instance
     /// entrypoint watches the roles ConfigMap), so a failover re-points no member itself.
     pub members_follow_roles: bool,
+    /// `exec_each` runs the tasks of different components at once (the local runtime: one
+    /// thread each), so the engine clones fresh replicas together; elsewhere one after another,
+    /// each right before its member starts.
+    pub concurrent_tasks: bool,
 }
 
 impl Capabilities {
@@ -269,6 +273,12 @@ pub trait Runtime {
     fn signal(&mut self, name: &str, sig: Signal) -> Result<(), RuntimeError>;
     /// Runs a task in the component's context; returns its output.
     fn exec(&mut self, name: &str, task: &Task) -> Result<String, RuntimeError>;
+    /// Runs tasks of different components that do not depend on one another; results in the
+    /// order given. At once where `capabilities().concurrent_tasks`; the default runs them one
+    /// after another.
+    fn exec_each(&mut self, tasks: &[(&str, Task)]) -> Vec<Result<String, RuntimeError>> {
+        tasks.iter().map(|(n, t)| self.exec(n, t)).collect()
+    }
     /// What runs of one component (None: never started or removed).
     fn observe(&self, name: &str) -> Option<Observed>;
     /// Whether this particular instance still runs (an old Envoy epoch, say).

@@ -190,6 +190,7 @@ fn a_reload_is_a_restart_where_the_runtime_cannot_reload() {
         envoy_hot_restart: false,
         live_files: false,
         members_follow_roles: false,
+        concurrent_tasks: false,
     };
     super::converge::adjust_plan(&mut pl, &caps);
     let c = pl.get("prometheus").unwrap();
@@ -469,4 +470,53 @@ fn the_observers_start_as_one_wave_and_a_failed_gate_in_it_fails_the_apply() {
         assert!(order.contains(n), "{n} not started: {order:?}");
     }
     assert_eq!(order.len(), b.components.len(), "{order:?}");
+}
+
+#[test]
+fn fresh_replicas_are_cloned_together_and_a_failed_copy_is_taken_up_by_the_next_apply() {
+    let t = topology(STACK);
+    let b = bundle(&t);
+    let s = world();
+    s.lock()
+        .unwrap()
+        .failing_tasks
+        .insert("postgres-2 PgBaseBackup".into());
+    let err = apply(&s, &t, &b, None).unwrap_err();
+    assert!(
+        err.contains("postgres-2") && err.contains("injected failure"),
+        "{err}"
+    );
+    {
+        let w = s.lock().unwrap();
+        let at = |e: &str| {
+            w.index_of(e)
+                .unwrap_or_else(|| panic!("no {e:?} in {:?}", w.log))
+        };
+        // Both copies were asked for before either replica started, after the primary's roles.
+        let (b1, b2) = (
+            at("exec postgres-1 PgBaseBackup"),
+            at("exec postgres-2 PgBaseBackup"),
+        );
+        assert!(at("start postgres-0") < b1.min(b2), "{:?}", w.log);
+        assert!(w.index_of("start postgres-1").is_none(), "{:?}", w.log);
+        assert!(w.comps["postgres-1"].initialized);
+        assert!(!w.comps["postgres-2"].initialized);
+    }
+    // The next apply keeps the finished copy and clones only the one that failed.
+    s.lock().unwrap().failing_tasks.clear();
+    let before = s.lock().unwrap().log.len();
+    apply(&s, &t, &b, None).unwrap();
+    let w = s.lock().unwrap();
+    let again: Vec<&String> = w.log[before..]
+        .iter()
+        .filter(|l| l.ends_with("PgBaseBackup"))
+        .collect();
+    assert_eq!(again, ["exec postgres-2 PgBaseBackup"], "{:?}", w.log);
+    for m in ["postgres-1", "postgres-2"] {
+        assert!(
+            w.comps[m].running && w.comps[m].standby,
+            "{m}: {:?}",
+            w.comps[m]
+        );
+    }
 }

@@ -282,6 +282,7 @@ impl Runtime for ClusterRuntime {
             envoy_hot_restart: false,
             live_files: false,
             members_follow_roles: true,
+            concurrent_tasks: false,
         }
     }
     fn preflight(&self, _desired: &Bundle) -> Result<(), RuntimeError> {

@@ -168,6 +168,7 @@ impl Runtime for PodRuntime {
             envoy_hot_restart: false,
             live_files: false,
             members_follow_roles: false,
+            concurrent_tasks: false,
         }
     }
 

@@ -775,7 +775,7 @@ impl Local {
         }
     }
 
-    fn pg_task(&mut self, name: &str, task: &Task) -> Result<String, RuntimeError> {
+    fn pg_task(&self, name: &str, task: &Task) -> Result<String, RuntimeError> {
         let t = self.t.clone();
         let m = self.member(name)?;
         let pg_user = self.user(Kind::Postgres)?;
@@ -877,6 +877,7 @@ impl Local {
                     "stream",
                     "--checkpoint=fast",
                     "--no-password",
+                    "--no-sync",
                 ];
                 if let Some(s) = slot {
                     args.extend(["-S", s.as_str()]);
@@ -892,6 +893,12 @@ impl Local {
                     tool_user,
                 )
                 .map_err(|e| err("basebackup", e))?;
+                // As after initdb: one syncfs instead of pg_basebackup's fsync of every file
+                // (PostgreSQL 15 has no `--sync-method=syncfs`), before the copy is renamed into
+                // place, so a crash before leaves only the scratch copy and the next apply clones
+                // again.
+                let dir = std::fs::File::open(&tmp).map_err(|e| io("basebackup", e))?;
+                rustix::fs::syncfs(&dir).map_err(|e| io("basebackup", e.into()))?;
                 finish(&tmp, "basebackup")
             }
             Task::PgStandbySignal(on) => {
@@ -953,6 +960,69 @@ impl Local {
     }
 }
 
+impl Local {
+    /// A task in a component's context (`Runtime::exec`); shared, so `exec_each` can run
+    /// several at once.
+    fn run_task(&self, name: &str, task: &Task) -> Result<String, RuntimeError> {
+        let t = &self.t;
+        match task {
+            Task::Migrate => {
+                let cfg = format!("{}/{name}/backend.yaml", t.paths.config);
+                let u = self.user(Kind::Backend)?;
+                run_tool(
+                    &t.paths.root,
+                    "bss-backend",
+                    &["migrate", "--config", &cfg],
+                    &[],
+                    u.as_ref(),
+                )
+                .map_err(|e| RuntimeError::step(name, "migrate", e))
+            }
+            Task::HaproxyCheck => {
+                let cfg = format!("{}/{name}/haproxy.cfg", t.paths.config);
+                let pw = state::secret_value(t, "haproxy-stats-password").unwrap_or_default();
+                run_tool(
+                    &t.paths.root,
+                    "haproxy",
+                    &["-c", "-q", "-f", &cfg],
+                    &[("HAPROXY_STATS_PASSWORD", pw.as_str())],
+                    self.user(Kind::Haproxy)?.as_ref(),
+                )
+                .map_err(|e| RuntimeError::step(name, "check config", e))
+            }
+            Task::HaproxyAdmin(cmd) => {
+                let h = t
+                    .haproxy
+                    .as_ref()
+                    .ok_or_else(|| RuntimeError::step(name, "admin", "no haproxy"))?;
+                probe::haproxy_cmd(&h.admin_socket, cmd, Duration::from_secs(2))
+                    .map_err(|e| RuntimeError::step(name, "admin", e))
+            }
+            Task::EnvoyAdmin(path) => {
+                let e = t
+                    .envoy
+                    .as_ref()
+                    .ok_or_else(|| RuntimeError::step(name, "admin", "no envoy"))?;
+                match probe::http_get_unix(&e.admin_socket, path, Duration::from_secs(2)) {
+                    Ok((c, body)) if (200..300).contains(&c) => Ok(body),
+                    Ok((c, body)) => Err(RuntimeError::step(
+                        name,
+                        "admin",
+                        format!("{path} answered {c} {}", body.trim()),
+                    )),
+                    Err(e) => Err(RuntimeError::step(name, "admin", e)),
+                }
+            }
+            Task::Tool { program, args } => {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                run_tool(&t.paths.root, program, &args, &[], None)
+                    .map_err(|e| RuntimeError::step(name, program, e))
+            }
+            pg => self.pg_task(name, pg),
+        }
+    }
+}
+
 impl Runtime for Local {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
@@ -960,6 +1030,7 @@ impl Runtime for Local {
             envoy_hot_restart: true,
             live_files: true,
             members_follow_roles: false,
+            concurrent_tasks: true,
         }
     }
 
@@ -1050,62 +1121,30 @@ impl Runtime for Local {
     }
 
     fn exec(&mut self, name: &str, task: &Task) -> Result<String, RuntimeError> {
-        let t = &self.t;
-        match task {
-            Task::Migrate => {
-                let cfg = format!("{}/{name}/backend.yaml", t.paths.config);
-                let u = self.user(Kind::Backend)?;
-                run_tool(
-                    &t.paths.root,
-                    "bss-backend",
-                    &["migrate", "--config", &cfg],
-                    &[],
-                    u.as_ref(),
-                )
-                .map_err(|e| RuntimeError::step(name, "migrate", e))
-            }
-            Task::HaproxyCheck => {
-                let cfg = format!("{}/{name}/haproxy.cfg", t.paths.config);
-                let pw = state::secret_value(t, "haproxy-stats-password").unwrap_or_default();
-                run_tool(
-                    &t.paths.root,
-                    "haproxy",
-                    &["-c", "-q", "-f", &cfg],
-                    &[("HAPROXY_STATS_PASSWORD", pw.as_str())],
-                    self.user(Kind::Haproxy)?.as_ref(),
-                )
-                .map_err(|e| RuntimeError::step(name, "check config", e))
-            }
-            Task::HaproxyAdmin(cmd) => {
-                let h = t
-                    .haproxy
-                    .as_ref()
-                    .ok_or_else(|| RuntimeError::step(name, "admin", "no haproxy"))?;
-                probe::haproxy_cmd(&h.admin_socket, cmd, Duration::from_secs(2))
-                    .map_err(|e| RuntimeError::step(name, "admin", e))
-            }
-            Task::EnvoyAdmin(path) => {
-                let e = t
-                    .envoy
-                    .as_ref()
-                    .ok_or_else(|| RuntimeError::step(name, "admin", "no envoy"))?;
-                match probe::http_get_unix(&e.admin_socket, path, Duration::from_secs(2)) {
-                    Ok((c, body)) if (200..300).contains(&c) => Ok(body),
-                    Ok((c, body)) => Err(RuntimeError::step(
-                        name,
-                        "admin",
-                        format!("{path} answered {c} {}", body.trim()),
-                    )),
-                    Err(e) => Err(RuntimeError::step(name, "admin", e)),
-                }
-            }
-            Task::Tool { program, args } => {
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                run_tool(&t.paths.root, program, &args, &[], None)
-                    .map_err(|e| RuntimeError::step(name, program, e))
-            }
-            pg => self.pg_task(name, pg),
-        }
+        self.run_task(name, task)
+    }
+
+    /// One thread per task: each is a process of its own (pg_basebackup, initdb, ...).
+    fn exec_each(&mut self, tasks: &[(&str, Task)]) -> Vec<Result<String, RuntimeError>> {
+        let me = &*self;
+        std::thread::scope(|s| {
+            let running: Vec<_> = tasks
+                .iter()
+                .map(|(name, task)| (*name, s.spawn(move || me.run_task(name, task))))
+                .collect();
+            running
+                .into_iter()
+                .map(|(name, h)| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(RuntimeError::step(
+                            name,
+                            "run its task",
+                            "the task's thread panicked",
+                        ))
+                    })
+                })
+                .collect()
+        })
     }
 
     fn observe(&self, name: &str) -> Option<Observed> {
