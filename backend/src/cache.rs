@@ -87,6 +87,11 @@ type RecentKey = (&'static str, Uuid);
 struct RecentWrites {
     current: HashMap<RecentKey, Recent>,
     previous: HashMap<RecentKey, Recent>,
+    /// Counts the forgets of other clients' changes (the listener's, a resync). A write
+    /// remembers its entities only if none happened while it ran: a notification handled
+    /// between its statement and its `remember` (say, of order items changed by psql, which
+    /// leave the order's `xmin` alone) would otherwise be undone by the remember.
+    epoch: u64,
 }
 
 impl RecentWrites {
@@ -107,6 +112,25 @@ impl RecentWrites {
     fn clear(&mut self) {
         self.current.clear();
         self.previous.clear();
+    }
+    /// Inserts unless another client's change was forgotten since `epoch`.
+    fn insert_since(&mut self, epoch: u64, k: RecentKey, r: Recent) {
+        if self.epoch == epoch {
+            self.insert(k, r);
+        }
+    }
+    /// `other_client`: changes notified by the database (not this process's own writes).
+    fn forget(&mut self, keys: impl IntoIterator<Item = RecentKey>, other_client: bool) {
+        if other_client {
+            self.epoch = self.epoch.wrapping_add(1);
+        }
+        for k in keys {
+            self.remove(&k);
+        }
+    }
+    fn forget_all(&mut self) {
+        self.epoch = self.epoch.wrapping_add(1);
+        self.clear();
     }
 }
 
@@ -232,24 +256,41 @@ impl Cache {
             .map(|r| (r.xmin.clone(), r.value.clone()))
     }
 
-    /// Remembers an entity this process has just written (committed) in transaction `xmin`.
-    pub fn remember(&self, entity: &'static str, id: Uuid, xmin: String, value: serde_json::Value) {
+    /// Where the forgets of other clients' changes stand; taken before a write's statement
+    /// and handed to `remember` after it.
+    pub fn recent_epoch(&self) -> u64 {
+        self.inner
+            .recent
+            .lock()
+            .map(|m| m.epoch)
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Remembers an entity this process has just written (committed) in transaction `xmin`,
+    /// unless another client's change was forgotten since `epoch` (see `RecentWrites::epoch`).
+    pub fn remember(
+        &self,
+        epoch: u64,
+        entity: &'static str,
+        id: Uuid,
+        xmin: String,
+        value: serde_json::Value,
+    ) {
         if let Ok(mut map) = self.inner.recent.lock() {
-            map.insert((entity, id), Recent { xmin, value });
+            map.insert_since(epoch, (entity, id), Recent { xmin, value });
         }
     }
 
-    fn forget_recent(&self, changes: &[Change]) {
+    /// `other_client`: a change notified by the database (not this process's own write).
+    fn forget_recent(&self, changes: &[Change], other_client: bool) {
         if let Ok(mut map) = self.inner.recent.lock() {
-            for c in changes {
-                map.remove(&(c.entity, c.id));
-            }
+            map.forget(changes.iter().map(|c| (c.entity, c.id)), other_client);
         }
     }
 
     fn forget_all_recent(&self) {
         if let Ok(mut map) = self.inner.recent.lock() {
-            map.clear();
+            map.forget_all();
         }
     }
 
@@ -423,10 +464,14 @@ impl Cache {
     /// customer's cached lists carry its generation in their token, so bumping it is enough;
     /// their values expire by TTL (and LRU) instead of costing a set lookup per write.
     pub async fn invalidate_many(&self, changes: &[Change]) -> redis::RedisResult<()> {
+        self.forget_recent(changes, false);
+        self.invalidate_redis(changes).await
+    }
+
+    async fn invalidate_redis(&self, changes: &[Change]) -> redis::RedisResult<()> {
         if changes.is_empty() {
             return Ok(());
         }
-        self.forget_recent(changes);
         let gen_ttl = (self.inner.ttl_seconds * 4).max(60) as i64;
         let mut entities = BTreeSet::new();
         let mut customers = BTreeSet::new();
@@ -450,19 +495,21 @@ impl Cache {
         pipe.query_async::<()>(&mut conn).await
     }
 
-    /// Invalidates one entity row and everything that depends on its customer.
+    /// Invalidates one entity row changed by another database client (the listener's
+    /// notifications) and everything that depends on its customer.
     pub async fn invalidate(
         &self,
         entity: &'static str,
         id: Uuid,
         customer: Option<Uuid>,
     ) -> redis::RedisResult<()> {
-        self.invalidate_many(&[Change {
+        let changes = [Change {
             entity,
             id,
             customer,
-        }])
-        .await
+        }];
+        self.forget_recent(&changes, true);
+        self.invalidate_redis(&changes).await
     }
 
     /// After a (re)connect of the listener: notifications may have been missed, so every cached
@@ -567,5 +614,36 @@ mod tests {
         assert!(w.get(&newest).is_none());
         w.clear();
         assert!(w.get(&("order", ids[ids.len() - 2])).is_none());
+    }
+
+    #[test]
+    fn a_write_remembers_nothing_if_another_clients_change_was_forgotten_meanwhile() {
+        let r = || Recent {
+            xmin: "7".into(),
+            value: serde_json::Value::Null,
+        };
+        let mut w = RecentWrites::default();
+        let (a, b) = (("order", Uuid::new_v4()), ("order", Uuid::new_v4()));
+        // This process's own writes do not move the epoch.
+        let e0 = w.epoch;
+        w.forget([a], false);
+        w.insert_since(e0, a, r());
+        assert!(w.get(&a).is_some());
+        // A notification (say, of b's items changed by psql) handled while a write of b ran.
+        let e1 = w.epoch;
+        w.forget([b], true);
+        w.insert_since(e1, b, r());
+        assert!(
+            w.get(&b).is_none(),
+            "the write's stale view must not be remembered"
+        );
+        // A resync forgets everything and, too, what was being written during it.
+        let e2 = w.epoch;
+        w.forget_all();
+        assert!(w.get(&a).is_none());
+        w.insert_since(e2, a, r());
+        assert!(w.get(&a).is_none());
+        w.insert_since(w.epoch, a, r());
+        assert!(w.get(&a).is_some());
     }
 }

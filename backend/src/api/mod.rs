@@ -473,6 +473,8 @@ pub async fn change_status<E: Entity>(
     // not hold) read, decide, then one guarded statement (`WHERE version = $n`); if the guard
     // does not hold, someone changed the row in between: read and decide again. The errors are
     // always those of a read. At most three reads.
+    // Where the recent writes stood when `cur` was looked up or read (see `Write::based_on`).
+    let mut epoch = st.cache.recent_epoch();
     let mut known = st
         .cache
         .recent(E::NAME, id)
@@ -484,6 +486,7 @@ pub async fn change_status<E: Entity>(
             None if reads == 3 => break,
             None => {
                 reads += 1;
+                epoch = st.cache.recent_epoch();
                 let cur = store::fetch_pool::<E>(&st.write, id)
                     .await?
                     .ok_or_else(|| store::not_found::<E>(id))?;
@@ -498,6 +501,7 @@ pub async fn change_status<E: Entity>(
         };
         let now = write::now();
         let mut w = write::Write::new();
+        w.based_on(epoch);
         let mut v = serde_json::to_value(&cur).map_err(AppError::internal)?;
         v["status"] = serde_json::json!(to);
         v["version"] = serde_json::json!(cur.version() + 1);

@@ -53,6 +53,8 @@ pub struct Write {
     n: usize,
     error: Option<String>,
     remember: Vec<(&'static str, Uuid, serde_json::Value)>,
+    /// `Cache::recent_epoch` when what is remembered was read (None: when the statement runs).
+    based_on: Option<u64>,
 }
 
 impl Default for Write {
@@ -70,6 +72,7 @@ impl Write {
             n: 0,
             error: None,
             remember: Vec::new(),
+            based_on: None,
         }
     }
 
@@ -102,6 +105,12 @@ impl Write {
                 self.error.get_or_insert(err.to_string());
             }
         }
+    }
+
+    /// What is remembered was built from what the handler read when the recent writes stood at
+    /// `epoch` (`Cache::recent_epoch`, taken before the read).
+    pub fn based_on(&mut self, epoch: u64) {
+        self.based_on = Some(epoch);
     }
 
     /// ` AND xmin::text = $n` when `xmin` is given: the row is still exactly the version that
@@ -174,8 +183,10 @@ impl Write {
         let counted = self.counted.len();
         let args = self.args;
         let remember = self.remember;
+        let based_on = self.based_on;
         let st = st.clone();
         let task = tokio::spawn(async move {
+            let epoch = based_on.unwrap_or_else(|| st.cache.recent_epoch());
             let row = sqlx::query_with(&sql, args).fetch_one(&st.write).await?;
             let mut counts = Vec::with_capacity(counted);
             for i in 0..counted {
@@ -186,7 +197,7 @@ impl Write {
                 if !remember.is_empty() {
                     let xmin: String = row.try_get(counted)?;
                     for (entity, id, v) in remember {
-                        st.cache.remember(entity, id, xmin.clone(), v);
+                        st.cache.remember(epoch, entity, id, xmin.clone(), v);
                     }
                 }
             }
