@@ -836,19 +836,18 @@ impl Local {
                         "--pwfile",
                         &pwfile.display().to_string(),
                         "--no-instructions",
-                        "--no-sync",
                     ],
                     &[],
                     tool_user,
                 );
                 let _ = std::fs::remove_file(&pwfile);
                 r.map_err(|e| err("initdb", e))?;
-                // One syncfs of the new cluster's filesystem instead of initdb's fsync of each of
-                // its ~1,000 files (half of initdb's time here). The cluster is renamed into
-                // place only after it is durable: a crash before leaves the scratch copy, and
-                // the next apply runs initdb again.
-                let dir = std::fs::File::open(&tmp).map_err(|e| io("initdb", e))?;
-                rustix::fs::syncfs(&dir).map_err(|e| io("initdb", e.into()))?;
+                // initdb's own fsync of each file, not `--no-sync` plus one syncfs: a syncfs
+                // also writes back every dirty block of the filesystem, and right after a
+                // `check` or a `destroy` (thousands of files made and deleted) that took longer
+                // than the per-file syncs (2026-12-03: initdb slower in 5 of 5 bench-compare
+                // runs, 4 of 4 by hand after a `check`). The cluster is renamed into place only
+                // once initdb has made it durable.
                 finish(&tmp, "initdb")
             }
             Task::PgBaseBackup {
@@ -877,7 +876,6 @@ impl Local {
                     "stream",
                     "--checkpoint=fast",
                     "--no-password",
-                    "--no-sync",
                 ];
                 if let Some(s) = slot {
                     args.extend(["-S", s.as_str()]);
@@ -893,12 +891,8 @@ impl Local {
                     tool_user,
                 )
                 .map_err(|e| err("basebackup", e))?;
-                // As after initdb: one syncfs instead of pg_basebackup's fsync of every file
-                // (PostgreSQL 15 has no `--sync-method=syncfs`), before the copy is renamed into
-                // place, so a crash before leaves only the scratch copy and the next apply clones
-                // again.
-                let dir = std::fs::File::open(&tmp).map_err(|e| io("basebackup", e))?;
-                rustix::fs::syncfs(&dir).map_err(|e| io("basebackup", e.into()))?;
+                // pg_basebackup's own fsync of each file, for the reason given at initdb; the
+                // copy is renamed into place only once it is durable.
                 finish(&tmp, "basebackup")
             }
             Task::PgStandbySignal(on) => {
