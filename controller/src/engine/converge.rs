@@ -761,7 +761,7 @@ impl Env<'_> {
                 let before = worker(self);
                 self.rt.signal(name, Signal::Usr2)?;
                 let start = Instant::now();
-                let mut pace = health::Pace::default();
+                let mut pace = health::Pace::fine();
                 loop {
                     let now = worker(self);
                     if now.is_some() && now != before {
