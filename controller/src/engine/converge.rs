@@ -307,9 +307,9 @@ impl Env<'_> {
     /// nothing (never started, empty data directory, no rewind pending) and their primary came
     /// earlier in the order: their base backups run at once. Each member is then created as
     /// usual, finds its data in place and goes on with `standby.signal`, start, gate and the
-    /// streaming check. On one disk the copies share their flushes (each ends with one
-    /// `syncfs`) instead of waiting for one another. A failed copy fails the apply after the
-    /// others have finished; a finished copy stays in place for the next apply.
+    /// streaming check. The copies overlap their streaming from the primary and their fsyncs
+    /// instead of waiting for one another. A failed copy fails the apply after the others have
+    /// finished; a finished copy stays in place for the next apply.
     fn clone_replicas(
         &mut self,
         ordered: &[(&String, &ComponentBundle)],
