@@ -52,6 +52,16 @@ async fn status(api: &Api, plural: &str, e: &Value, to: &str) -> crate::test_sup
     .await
 }
 
+/// The answer is a problem of this status and code.
+fn assert_problem(r: &crate::test_support::Resp, status: u16, code: &str) {
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (status, Some(code)),
+        "{}",
+        r.body
+    );
+}
+
 /// Drives a fresh entity along `path`, then tries every target status from there.
 async fn sweep(
     api: &Api,
@@ -632,12 +642,7 @@ async fn writes_decided_without_a_read_see_other_clients_changes() {
     let new_order = json!({"customerId": cid, "currency": "EUR",
                            "items": [{"productId": pid, "quantity": 1}]});
     let r = api.post("/api/v1/orders", new_order.clone()).await;
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (422, Some("BROKEN_REFERENCE")),
-        "{}",
-        r.body
-    );
+    assert_problem(&r, 422, "BROKEN_REFERENCE");
     // A customer no longer ACTIVE: 422 as well.
     pg.psql(&format!(
         "UPDATE products SET status = 'ACTIVE' WHERE id = '{pid}'"
@@ -647,12 +652,7 @@ async fn writes_decided_without_a_read_see_other_clients_changes() {
         "UPDATE customers SET status = 'SUSPENDED' WHERE id = '{cid}'"
     ));
     let r = api.post("/api/v1/orders", new_order).await;
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (422, Some("BROKEN_REFERENCE")),
-        "{}",
-        r.body
-    );
+    assert_problem(&r, 422, "BROKEN_REFERENCE");
     pg.psql(&format!(
         "UPDATE customers SET status = 'ACTIVE' WHERE id = '{cid}'"
     ));
@@ -677,19 +677,9 @@ async fn writes_decided_without_a_read_see_other_clients_changes() {
     );
     // A stale version is still 409, an illegal transition too (both decided on a read).
     let r = status(api, "orders", &o1, "IN_PROGRESS").await;
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (409, Some("STALE_VERSION")),
-        "{}",
-        r.body
-    );
+    assert_problem(&r, 409, "STALE_VERSION");
     let r = status(api, "orders", &approved, "COMPLETED").await;
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (409, Some("ILLEGAL_TRANSITION")),
-        "{}",
-        r.body
-    );
+    assert_problem(&r, 409, "ILLEGAL_TRANSITION");
 
     // A payment completed against a remembered invoice that psql has paid meanwhile: the
     // invoice is not marked PAID a second time.
