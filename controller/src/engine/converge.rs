@@ -22,7 +22,7 @@ use crate::pgsql;
 use crate::plan::{Action, Plan};
 use crate::probe;
 use crate::render::{Bundle, ComponentBundle, Kind};
-use crate::topology::model::{PgMember, Role};
+use crate::topology::model::{PgMember, PostgresModel, Role};
 
 /// Why a verified reload or a rewind did not take.
 #[derive(Debug, thiserror::Error)]
@@ -349,17 +349,7 @@ impl Env<'_> {
             }
             // Where the runtime delivers a member's credentials with its files.
             self.rt.put_config(name, c)?;
-            if pg.slots {
-                self.pg(primary, PgOp::EnsureSlot(m.slot.clone()))
-                    .map_err(|e| RuntimeError::step(name, "slot", e))?;
-            }
-            let task = Task::PgBaseBackup {
-                host: primary.host.clone(),
-                port: primary.port,
-                user: pg.replication_user.clone(),
-                slot: pg.slots.then(|| m.slot.clone()),
-            };
-            tasks.push((*name, task));
+            tasks.push((*name, self.clone_task(pg, primary, m)?));
         }
         if tasks.len() < 2 {
             return Ok(());
@@ -381,6 +371,26 @@ impl Env<'_> {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// The base backup of replica `m` from `primary`, its replication slot made first (the
+    /// copy uses it).
+    fn clone_task(
+        &mut self,
+        pg: &PostgresModel,
+        primary: &PgMember,
+        m: &PgMember,
+    ) -> Result<Task, RuntimeError> {
+        if pg.slots {
+            self.pg(primary, PgOp::EnsureSlot(m.slot.clone()))
+                .map_err(|e| RuntimeError::step(&m.name, "slot", e))?;
+        }
+        Ok(Task::PgBaseBackup {
+            host: primary.host.clone(),
+            port: primary.port,
+            user: pg.replication_user.clone(),
+            slot: pg.slots.then(|| m.slot.clone()),
+        })
     }
 
     fn start_and_gate(
@@ -528,11 +538,7 @@ impl Env<'_> {
                     .primary_member()
                     .ok_or_else(|| RuntimeError::step(name, "basebackup", "no primary"))?
                     .clone();
-                // The slot must exist before the base backup uses it.
-                if pg.slots {
-                    self.pg(&primary, PgOp::EnsureSlot(m.slot.clone()))
-                        .map_err(|e| RuntimeError::step(name, "slot", e))?;
-                }
+                let task = self.clone_task(pg, &primary, &m)?;
                 let s = Instant::now();
                 self.ev(
                     name,
@@ -541,12 +547,6 @@ impl Env<'_> {
                     Duration::ZERO,
                     format!("from {}", primary.name),
                 );
-                let task = Task::PgBaseBackup {
-                    host: primary.host.clone(),
-                    port: primary.port,
-                    user: pg.replication_user.clone(),
-                    slot: pg.slots.then(|| m.slot.clone()),
-                };
                 if let Err(e) = self.rt.exec(name, &task) {
                     self.ev(name, "basebackup", "fail", s.elapsed(), e.to_string());
                     return Err(e);
