@@ -11,6 +11,7 @@
 # Prints the four knees, the ratios, and the CPU split per component at the (c) knee.
 #   STEP_S=10 bash dev/bench-load.sh          # RAW_RATES, SHAPE_RATES, API_RATES override steps
 #   PHASES="b c" VERBOSE=1 NO_BUILD=1 CARGO_TARGET_DIR=... bash dev/bench-load.sh
+#   MAX_DB=8                           # the backend's pool size in the copy (maxDbConnections)
 #   LOADGEN_BIN=/path/to/bss-backend   # the measuring client (default: the measured backend's
 #                                      # binary); an A/B of two backends keeps one client
 # Each loadgen step's CPU split also gives core-ms per request (the whole machine's busy CPU
@@ -47,9 +48,9 @@ work=$(mktemp -d /tmp/bssctl-bench-load-XXXXXX); chmod 755 "$work"
 topo="$work/topology.yaml"
 cleanup() { "$B" destroy "$topo" >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
-python3 - "$topo" "$OFF" "$work/state" <<'PY'
+python3 - "$topo" "$OFF" "$work/state" "${MAX_DB:-}" <<'PY'
 import sys, yaml
-out, off, state = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+out, off, state, max_db = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 t = yaml.safe_load(open("topology.yaml"))
 t["metadata"]["name"] = "benchload"
 t["spec"]["runtime"].update({"portOffset": off, "stateDir": state})
@@ -67,6 +68,9 @@ for e in (sp.get("exporters") or {}).values():
 # The brokers keep the topology's own port (the default 9092.. would meet Alertmanager's 9093)
 # and Envoy its listener ports: bssctl shifts them (adding the offset here too shifted them twice,
 # into the ephemeral range).
+# MAX_DB: the backend's database pool size in the copy (the topology's maxDbConnections).
+if max_db:
+    sp["backend"]["maxDbConnections"] = int(max_db)
 env = t["spec"]["envoy"]
 env["rateLimit"] = {"enabled": False}
 env["circuitBreakers"] = {"maxConnections": 4096, "maxPendingRequests": 4096, "maxRequests": 4096, "maxRetries": 3}
@@ -185,6 +189,8 @@ SEED_ORDERS=${SEED_ORDERS:-32000}
 "$LG" loadgen --config "$cfg" --target "$direct" --api-key "$key" --rate 200 --duration 5 --warmup 1 --json >/dev/null
 PGOPTIONS="-c bss.origin=api" psql "${PGW[@]}" -qAt -v ON_ERROR_STOP=1 -v seed_orders="$SEED_ORDERS" <<'SQL'
 CREATE TABLE IF NOT EXISTS bench_raw (id bigserial PRIMARY KEY, v text, t timestamptz DEFAULT now());
+-- The pgbench write shape lists its outbox rows here, as the handlers list theirs in outbox_pending.
+CREATE TABLE IF NOT EXISTS bench_pending (seq bigint PRIMARY KEY);
 DROP TABLE IF EXISTS bench_customers, bench_products, bench_orders;
 CREATE TABLE bench_customers AS SELECT row_number() OVER () AS n, id FROM customers WHERE status = 'ACTIVE';
 CREATE TABLE bench_products AS SELECT row_number() OVER () AS n, id FROM products WHERE status = 'ACTIVE';
@@ -257,11 +263,16 @@ fi
 drain() {
   local n
   for _ in $(seq 1 60); do
-    n=$(psql "${PGW[@]}" -qAt -c "SELECT count(*) FROM outbox WHERE sent_at IS NULL" 2>/dev/null || echo 1)
+    n=$(psql "${PGW[@]}" -qAt -c "SELECT count(*) FROM outbox_pending" 2>/dev/null || echo 1)
     [ "$n" = 0 ] && return 0
     sleep 0.5
   done
   echo "  (outbox still holds $n unsent rows after 30 s)" >&2
+}
+# The primary's WAL position; WAL bytes per request are what the replicas receive and replay.
+wal_lsn() { psql "${PGW[@]}" -qAt -c "SELECT pg_current_wal_lsn()" 2>/dev/null || echo 0/0; }
+wal_per() { # lsn-before lsn-after requests
+  psql "${PGW[@]}" -qAt -c "SELECT round(pg_wal_lsn_diff('$2', '$1') / greatest($3, 1))" 2>/dev/null || echo "?"
 }
 # One loadgen step: prints "achieved writes/s ok|FAIL p99 errors".
 lg_step() { # url rate
@@ -286,11 +297,11 @@ if [[ " $PHASES " == *" c "* ]]; then
   echo "(c) loadgen straight at the backend"
   for r in $API_RATES; do
     drain; sleep 2  # and the processors' and replicas' catching up, which the outbox does not show
-    cpu_snap "$work/cpu-a.json"
+    cpu_snap "$work/cpu-a.json"; lsn_a=$(wal_lsn)
     line=$(lg_step "$direct" "$r")
-    cpu_snap "$work/cpu-b.json"
-    echo "  direct rate $r: $line"
+    cpu_snap "$work/cpu-b.json"; lsn_b=$(wal_lsn)
     sent=${line##* sent }; [[ "$sent" =~ ^[0-9]+$ ]] || sent=0
+    echo "  direct rate $r: $line, WAL $(wal_per "$lsn_a" "$lsn_b" "$sent") bytes/request"
     [ "${VERBOSE:-0}" = 1 ] && cpu_split "$work/cpu-a.json" "$work/cpu-b.json" "$sent" | sed 's/^/  /'
     [[ "$line" == *" ok "* ]] || break
     knee_api=$(echo "$line" | cut -d' ' -f1); knee_api_w=$(echo "$line" | cut -d' ' -f2)
@@ -301,11 +312,11 @@ if [[ " $PHASES " == *" d "* ]]; then
   echo "(d) loadgen through Envoy"
   for r in $API_RATES; do
     drain; sleep 2  # and the processors' and replicas' catching up, which the outbox does not show
-    cpu_snap "$work/cpu-a.json"
+    cpu_snap "$work/cpu-a.json"; lsn_a=$(wal_lsn)
     line=$(lg_step "$envoy" "$r")
-    cpu_snap "$work/cpu-b.json"
-    echo "  envoy rate $r: $line"
+    cpu_snap "$work/cpu-b.json"; lsn_b=$(wal_lsn)
     sent=${line##* sent }; [[ "$sent" =~ ^[0-9]+$ ]] || sent=0
+    echo "  envoy rate $r: $line, WAL $(wal_per "$lsn_a" "$lsn_b" "$sent") bytes/request"
     [ "${VERBOSE:-0}" = 1 ] && cpu_split "$work/cpu-a.json" "$work/cpu-b.json" "$sent" | sed 's/^/  /'
     [[ "$line" == *" ok "* ]] || break
     knee_envoy=$(echo "$line" | cut -d' ' -f1); knee_envoy_w=$(echo "$line" | cut -d' ' -f2)
@@ -313,7 +324,7 @@ if [[ " $PHASES " == *" d "* ]]; then
   done
 fi
 
-pending=$(psql "${PGW[@]}" -qAt -c "SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+pending=$(psql "${PGW[@]}" -qAt -c "SELECT count(*) FROM outbox_pending")
 hits=$(curl -s "$direct/metrics" | grep '^bss_cache_requests_total' || true)
 echo
 echo "== knees (p99 < 100 ms, 0 errors), one stack, one run =="

@@ -101,6 +101,6 @@ if d["errors_by_kind"]:
     print("         errors:", d["errors_by_kind"])
 PY
 done
-pending=$(psql -h 127.0.0.1 -p "$PGPORT" -U postgres -d bss -tAc "SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+pending=$(psql -h 127.0.0.1 -p "$PGPORT" -U postgres -d bss -tAc "SELECT count(*) FROM outbox_pending")
 total=$(psql -h 127.0.0.1 -p "$PGPORT" -U postgres -d bss -tAc "SELECT count(*) FROM outbox")
 echo "outbox: $total events written, $pending not yet published at the end"

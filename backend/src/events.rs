@@ -64,8 +64,8 @@ pub fn event_type(entity: &str, action: &str) -> String {
     format!("com.bss.{entity}.{action}.v1")
 }
 
-/// Writes the event into the outbox inside the caller's transaction: the change and its
-/// event commit together or not at all.
+/// Writes the event into the outbox, and its seq into `outbox_pending` for the relay, inside
+/// the caller's transaction: the change and its event commit together or not at all.
 pub async fn record(
     conn: &mut PgConnection,
     topic: &str,
@@ -75,8 +75,9 @@ pub async fn record(
     let payload = serde_json::to_value(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let event_id = Uuid::parse_str(&event.id).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     sqlx::query(
-        "INSERT INTO outbox (event_id, topic, aggregate_id, event_type, payload, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "WITH e AS (INSERT INTO outbox (event_id, topic, aggregate_id, event_type, payload, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq) \
+         INSERT INTO outbox_pending (seq) SELECT seq FROM e",
     )
     .bind(event_id)
     .bind(topic)

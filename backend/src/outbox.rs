@@ -1,5 +1,6 @@
-//! The outbox relay: publishes unsent outbox rows to their topic, keyed by aggregate id, and
-//! marks them sent in the same transaction that locked them. A broker outage makes a batch fail
+//! The outbox relay: publishes unsent outbox rows (those listed in `outbox_pending`) to their
+//! topic, keyed by aggregate id, and deletes their pending entries in the same transaction that
+//! locked them; the outbox rows themselves are never updated (migration 0003). A broker outage makes a batch fail
 //! and roll back; it is retried until the broker returns, so no event is lost. A partially
 //! delivered batch is re-sent, so consumers deduplicate by event id (at-least-once).
 
@@ -70,11 +71,9 @@ impl Relay {
         let (pool, metrics, mut stop) = (self.pool.clone(), self.metrics.clone(), shutdown.clone());
         tokio::spawn(async move {
             loop {
-                if let Ok(n) = sqlx::query_scalar::<_, i64>(
-                    "SELECT count(*) FROM outbox WHERE sent_at IS NULL",
-                )
-                .fetch_one(&pool)
-                .await
+                if let Ok(n) = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox_pending")
+                    .fetch_one(&pool)
+                    .await
                 {
                     metrics.outbox_pending.set(n);
                 }
@@ -117,9 +116,13 @@ impl Relay {
             };
             if last_cleanup.elapsed() > Duration::from_secs(60) {
                 last_cleanup = Instant::now();
-                let _ = sqlx::query("DELETE FROM outbox WHERE sent_at < now() - interval '1 hour'")
-                    .execute(&self.pool)
-                    .await;
+                // Published rows are kept an hour (replay checks, debugging); pending ones stay.
+                let _ = sqlx::query(
+                    "DELETE FROM outbox o WHERE o.created_at < now() - interval '1 hour' \
+                     AND NOT EXISTS (SELECT 1 FROM outbox_pending p WHERE p.seq = o.seq)",
+                )
+                .execute(&self.pool)
+                .await;
             }
             if !wait.is_zero() {
                 tokio::select! {
@@ -164,8 +167,9 @@ impl Relay {
             return Ok(0);
         }
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT seq, event_id, topic, aggregate_id, event_type, payload::text AS payload, created_at \
-             FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT $1",
+            "SELECT o.seq, o.event_id, o.topic, o.aggregate_id, o.event_type, \
+             o.payload::text AS payload, o.created_at \
+             FROM outbox_pending p JOIN outbox o ON o.seq = p.seq ORDER BY p.seq LIMIT $1",
         )
         .bind(self.batch_size)
         .fetch_all(&mut *tx)
@@ -236,7 +240,7 @@ impl Relay {
             });
         }
         let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
-        sqlx::query("UPDATE outbox SET sent_at = now() WHERE seq = ANY($1)")
+        sqlx::query("DELETE FROM outbox_pending WHERE seq = ANY($1)")
             .bind(&seqs)
             .execute(&mut *tx)
             .await?;

@@ -122,7 +122,8 @@ impl Write {
         }
     }
 
-    /// Adds the outbox row of `ev` (topic of `E`), written only if `source` wrote a row.
+    /// Adds the outbox row of `ev` (topic of `E`) and its `outbox_pending` entry, written only
+    /// if `source` wrote a row.
     pub fn event<E: Entity>(&mut self, st: &AppState, source: &str, e: &E, ev: &CloudEvent) {
         let payload = match serde_json::to_value(ev) {
             Ok(p) => p,
@@ -134,7 +135,7 @@ impl Write {
         let event_id = Uuid::parse_str(&ev.id).unwrap_or_else(|_| Uuid::new_v4());
         let sql = format!(
             "INSERT INTO outbox (event_id, topic, aggregate_id, event_type, payload, created_at) \
-             SELECT {}, {}, {}, {}, {}, {} FROM {source}",
+             SELECT {}, {}, {}, {}, {}, {} FROM {source} RETURNING seq",
             self.bind(event_id),
             self.bind(st.topic(E::NAME)),
             self.bind(e.id()),
@@ -143,7 +144,10 @@ impl Write {
             self.bind(ev.time),
         );
         let name = format!("ev{}", self.ctes.len());
+        let pending = format!("INSERT INTO outbox_pending (seq) SELECT seq FROM {name}");
         self.cte(&name, sql, false);
+        // Listed for the relay in the same statement (see migration 0003).
+        self.cte(&format!("{name}p"), pending, false);
     }
 
     fn sql(&self) -> String {

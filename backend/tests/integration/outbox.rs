@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 async fn pending(pool: &sqlx::PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+    sqlx::query_scalar("SELECT count(*) FROM outbox_pending")
         .fetch_one(pool)
         .await
         .unwrap()
@@ -160,4 +160,52 @@ async fn outbox_delivers_every_event_after_a_broker_outage() {
         );
     }
     f.running.shutdown().await;
+}
+
+/// A database that a backend from before migration 0003 left with unsent rows: the migration
+/// lists exactly those as pending (the published row is not), so the relay publishes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_3_keeps_the_rows_an_older_backend_left_unsent() {
+    let pg = Postgres::start().await;
+    let pool = backend::db::pool(&pg.app_url(), Some(DB_PASSWORD), 2).unwrap();
+    // The schema as it was before 0003: its first two migrations, from a copy of their files.
+    let old = tempfile::tempdir().unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    for f in ["0001_schema.sql", "0002_no_notify_in_api_writes.sql"] {
+        std::fs::copy(src.join(f), old.path().join(f)).unwrap();
+    }
+    sqlx::migrate::Migrator::new(old.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    let row = |n: i64, sent: &str| {
+        format!(
+            "INSERT INTO outbox (event_id, topic, aggregate_id, event_type, payload, sent_at) \
+             VALUES (gen_random_uuid(), 'bss.customer.events', gen_random_uuid(), 't', '{{\"n\": {n}}}', {sent})"
+        )
+    };
+    for (n, sent) in [(1, "now()"), (2, "NULL"), (3, "NULL")] {
+        sqlx::raw_sql(&row(n, sent)).execute(&pool).await.unwrap();
+    }
+    backend::db::migrate(&pool).await.unwrap();
+    let listed: Vec<i64> = sqlx::query_scalar(
+        "SELECT (o.payload->>'n')::int8 FROM outbox_pending p JOIN outbox o USING (seq) ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(listed, vec![2, 3], "pending after the migration");
+    let columns: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.columns \
+         WHERE table_name = 'outbox' AND column_name = 'sent_at'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        columns, 0,
+        "sent_at is gone: nothing updates outbox rows any more"
+    );
 }

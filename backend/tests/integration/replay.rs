@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 async fn drained(pool: &sqlx::PgPool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_pending")
             .fetch_one(pool)
             .await
             .unwrap();
