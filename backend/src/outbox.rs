@@ -1,8 +1,9 @@
 //! The outbox relay: publishes unsent outbox rows (those listed in `outbox_pending`) to their
 //! topic, keyed by aggregate id, and deletes their pending entries in the same transaction that
-//! locked them; the outbox rows themselves are never updated (migration 0003). A broker outage makes a batch fail
-//! and roll back; it is retried until the broker returns, so no event is lost. A partially
-//! delivered batch is re-sent, so consumers deduplicate by event id (at-least-once).
+//! locked them; the outbox rows themselves are never updated (migration 0003). A broker outage
+//! makes a batch fail and roll back; it is retried until the broker returns, so no event is
+//! lost. A partially delivered batch is re-sent, so consumers deduplicate by event id
+//! (at-least-once).
 
 use chrono::{DateTime, Utc};
 use rdkafka::message::{Header, OwnedHeaders};
