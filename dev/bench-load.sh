@@ -291,37 +291,33 @@ sent = d["scheduled"] * (d["duration_s"] + d["warmup_s"]) / d["duration_s"] if d
 print(f'{d["achieved_rate"]:.0f} {d["writes_per_second"]:.0f} {"ok" if ok else "FAIL"} p50 {l["p50"]:.1f} p99 {l["p99"]:.1f} max {l["max"]:.0f} ms errors {d["errors"]} {d["errors_by_kind"] if d["errors"] else ""} sent {sent:.0f}')
 PY
 }
-knee_api=0; knee_api_w=0; knee_envoy=0; knee_envoy_w=0
+# Steps the loadgen at one target until a step fails; prints every step and keeps the last
+# passing one's rate and writes/s in the variables named $3 and $4, its CPU snapshots and
+# request count in $work/$5-{a,b}.json and $work/$5-sent.
 # Each step's CPU split goes to the log with the step (the one at each knee is printed at the end).
-if [[ " $PHASES " == *" c "* ]]; then
-  echo "(c) loadgen straight at the backend"
+api_phase() { # label url knee-var writes-var knee-file
+  local r line sent lsn_a lsn_b
   for r in $API_RATES; do
     drain; sleep 2  # and the processors' and replicas' catching up, which the outbox does not show
     cpu_snap "$work/cpu-a.json"; lsn_a=$(wal_lsn)
-    line=$(lg_step "$direct" "$r")
+    line=$(lg_step "$2" "$r")
     cpu_snap "$work/cpu-b.json"; lsn_b=$(wal_lsn)
     sent=${line##* sent }; [[ "$sent" =~ ^[0-9]+$ ]] || sent=0
-    echo "  direct rate $r: $line, WAL $(wal_per "$lsn_a" "$lsn_b" "$sent") bytes/request"
+    echo "  $1 rate $r: $line, WAL $(wal_per "$lsn_a" "$lsn_b" "$sent") bytes/request"
     [ "${VERBOSE:-0}" = 1 ] && cpu_split "$work/cpu-a.json" "$work/cpu-b.json" "$sent" | sed 's/^/  /'
     [[ "$line" == *" ok "* ]] || break
-    knee_api=$(echo "$line" | cut -d' ' -f1); knee_api_w=$(echo "$line" | cut -d' ' -f2)
-    cp "$work/cpu-a.json" "$work/knee-a.json"; cp "$work/cpu-b.json" "$work/knee-b.json"; echo "$sent" >"$work/knee-sent"
+    printf -v "$3" '%s' "$(echo "$line" | cut -d' ' -f1)"; printf -v "$4" '%s' "$(echo "$line" | cut -d' ' -f2)"
+    cp "$work/cpu-a.json" "$work/$5-a.json"; cp "$work/cpu-b.json" "$work/$5-b.json"; echo "$sent" >"$work/$5-sent"
   done
+}
+knee_api=0; knee_api_w=0; knee_envoy=0; knee_envoy_w=0
+if [[ " $PHASES " == *" c "* ]]; then
+  echo "(c) loadgen straight at the backend"
+  api_phase direct "$direct" knee_api knee_api_w knee
 fi
 if [[ " $PHASES " == *" d "* ]]; then
   echo "(d) loadgen through Envoy"
-  for r in $API_RATES; do
-    drain; sleep 2  # and the processors' and replicas' catching up, which the outbox does not show
-    cpu_snap "$work/cpu-a.json"; lsn_a=$(wal_lsn)
-    line=$(lg_step "$envoy" "$r")
-    cpu_snap "$work/cpu-b.json"; lsn_b=$(wal_lsn)
-    sent=${line##* sent }; [[ "$sent" =~ ^[0-9]+$ ]] || sent=0
-    echo "  envoy rate $r: $line, WAL $(wal_per "$lsn_a" "$lsn_b" "$sent") bytes/request"
-    [ "${VERBOSE:-0}" = 1 ] && cpu_split "$work/cpu-a.json" "$work/cpu-b.json" "$sent" | sed 's/^/  /'
-    [[ "$line" == *" ok "* ]] || break
-    knee_envoy=$(echo "$line" | cut -d' ' -f1); knee_envoy_w=$(echo "$line" | cut -d' ' -f2)
-    cp "$work/cpu-a.json" "$work/kneed-a.json"; cp "$work/cpu-b.json" "$work/kneed-b.json"; echo "$sent" >"$work/kneed-sent"
-  done
+  api_phase envoy "$envoy" knee_envoy knee_envoy_w kneed
 fi
 
 pending=$(psql "${PGW[@]}" -qAt -c "SELECT count(*) FROM outbox_pending")
