@@ -14,6 +14,10 @@
 #   MAX_DB=8                           # the backend's pool size in the copy (maxDbConnections)
 #   LOADGEN_BIN=/path/to/bss-backend   # the measuring client (default: the measured backend's
 #                                      # binary); an A/B of two backends keeps one client
+#   BARE=1                             # an upper bound: the copy keeps only the tiers a request
+#                                      # crosses: the primary (no replicas, async), Redis, the
+#                                      # brokers, the backend and Envoy; no HAProxy, processors
+#                                      # or monitoring
 # Each loadgen step's CPU split also gives core-ms per request (the whole machine's busy CPU
 # over the requests sent in the step, warm-up included), in all and per component.
 # Envoy's seeds' rate limit (100 tokens) and circuit breakers (100) are lifted in the copy:
@@ -48,9 +52,10 @@ work=$(mktemp -d /tmp/bssctl-bench-load-XXXXXX); chmod 755 "$work"
 topo="$work/topology.yaml"
 cleanup() { "$B" destroy "$topo" >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
-python3 - "$topo" "$OFF" "$work/state" "${MAX_DB:-}" <<'PY'
+BARE=${BARE:-0}
+python3 - "$topo" "$OFF" "$work/state" "${MAX_DB:-}" "$BARE" <<'PY'
 import sys, yaml
-out, off, state, max_db = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+out, off, state, max_db, bare = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5] == "1"
 t = yaml.safe_load(open("topology.yaml"))
 t["metadata"]["name"] = "benchload"
 t["spec"]["runtime"].update({"portOffset": off, "stateDir": state})
@@ -74,6 +79,14 @@ if max_db:
 env = t["spec"]["envoy"]
 env["rateLimit"] = {"enabled": False}
 env["circuitBreakers"] = {"maxConnections": 4096, "maxPendingRequests": 4096, "maxRequests": 4096, "maxRetries": 3}
+# BARE: every tier a request does not cross is left out, so whatever this copy's knees are, the
+# whole topology's (the same work plus more on the same cores) cannot be higher.
+if bare:
+    sp["postgres"]["replicas"] = 0
+    sp["postgres"]["replication"] = {"mode": "async", "slots": False}
+    sp["postgres"].pop("failover", None)
+    for sec in ("haproxy", "streamProcessors", "exporters", "prometheus", "alerts", "alertmanager"):
+        sp.pop(sec, None)
 yaml.safe_dump(t, open(out, "w"), sort_keys=False)
 PY
 # The stack's processes must not inherit this script's open files: `flock /work/stack.lock`
@@ -85,14 +98,16 @@ root="$work/state/benchload"
 key=$(cat "$root/secrets/backend-api-key")
 cfg="$root/config/backend/backend.yaml"
 export PGPASSWORD; PGPASSWORD=$(cat "$root/secrets/postgres-app-password")
+# pgbench goes through HAProxy's write port, as the backend does; without HAProxy (BARE) to the primary.
 PGW=(-h 127.0.0.1 -p $((5436 + OFF)) -U bss_app -d bss)
+[ "$BARE" = 1 ] && PGW=(-h 127.0.0.1 -p $((5432 + OFF)) -U bss_app -d bss)
 direct="http://$(sed -n 's/^listen: *//p' "$cfg")"
 # Envoy's ingress port as rendered (whether bssctl shifts explicit listener ports changed once:
 # the bench then measured a closed port and reported "loadgen failed").
 envoy="http://127.0.0.1:$(python3 -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"])' "$root/config/envoy/envoy.yaml")"
 for _ in $(seq 1 120); do curl -fs "$direct/health/ready" >/dev/null 2>&1 && curl -fs "$envoy/health" >/dev/null 2>&1 && break; sleep 0.5; done
 curl -fs "$direct/health/ready" >/dev/null || { echo "backend not ready at $direct" >&2; tail -20 "$root/logs/"*backend* >&2 || true; exit 1; }
-echo "stack: root topology, portOffset $OFF, $(nproc) cores; load of other agents on this machine: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "stack: $([ "$BARE" = 1 ] && echo "BARE copy (primary, Redis, brokers, backend, Envoy)" || echo "root topology"), portOffset $OFF, $(nproc) cores; load of other agents on this machine: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # CPU per component: user+system ticks of every process, named from its command line. The
 # clients (loadgen, pgbench) exit between two snapshots, so they are run under client_cpu, which
@@ -119,7 +134,10 @@ def name(comm, cmd):
         for part in cmd.replace("\0", " ").split():
             part = part.rstrip(":").rsplit("/", 1)[-1]
             if part.startswith("postgres-") and part[9:].isdigit():
-                return "postgres primary" if part == "postgres-0" else "postgres replicas"
+                if part != "postgres-0":
+                    return "postgres replicas"
+                # The primary's WAL senders apart: what streaming to the replicas costs it.
+                return "postgres walsenders" if "walsender" in cmd else "postgres primary"
         return "postgres primary"
     if exe == "bss-backend" or comm.startswith("bss-backend"):
         if "loadgen" in a: return "loadgen"

@@ -241,6 +241,24 @@ impl Clients for RealClients {
     ) -> Result<PgReply, ClientError> {
         let (user, pw) = self.superuser()?;
         let ep = rt.endpoint(&m.name, m.port);
+        // The reads the agent repeats every probe tick (the primary's pg_stat_replication twice
+        // a second, the health checks' role) run on the member's kept connection; an operation
+        // that changes something gets a connection of its own, so a broken exchange is never
+        // retried on another one.
+        let read: Option<Read<PgReply>> = match op {
+            PgOp::InRecovery => Some(|c| pgsql::in_recovery(c).map(PgReply::Bool)),
+            PgOp::Replication => Some(|c| pgsql::replication(c).map(PgReply::Replication)),
+            _ => None,
+        };
+        if let Some(read) = read {
+            return on_kept(&self.kept, &ep, user, pw, timeout, read).map_err(|e| match e {
+                KeptError::Connect(detail) => ClientError::Connect {
+                    target: m.name.clone(),
+                    detail,
+                },
+                KeptError::Query(detail) => ClientError::query(&m.name, detail),
+            });
+        }
         let connect_err = |detail| ClientError::Connect {
             target: m.name.clone(),
             detail,
@@ -265,7 +283,7 @@ impl Clients for RealClients {
                 return v;
             }
         };
-        let r = probe_member(&self.kept, ep, user, pw, timeout);
+        let r = on_kept(&self.kept, ep, user, pw, timeout, read_facts).map_err(KeptError::text);
         match r {
             Ok((rec, lsn, sb)) => {
                 v.reachable = true;
@@ -380,21 +398,42 @@ fn relay_io(what: &str) -> impl FnOnce(std::io::Error) -> RelayError + '_ {
     }
 }
 
-/// One probe of a member within `timeout`, on the connection kept from the last probe of that
+/// A read `on_kept` runs (on a kept connection, or on a fresh one when that fails).
+type Read<T> = fn(&mut postgres::Client) -> Result<T, String>;
+
+/// Why a read on a kept (or fresh) connection failed.
+enum KeptError {
+    /// No connection could be had, or none answered in time.
+    Connect(String),
+    /// A fresh connection answered the read with an error.
+    Query(String),
+}
+
+impl KeptError {
+    fn text(self) -> String {
+        match self {
+            KeptError::Connect(d) | KeptError::Query(d) => d,
+        }
+    }
+}
+
+/// One read of a member within `timeout`, on the connection kept from the last read of that
 /// endpoint when there is one, else on a fresh one through `ScramOnly`. The agent probes every
-/// member twice a second; a fresh connection each time costs a backend fork and a SCRAM
-/// exchange (PBKDF2 on both sides) per probe. A kept connection is to the same server process that
-/// proved the password before; it fails once that process is gone (a member killed, restarted or
-/// replaced), and the probe then tries a fresh connection in the time left, so a member is
-/// reported unreachable only when a fresh connection fails too, as before. A probe that hangs
-/// (a stopped server) keeps its connection out of the map, and the next probe connects afresh.
-fn probe_member(
+/// member twice a second and reads the primary's pg_stat_replication as often; a fresh
+/// connection each time costs a backend fork and a SCRAM exchange (PBKDF2 on both sides). A
+/// kept connection is to the same server process that proved the password before; it fails once
+/// that process is gone (a member killed, restarted or replaced), and the read then tries a
+/// fresh connection in the time left, so a member is reported unreachable only when a fresh
+/// connection fails too, as before. A read that hangs (a stopped server) keeps its connection
+/// out of the map, and the next read connects afresh.
+fn on_kept<T: Send + 'static>(
     kept: &Kept,
     ep: &Endpoint,
     user: String,
     pw: String,
     timeout: Duration,
-) -> Result<Facts, String> {
+    read: Read<T>,
+) -> Result<T, KeptError> {
     let key = ep.to_string();
     let reused = kept.lock().ok().and_then(|mut k| k.remove(&key));
     let (kept, ep2) = (kept.clone(), ep.clone());
@@ -406,22 +445,32 @@ fn probe_member(
             }
         };
         if let Some(mut c) = reused {
-            if let Ok(f) = read_facts(&mut c) {
+            if let Ok(f) = read(&mut c) {
                 keep(c);
-                return Ok(f);
+                return Ok(Ok(f));
             }
         }
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(50));
-        let relay = ScramOnly::relay(&ep2, left).map_err(|e| e.to_string())?;
-        let mut c = pgsql::connect(&relay.host(), relay.port, &user, &pw, "postgres", left)
-            .map_err(|d| relay.explain(d))?;
-        drop(relay);
-        let f = read_facts(&mut c)?;
-        keep(c);
-        Ok(f)
+        let fresh = || {
+            let relay = ScramOnly::relay(&ep2, left).map_err(|e| e.to_string())?;
+            pgsql::connect(&relay.host(), relay.port, &user, &pw, "postgres", left)
+                .map_err(|d| relay.explain(d))
+        };
+        let mut c = match fresh() {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(KeptError::Connect(e))),
+        };
+        Ok(match read(&mut c) {
+            Ok(f) => {
+                keep(c);
+                Ok(f)
+            }
+            Err(e) => Err(KeptError::Query(e)),
+        })
     })
+    .unwrap_or_else(|e| Err(KeptError::Connect(e)))
 }
 
 /// A one-connection relay that lets the PostgreSQL driver talk to a member only if the member
