@@ -816,7 +816,6 @@ pub fn switchover(
     }
     let k = Knowledge {
         last_primary_lsn: pv.and_then(|v| v.current_lsn),
-        ..Knowledge::default()
     };
     let target = match to {
         Some(t) => {
