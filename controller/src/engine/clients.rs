@@ -259,14 +259,11 @@ impl Clients for RealClients {
                 KeptError::Query(detail) => ClientError::query(&m.name, detail),
             });
         }
-        let connect_err = |detail| ClientError::Connect {
-            target: m.name.clone(),
-            detail,
-        };
-        let relay = ScramOnly::relay(&ep, timeout).map_err(|e| connect_err(e.to_string()))?;
-        let mut c = pgsql::connect(&relay.host(), relay.port, &user, &pw, "postgres", timeout)
-            .map_err(|d| connect_err(relay.explain(d)))?;
-        drop(relay);
+        let mut c =
+            connect_scram(&ep, &user, &pw, timeout).map_err(|detail| ClientError::Connect {
+                target: m.name.clone(),
+                detail,
+            })?;
         run_op(&mut c, op, &*self.store, &m.name)
     }
 
@@ -398,6 +395,18 @@ fn relay_io(what: &str) -> impl FnOnce(std::io::Error) -> RelayError + '_ {
     }
 }
 
+/// A fresh connection to a member as bssctl's superuser, through `ScramOnly`.
+fn connect_scram(
+    ep: &Endpoint,
+    user: &str,
+    pw: &str,
+    timeout: Duration,
+) -> Result<postgres::Client, String> {
+    let relay = ScramOnly::relay(ep, timeout).map_err(|e| e.to_string())?;
+    pgsql::connect(&relay.host(), relay.port, user, pw, "postgres", timeout)
+        .map_err(|d| relay.explain(d))
+}
+
 /// A read `on_kept` runs (on a kept connection, or on a fresh one when that fails).
 type Read<T> = fn(&mut postgres::Client) -> Result<T, String>;
 
@@ -453,12 +462,7 @@ fn on_kept<T: Send + 'static>(
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(50));
-        let fresh = || {
-            let relay = ScramOnly::relay(&ep2, left).map_err(|e| e.to_string())?;
-            pgsql::connect(&relay.host(), relay.port, &user, &pw, "postgres", left)
-                .map_err(|d| relay.explain(d))
-        };
-        let mut c = match fresh() {
+        let mut c = match connect_scram(&ep2, &user, &pw, left) {
             Ok(c) => c,
             Err(e) => return Ok(Err(KeptError::Connect(e))),
         };

@@ -371,11 +371,9 @@ pub struct Knowledge {
 /// (`ANY n`): only when enough replicas answer that at least one of them must hold every
 /// acknowledged commit (`reachable >= replicas - sync_count + 1`); otherwise no failover, because
 /// promoting a replica that may miss an acknowledged commit would lose it. The replica with the
-/// highest received LSN then holds everything any answering one holds. No replica is left out
-/// for not being in the primary's last-read list of quorum standbys: that list is up to one probe
-/// old, and a replica that had just caught up (a rejoined old primary) can already have
-/// confirmed commits the others lack (seen: 5 acknowledged writes lost in
-/// `chaos::failover_twice_in_a_row` when the agent promoted the other one).
+/// highest received LSN then holds everything any answering one holds, so no replica is left out
+/// for missing from the primary's last-read list of quorum standbys (a probe old: see
+/// docs/failover.md).
 pub fn choose(
     t: &ValidatedTopology,
     failed: &str,
