@@ -119,13 +119,19 @@ pub struct RealClients {
     web_auth: BTreeMap<String, (String, String)>,
     /// Redis ACL users by the secret holding their password.
     redis_users: BTreeMap<String, String>,
-    /// The probe connection last used per member endpoint (see `member_view`).
+    /// Idle probe connections per member endpoint (see `on_kept`).
     kept: Kept,
 }
 
-/// Idle, authenticated probe connections by endpoint. A probe takes its endpoint's connection
-/// out while it uses it and puts it back only after a whole, successful exchange.
-type Kept = Arc<Mutex<HashMap<String, postgres::Client>>>;
+/// Idle, authenticated probe connections by endpoint. A probe takes one of its endpoint's
+/// connections out while it uses it and puts it back only after a whole, successful exchange.
+type Kept = Arc<Mutex<HashMap<String, Vec<postgres::Client>>>>;
+
+/// Idle connections kept per endpoint. The agent's failover loop and its health checks read the
+/// same member at times at once: with one slot, the reader that found it taken connected afresh,
+/// and putting both back closed one of them, a login and a backend exit per overlap (seen: no
+/// agent connection older than 3 s in `chaos::node_loss_of_the_primary`).
+const KEPT_PER_ENDPOINT: usize = 2;
 
 /// What a probe reads from a member: in recovery, the primary's LSN, the standby's facts.
 type Facts = (bool, Option<u64>, Option<pgsql::StandbyStat>);
@@ -426,7 +432,7 @@ impl KeptError {
     }
 }
 
-/// One read of a member within `timeout`, on the connection kept from the last read of that
+/// One read of a member within `timeout`, on a connection kept from an earlier read of that
 /// endpoint when there is one, else on a fresh one through `ScramOnly`. The agent probes every
 /// member twice a second and reads the primary's pg_stat_replication as often; a fresh
 /// connection each time costs a backend fork and a SCRAM exchange (PBKDF2 on both sides). A
@@ -444,13 +450,19 @@ fn on_kept<T: Send + 'static>(
     read: Read<T>,
 ) -> Result<T, KeptError> {
     let key = ep.to_string();
-    let reused = kept.lock().ok().and_then(|mut k| k.remove(&key));
+    let reused = kept
+        .lock()
+        .ok()
+        .and_then(|mut k| k.get_mut(&key).and_then(|idle| idle.pop()));
     let (kept, ep2) = (kept.clone(), ep.clone());
     let deadline = Instant::now() + timeout;
     pgsql::bounded(&ep.to_string(), timeout, move || {
         let keep = |c: postgres::Client| {
             if let Ok(mut k) = kept.lock() {
-                k.insert(key.clone(), c);
+                let idle = k.entry(key.clone()).or_default();
+                if idle.len() < KEPT_PER_ENDPOINT {
+                    idle.push(c);
+                }
             }
         };
         if let Some(mut c) = reused {
